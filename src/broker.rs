@@ -1,0 +1,274 @@
+//! The broker of one pod: it sequences publishes (strictly increasing ids, one
+//! framing per event), keeps the resume history and the pending events, owns the
+//! connection registry, and hands events to the shards through the [`Hub`].
+//!
+//! One mutex orders publishes against connects: an event's id, its history entry
+//! and its push into every shard inbox happen under it, so every shard sees events
+//! in id order; a connect reads the history or the pending events and fixes its
+//! resume floor under it, so a new stream gets the gap exactly once. The lock is
+//! taken once per publish and per connect/disconnect, never per delivery.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::clock;
+use crate::conn::{CloseReason, QueuedFrame};
+use crate::event::{Event, Target};
+use crate::fanout::{ConnLoc, Hub, ShardMsg};
+use crate::history::{History, HistoryLimits, Pending, PendingLimits, Resume};
+use crate::metrics as m;
+use crate::registry::LocalRegistry;
+use crate::sse::frame;
+
+/// Limits the broker enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerLimits {
+    pub history: HistoryLimits,
+    pub pending: PendingLimits,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+}
+
+/// A connect asking to be registered.
+pub struct OpenRequest<'a> {
+    pub user: &'a str,
+    pub conn_id: &'a str,
+    pub topics: &'a [Box<str>],
+    /// `Last-Event-ID` (or `lastEventId`) when resuming.
+    pub last_event_id: Option<&'a str>,
+    pub shard: u16,
+    pub key: u32,
+}
+
+/// What a new stream starts with, after `retry:` and `CONNECTED`.
+#[derive(Debug)]
+pub enum Initial {
+    /// Not resuming: the user's pending events, oldest first.
+    Pending(Vec<QueuedFrame>),
+    /// Resuming: exactly the events missed.
+    Replay(Vec<Arc<Event>>),
+    /// Resuming from a point that is not in the history.
+    Resync,
+}
+
+/// A registered connection.
+#[derive(Debug)]
+pub struct Opened {
+    pub serial: u64,
+    /// Live events at or below this id are skipped (they are in `initial` or predate
+    /// the connection).
+    pub floor: u64,
+    pub initial: Initial,
+    /// The connection this one replaces, to be ended.
+    pub replaced: Option<ConnLoc>,
+}
+
+/// Why a connect was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    PodFull,
+    UserFull,
+}
+
+/// A validated publish.
+pub struct Publish<'a> {
+    pub event: &'a str,
+    pub data: &'a str,
+    pub target: Target,
+    pub ttl_ns: u64,
+}
+
+struct State {
+    history: History,
+    pending: Pending,
+    registry: LocalRegistry,
+}
+
+/// See the module doc.
+pub struct Broker {
+    state: Mutex<State>,
+    hub: Hub,
+    serial: AtomicU64,
+    limits: BrokerLimits,
+    pod_id: String,
+    draining: AtomicBool,
+}
+
+impl Broker {
+    pub fn new(shards: usize, pod_id: String, limits: BrokerLimits) -> Self {
+        // Ids start at the start time in microseconds: ids of a previous run of this
+        // node are then below `base` and resume as RESYNC, not as a wrong replay.
+        let base = clock::unix_us();
+        Broker {
+            state: Mutex::new(State {
+                history: History::new(base, limits.history),
+                pending: Pending::new(limits.pending),
+                registry: LocalRegistry::default(),
+            }),
+            hub: Hub::new(shards),
+            serial: AtomicU64::new(1),
+            limits,
+            pod_id,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a
+        // way that matters more than stopping the pod would; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn pod_id(&self) -> &str {
+        &self.pod_id
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// A new process-unique connection serial.
+    pub fn next_serial(&self) -> u64 {
+        self.serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `(connections, users)` registered on this pod.
+    pub fn counts(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.registry.connections(), s.registry.users())
+    }
+
+    /// Register a connection and decide what it starts with.
+    pub fn open(&self, req: &OpenRequest<'_>, serial: u64) -> Result<Opened, OpenError> {
+        let now = clock::now_ns();
+        let mut s = self.lock();
+        let replacing = s.registry.find(req.user, req.conn_id).is_some();
+        if !replacing {
+            if s.registry.connections() >= self.limits.max_connections {
+                return Err(OpenError::PodFull);
+            }
+            if s.registry.count(req.user) >= self.limits.max_connections_per_user {
+                return Err(OpenError::UserFull);
+            }
+        }
+        let loc = ConnLoc {
+            shard: req.shard,
+            key: req.key,
+            serial,
+        };
+        let replaced = s.registry.register(req.user, req.conn_id, loc);
+        let initial = match req.last_event_id {
+            Some(last) => {
+                // Resuming covers what was pending: drop it so it is not sent twice.
+                s.pending.take(req.user, now);
+                match s.history.resume(last, now, |e| {
+                    e.target.matches(req.user, req.topics.iter().map(|t| &**t))
+                }) {
+                    Resume::Replay(events) => Initial::Replay(events),
+                    Resume::Resync => Initial::Resync,
+                }
+            }
+            None => Initial::Pending(s.pending.take(req.user, now)),
+        };
+        let floor = s.history.last_id();
+        m::set_pending(s.pending.total());
+        Ok(Opened {
+            serial,
+            floor,
+            initial,
+            replaced,
+        })
+    }
+
+    /// A stream ended (its writer is done): forget it unless already replaced.
+    pub fn closed(&self, user: &str, conn_id: &str, serial: u64) {
+        self.lock().registry.remove(user, conn_id, Some(serial));
+    }
+
+    /// Forget `(user, conn_id)` and return where its stream lives, to end it.
+    pub fn disconnect(&self, user: &str, conn_id: &str) -> Option<ConnLoc> {
+        self.lock().registry.remove(user, conn_id, None)
+    }
+
+    /// Ask the shard holding `loc` to end it.
+    pub fn close_remote(
+        &self,
+        loc: ConnLoc,
+        reason: CloseReason,
+        ack: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) {
+        self.hub
+            .send(loc.shard as usize, ShardMsg::Close { loc, reason, ack });
+    }
+
+    /// Sequence, frame, record and hand out one event; returns its id.
+    pub fn publish(&self, p: Publish<'_>) -> u64 {
+        let label = p.target.label();
+        let mut wake: u128 = 0;
+        let id;
+        {
+            let mut s = self.lock();
+            let now = clock::now_ns();
+            id = s.history.last_id() + 1;
+            let ev = Arc::new(Event {
+                id,
+                frame: frame::event(id, p.event, p.data),
+                target: p.target,
+                published_ns: now,
+            });
+            let shards = self.hub.shards();
+            match &ev.target {
+                Target::Users(users) => {
+                    for user in users.iter() {
+                        let mask = s.registry.shard_mask(user);
+                        if mask == 0 {
+                            let drops = s.pending.push(user, &ev, p.ttl_ns);
+                            m::dropped("pending_overflow", drops.overflow);
+                            m::dropped("pending_full", drops.refused);
+                        }
+                        wake |= mask;
+                    }
+                    m::set_pending(s.pending.total());
+                }
+                Target::All | Target::Topics(_) => {
+                    wake = if shards >= 128 {
+                        u128::MAX
+                    } else {
+                        (1u128 << shards) - 1
+                    }
+                }
+            }
+            for shard in 0..shards {
+                if wake & (1u128 << shard.min(127)) != 0 {
+                    self.hub.push(shard, ShardMsg::Event(ev.clone()));
+                }
+            }
+            s.history.push(ev, now);
+        }
+        for shard in 0..self.hub.shards() {
+            if wake & (1u128 << shard.min(127)) != 0 {
+                self.hub.wake(shard);
+            }
+        }
+        m::published(label);
+        id
+    }
+
+    /// Periodic upkeep: expire pending events and old history.
+    pub fn sweep(&self) {
+        let now = clock::now_ns();
+        let mut s = self.lock();
+        let expired = s.pending.sweep(now);
+        s.history.trim(now);
+        m::dropped("pending_expired", expired);
+        m::set_pending(s.pending.total());
+    }
+}

@@ -1,0 +1,250 @@
+//! herald's one typed configuration: every tunable as a flag and a `HERALD_*`
+//! environment variable, humane durations (`500ms`, `15s`, `2m`) and sizes
+//! (`64KiB`, `1MiB`), with defaults from the contract, validated once at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A high-throughput Server-Sent Events broadcast server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (every shard binds it with SO_REUSEPORT).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of shards (threads, one per core); 0 means one per core.
+    #[arg(long, env = "HERALD_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
+    /// This pod's id (default: hostname plus a short random suffix).
+    #[arg(long, env = "HERALD_POD_ID")]
+    pub pod_id: Option<String>,
+
+    /// Interval between HEARTBEAT events on every stream.
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A connection whose registry heartbeat is older than this is stale
+    /// (cluster mode; default: 3 heartbeat intervals).
+    #[arg(long, env = "HERALD_STALE_AFTER", value_parser = duration)]
+    pub stale_after: Option<Duration>,
+
+    /// Interval of the cleanup job: expired pending events and history, and in a
+    /// cluster, stale connections.
+    #[arg(long, env = "HERALD_CLEANUP_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub cleanup_interval: Duration,
+
+    /// Events kept for resuming with Last-Event-ID.
+    #[arg(long, env = "HERALD_HISTORY_EVENTS", default_value_t = 10_000)]
+    pub history_events: usize,
+
+    /// Seconds an event is kept for resuming.
+    #[arg(long, env = "HERALD_HISTORY_SECONDS", default_value_t = 600)]
+    pub history_seconds: u64,
+
+    /// Bytes of framed events kept for resuming (whichever bound ends first).
+    #[arg(long, env = "HERALD_HISTORY_BYTES", default_value = "64MiB", value_parser = size)]
+    pub history_bytes: usize,
+
+    /// Pending events kept per offline user (oldest dropped first).
+    #[arg(long, env = "HERALD_MAX_PENDING", default_value_t = 100)]
+    pub max_pending: usize,
+
+    /// Pending events kept across all users; new ones are refused beyond it.
+    #[arg(long, env = "HERALD_MAX_PENDING_TOTAL", default_value_t = 1_000_000)]
+    pub max_pending_total: usize,
+
+    /// Open connections allowed on this pod (429 beyond).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 1_000_000)]
+    pub max_connections: usize,
+
+    /// Open connections allowed per user (429 beyond; a replacement does not count).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+
+    /// Frames a connection may have queued before it is closed as a slow consumer.
+    #[arg(long, env = "HERALD_MAX_QUEUE_EVENTS", default_value_t = 1024)]
+    pub max_queue_events: usize,
+
+    /// Bytes a connection may have queued before it is closed as a slow consumer.
+    #[arg(long, env = "HERALD_MAX_QUEUE_BYTES", default_value = "1MiB", value_parser = size)]
+    pub max_queue_bytes: usize,
+
+    /// Largest publish body accepted (413 beyond).
+    #[arg(long, env = "HERALD_MAX_BODY", default_value = "64KiB", value_parser = size)]
+    pub max_body: usize,
+
+    /// Time allowed for a request's headers to arrive (slowloris defence).
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+
+    /// Largest request head accepted (431 beyond).
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = size)]
+    pub max_header_bytes: usize,
+
+    /// Base of the `retry:` reconnect hint sent to every stream.
+    #[arg(long, env = "HERALD_RETRY", default_value = "2s", value_parser = duration)]
+    pub retry: Duration,
+
+    /// Random extra added to each stream's `retry:` hint, so reconnects spread out.
+    #[arg(long, env = "HERALD_RETRY_JITTER", default_value = "3s", value_parser = duration)]
+    pub retry_jitter: Duration,
+
+    /// New connections admitted per second on this pod (token bucket; 0: no limit).
+    #[arg(long, env = "HERALD_CONNECT_RATE", default_value_t = 50_000)]
+    pub connect_rate: u64,
+
+    /// Burst of new connections admitted at once.
+    #[arg(long, env = "HERALD_CONNECT_BURST", default_value_t = 10_000)]
+    pub connect_burst: u64,
+
+    /// Longest a connect waits for admission before `503`.
+    #[arg(long, env = "HERALD_CONNECT_QUEUE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub connect_queue_timeout: Duration,
+
+    /// On SIGTERM/SIGINT: time to end every stream and exit.
+    #[arg(long, env = "HERALD_GRACE_PERIOD", default_value = "10s", value_parser = duration)]
+    pub grace_period: Duration,
+
+    /// Allow binding a non-loopback address with no publisher credential.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS_PUBLISH")]
+    pub allow_anonymous_publish: bool,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `herald=debug`.
+    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Defaults, as if run with no flags (for tests and embedding).
+    pub fn defaults() -> Self {
+        Config::parse_from(["herald"])
+    }
+
+    /// Shards to run: the flag, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after.unwrap_or(self.heartbeat_interval * 3)
+    }
+
+    /// Check cross-field rules; the message says how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && !self.allow_anonymous_publish {
+            return Err(format!(
+                "refusing to listen on non-loopback address {} with no publisher credential: \
+                 anyone could publish. Listen on 127.0.0.1, or pass --allow-anonymous-publish \
+                 (HERALD_ALLOW_ANONYMOUS_PUBLISH=true) if a proxy guards /api/broadcast",
+                self.listen
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("--heartbeat-interval must be greater than 0".into());
+        }
+        if self.cleanup_interval.is_zero() {
+            return Err("--cleanup-interval must be greater than 0".into());
+        }
+        if self.shard_count() > 1024 {
+            return Err("--shards must be at most 1024".into());
+        }
+        if self.max_queue_events == 0 || self.max_queue_bytes == 0 {
+            return Err("--max-queue-events and --max-queue-bytes must be greater than 0".into());
+        }
+        if self.max_header_bytes < 1024 {
+            return Err("--max-header-bytes must be at least 1KiB".into());
+        }
+        Ok(())
+    }
+
+    /// The pod id: the flag, or hostname plus a short random suffix.
+    pub fn resolved_pod_id(&self) -> String {
+        if let Some(id) = &self.pod_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "herald".into());
+        format!("{host}-{:06x}", fastrand::u32(..0x100_0000))
+    }
+}
+
+/// Parse `500ms`, `15s`, `2m`, `1h 30m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 500ms, 15s, 2m)"))
+}
+
+/// Parse `65536`, `64KiB`, `64kb`, `1MiB`, `1m`.
+pub fn size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (write sizes like 65536, 64KiB, 1MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("bad size unit in {s:?} (use B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(c.stale_after(), Duration::from_secs(45));
+        assert_eq!(c.history_events, 10_000);
+        assert_eq!(c.history_seconds, 600);
+        assert_eq!(c.max_body, 64 << 10);
+        assert_eq!(c.grace_period, Duration::from_secs(10));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_header_bytes, 16 << 10);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn humane_values() {
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(size("64KiB").unwrap(), 65536);
+        assert_eq!(size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(size("100").unwrap(), 100);
+        assert!(size("12parsecs").is_err());
+    }
+
+    #[test]
+    fn non_loopback_needs_explicit_consent() {
+        let c = Config::parse_from(["herald", "--listen", "0.0.0.0:8080"]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("--allow-anonymous-publish"));
+        let c = Config::parse_from([
+            "herald",
+            "--listen",
+            "0.0.0.0:8080",
+            "--allow-anonymous-publish",
+        ]);
+        c.validate().unwrap();
+    }
+}

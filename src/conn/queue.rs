@@ -1,0 +1,205 @@
+//! A connection's bounded outbound queue and its slow-consumer policy.
+//!
+//! Entries are shared frames (`Bytes`: a refcount, never a copy of the payload) with
+//! the time they were published. The queue is bounded both in frames and in bytes;
+//! a push that would exceed either bound is refused and the caller closes the
+//! connection as a slow consumer, so one stalled client cannot hold memory or hold
+//! up anyone else. A freshly resumed connection may start above the bound (its
+//! replay); it is then allowed that much until it has drained below the bound.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
+
+/// One queued frame: the bytes still to write and when its event was published
+/// (0 for frames that are not events: heartbeats, `retry:`, `CONNECTED`).
+#[derive(Debug, Clone)]
+pub struct QueuedFrame {
+    pub bytes: Bytes,
+    pub published_ns: u64,
+}
+
+/// The push was refused: the queue is full.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Limits of one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+/// Frames written by one [`OutQueue::consume`] call.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Consumed {
+    /// Frames fully written.
+    pub frames: usize,
+}
+
+/// The bounded outbound queue of one connection.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<QueuedFrame>,
+    bytes: usize,
+    /// Extra allowance granted to an initial replay; drops to 0 once drained.
+    allowance: usize,
+}
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes still to write.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Push without checking limits, growing the allowance: used for the frames a
+    /// connection starts with (`CONNECTED`, pending events, a resume replay).
+    pub fn push_initial(&mut self, frame: QueuedFrame) {
+        self.allowance += 1;
+        self.bytes += frame.bytes.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Push a live frame, or refuse it when the queue is full.
+    #[inline]
+    pub fn push(&mut self, frame: QueuedFrame, limits: QueueLimits) -> Result<(), Overflow> {
+        let len = frame.bytes.len();
+        if self.frames.len() >= limits.max_frames + self.allowance
+            || (self.bytes + len > limits.max_bytes
+                && self.allowance == 0
+                && !self.frames.is_empty())
+        {
+            return Err(Overflow);
+        }
+        self.bytes += len;
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// Fill `out` with slices of the queued bytes, front first; returns how many.
+    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, frame) in out.iter_mut().zip(self.frames.iter()) {
+            *slot = IoSlice::new(&frame.bytes);
+            n += 1;
+        }
+        n
+    }
+
+    /// Account for `written` bytes having left through the socket, calling
+    /// `on_frame` with the publish time of each frame fully written.
+    pub fn consume(&mut self, mut written: usize, mut on_frame: impl FnMut(u64)) -> Consumed {
+        let mut done = Consumed::default();
+        self.bytes -= written.min(self.bytes);
+        while written > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
+            let len = front.bytes.len();
+            if written >= len {
+                written -= len;
+                on_frame(front.published_ns);
+                self.frames.pop_front();
+                done.frames += 1;
+            } else {
+                // Partial write: move the start of the shared buffer, no copy.
+                front.bytes.advance(written);
+                written = 0;
+            }
+        }
+        self.allowance = self.allowance.saturating_sub(done.frames);
+        if self.frames.is_empty() && self.frames.capacity() > 64 {
+            // A burst grew the ring; give the memory back to idle connections.
+            self.frames.shrink_to(8);
+        }
+        done
+    }
+
+    /// Take the front frame whole (for writers that hand frames on one by one).
+    pub fn pop_front(&mut self) -> Option<QueuedFrame> {
+        let f = self.frames.pop_front()?;
+        self.bytes -= f.bytes.len();
+        self.allowance = self.allowance.saturating_sub(1);
+        Some(f)
+    }
+
+    /// Drop everything queued (the connection is closing); returns frames dropped.
+    pub fn clear(&mut self) -> usize {
+        let n = self.frames.len();
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+        self.allowance = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &'static str) -> QueuedFrame {
+        QueuedFrame {
+            bytes: Bytes::from_static(s.as_bytes()),
+            published_ns: 1,
+        }
+    }
+
+    const L: QueueLimits = QueueLimits {
+        max_frames: 2,
+        max_bytes: 10,
+    };
+
+    #[test]
+    fn bounded_in_frames() {
+        let mut q = OutQueue::default();
+        q.push(f("a"), L).unwrap();
+        q.push(f("b"), L).unwrap();
+        assert_eq!(q.push(f("c"), L), Err(Overflow));
+    }
+
+    #[test]
+    fn bounded_in_bytes_but_one_large_frame_fits_an_empty_queue() {
+        let mut q = OutQueue::default();
+        q.push(f("0123456789AB"), L).unwrap();
+        assert_eq!(q.push(f("x"), L), Err(Overflow));
+    }
+
+    #[test]
+    fn partial_writes_advance_without_losing_bytes() {
+        let mut q = OutQueue::default();
+        q.push(f("abc"), L).unwrap();
+        q.push(f("de"), L).unwrap();
+        let mut seen = 0;
+        assert_eq!(q.consume(2, |_| seen += 1).frames, 0);
+        let mut s = [IoSlice::new(&[]); 4];
+        let n = q.slices(&mut s);
+        let joined: Vec<u8> = s[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(joined, b"cde");
+        assert_eq!(q.consume(3, |_| seen += 1).frames, 2);
+        assert_eq!(seen, 2);
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn initial_frames_get_an_allowance_until_drained() {
+        let mut q = OutQueue::default();
+        for _ in 0..5 {
+            q.push_initial(f("abcd"));
+        }
+        q.push(f("x"), L).unwrap();
+        q.consume(20, |_| ());
+        assert_eq!(q.len(), 1);
+        q.push(f("y"), L).unwrap();
+        assert_eq!(q.push(f("z"), L), Err(Overflow));
+    }
+}

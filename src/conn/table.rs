@@ -1,0 +1,422 @@
+//! The connection table of one shard: a `Slab` of connections plus indexes from
+//! user and topic to slab keys. Touched only by its shard's thread (it is `!Send`
+//! through its `Rc`s), so delivery takes no lock and no atomic of its own.
+//!
+//! Delivery of one event: look up the matching slab keys (every entry for `all`,
+//! the user index, the topic index), then per connection a comparison of event ids
+//! (dedup across topics, and the resume floor), a push of a `Bytes` clone into its
+//! bounded queue, and the wake of its writer if it was parked. No allocation, no
+//! copy of the payload.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::Waker;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use super::queue::{OutQueue, QueueLimits, QueuedFrame};
+use super::CloseReason;
+use crate::event::{Event, Target};
+
+/// Lifecycle of a connection in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Receiving events.
+    Open,
+    /// Ended by the server; its writer closes the socket and removes the entry.
+    Closing(CloseReason),
+}
+
+/// One SSE connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Unique per process; tells a connection from a later one in the same slot.
+    pub serial: u64,
+    pub user: Rc<str>,
+    pub conn_id: Box<str>,
+    /// Subscribed topics with this connection's position in each topic's index.
+    topics: Box<[(Rc<str>, u32)]>,
+    user_pos: u32,
+    /// The id of the last event queued (or the resume floor): events at or below
+    /// it are skipped, so topic overlap and a replay never deliver twice.
+    pub last_id: u64,
+    pub queue: OutQueue,
+    pub waker: Option<Waker>,
+    pub state: ConnState,
+}
+
+impl Conn {
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.topics.iter().map(|(t, _)| &**t)
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// What one delivery did on this shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Frames queued.
+    pub queued: u64,
+    /// Connections closed because their queue was full.
+    pub slow_closed: u64,
+    /// Frames dropped with those connections.
+    pub dropped_frames: u64,
+}
+
+/// A new connection to add.
+pub struct NewConn<'a> {
+    pub serial: u64,
+    pub user: &'a str,
+    pub conn_id: &'a str,
+    pub topics: &'a [Box<str>],
+    pub last_id: u64,
+}
+
+/// The slab of connections of one shard and its indexes.
+#[derive(Default)]
+pub struct ConnTable {
+    slab: Slab<Conn>,
+    users: HashMap<Rc<str>, Vec<u32>>,
+    topics: HashMap<Rc<str>, Vec<u32>>,
+    limits: Option<QueueLimits>,
+}
+
+impl ConnTable {
+    pub fn new(limits: QueueLimits) -> Self {
+        ConnTable {
+            limits: Some(limits),
+            ..Default::default()
+        }
+    }
+
+    fn limits(&self) -> QueueLimits {
+        self.limits.unwrap_or(QueueLimits {
+            max_frames: 1024,
+            max_bytes: 4 << 20,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Number of distinct users with a connection on this shard.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn get(&self, key: usize) -> Option<&Conn> {
+        self.slab.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Conn> {
+        self.slab.get_mut(key)
+    }
+
+    /// Slab keys of every connection.
+    pub fn keys(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slab.iter().map(|(k, _)| k)
+    }
+
+    /// The key the next [`ConnTable::insert`] will use.
+    pub fn vacant_key(&self) -> usize {
+        self.slab.vacant_key()
+    }
+
+    /// Add a connection and index it; returns its slab key.
+    pub fn insert(&mut self, new: NewConn<'_>) -> usize {
+        let entry = self.slab.vacant_entry();
+        let key = entry.key() as u32;
+        let user = intern(&mut self.users, new.user);
+        let user_list = self.users.get_mut(&*user).expect("interned");
+        let user_pos = user_list.len() as u32;
+        user_list.push(key);
+        let topics: Box<[(Rc<str>, u32)]> = new
+            .topics
+            .iter()
+            .map(|t| {
+                let topic = intern(&mut self.topics, t);
+                let list = self.topics.get_mut(&*topic).expect("interned");
+                list.push(key);
+                (topic, list.len() as u32 - 1)
+            })
+            .collect();
+        entry.insert(Conn {
+            serial: new.serial,
+            user,
+            conn_id: new.conn_id.into(),
+            topics,
+            user_pos,
+            last_id: new.last_id,
+            queue: OutQueue::default(),
+            waker: None,
+            state: ConnState::Open,
+        });
+        key as usize
+    }
+
+    /// Remove a connection and its index entries.
+    pub fn remove(&mut self, key: usize) -> Option<Conn> {
+        let conn = self.slab.try_remove(key)?;
+        let moved = unindex(&mut self.users, &conn.user, conn.user_pos);
+        if let Some(moved) = moved {
+            self.slab[moved as usize].user_pos = conn.user_pos;
+        }
+        for (topic, pos) in conn.topics.iter() {
+            if let Some(moved) = unindex(&mut self.topics, topic, *pos) {
+                let other = &mut self.slab[moved as usize];
+                if let Some(slot) = other.topics.iter_mut().find(|(t, _)| Rc::ptr_eq(t, topic)) {
+                    slot.1 = *pos;
+                }
+            }
+        }
+        Some(conn)
+    }
+
+    /// End a connection from the server side: drop its queue, let its writer close
+    /// the socket. Returns frames dropped, or `None` if `serial` is not there.
+    pub fn close(&mut self, key: usize, serial: u64, reason: CloseReason) -> Option<usize> {
+        let conn = self.slab.get_mut(key).filter(|c| c.serial == serial)?;
+        Some(close_conn(conn, reason))
+    }
+
+    /// Queue `ev` on every matching open connection.
+    pub fn deliver(&mut self, ev: &Event) -> Delivery {
+        let limits = self.limits();
+        let mut d = Delivery::default();
+        match &ev.target {
+            Target::All => {
+                for (_, conn) in self.slab.iter_mut() {
+                    push(conn, ev, limits, &mut d);
+                }
+            }
+            Target::Users(users) => {
+                for user in users.iter() {
+                    if let Some(keys) = self.users.get(&**user) {
+                        for &k in keys {
+                            push(&mut self.slab[k as usize], ev, limits, &mut d);
+                        }
+                    }
+                }
+            }
+            Target::Topics(topics) => {
+                for topic in topics.iter() {
+                    if let Some(keys) = self.topics.get(&**topic) {
+                        for &k in keys {
+                            push(&mut self.slab[k as usize], ev, limits, &mut d);
+                        }
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Queue one shared unnumbered frame (a heartbeat) on every open connection.
+    pub fn deliver_all_unnumbered(&mut self, frame: &Bytes) -> Delivery {
+        let limits = self.limits();
+        let mut d = Delivery::default();
+        for (_, conn) in self.slab.iter_mut() {
+            if conn.state != ConnState::Open {
+                continue;
+            }
+            let qf = QueuedFrame {
+                bytes: frame.clone(),
+                published_ns: 0,
+            };
+            if conn.queue.push(qf, limits).is_ok() {
+                d.queued += 1;
+                conn.wake();
+            } else {
+                d.slow_closed += 1;
+                d.dropped_frames += close_conn(conn, CloseReason::SlowConsumer) as u64 + 1;
+            }
+        }
+        d
+    }
+
+    /// Close every open connection (shutdown); returns how many.
+    pub fn close_all(&mut self, reason: CloseReason) -> usize {
+        let mut n = 0;
+        for (_, conn) in self.slab.iter_mut() {
+            if conn.state == ConnState::Open {
+                close_conn(conn, reason);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[inline]
+fn push(conn: &mut Conn, ev: &Event, limits: QueueLimits, d: &mut Delivery) {
+    if ev.id <= conn.last_id || conn.state != ConnState::Open {
+        return;
+    }
+    conn.last_id = ev.id;
+    let qf = QueuedFrame {
+        bytes: ev.frame.clone(),
+        published_ns: ev.published_ns,
+    };
+    match conn.queue.push(qf, limits) {
+        Ok(()) => {
+            d.queued += 1;
+            conn.wake();
+        }
+        Err(_) => {
+            d.slow_closed += 1;
+            d.dropped_frames += close_conn(conn, CloseReason::SlowConsumer) as u64 + 1;
+        }
+    }
+}
+
+fn close_conn(conn: &mut Conn, reason: CloseReason) -> usize {
+    if conn.state != ConnState::Open {
+        return 0;
+    }
+    conn.state = ConnState::Closing(reason);
+    let dropped = conn.queue.clear();
+    conn.wake();
+    dropped
+}
+
+/// The shared key for `name`, inserting an empty list the first time.
+fn intern(index: &mut HashMap<Rc<str>, Vec<u32>>, name: &str) -> Rc<str> {
+    if let Some((k, _)) = index.get_key_value(name) {
+        return k.clone();
+    }
+    let k: Rc<str> = name.into();
+    index.insert(k.clone(), Vec::new());
+    k
+}
+
+/// Swap-remove position `pos` of `name`'s list; returns the slab key that moved
+/// into `pos`, whose stored position the caller must update.
+fn unindex(index: &mut HashMap<Rc<str>, Vec<u32>>, name: &str, pos: u32) -> Option<u32> {
+    let list = index.get_mut(name)?;
+    list.swap_remove(pos as usize);
+    let moved = list.get(pos as usize).copied();
+    if list.is_empty() {
+        index.remove(name);
+    }
+    moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u64, target: Target) -> Event {
+        Event {
+            id,
+            target,
+            frame: Bytes::from_static(b"x"),
+            published_ns: 1,
+        }
+    }
+
+    fn topics(t: &[&str]) -> Box<[Box<str>]> {
+        t.iter().map(|s| (*s).into()).collect()
+    }
+
+    fn add(t: &mut ConnTable, serial: u64, user: &str, tp: &[&str]) -> usize {
+        t.insert(NewConn {
+            serial,
+            user,
+            conn_id: "c",
+            topics: &topics(tp),
+            last_id: 0,
+        })
+    }
+
+    #[test]
+    fn routes_by_target_and_dedups_overlapping_topics() {
+        let mut t = ConnTable::new(QueueLimits {
+            max_frames: 10,
+            max_bytes: 1000,
+        });
+        let a = add(&mut t, 1, "alice", &["x", "y"]);
+        let b = add(&mut t, 2, "bob", &["y"]);
+        let c = add(&mut t, 3, "carol", &[]);
+        assert_eq!(t.deliver(&ev(1, Target::All)).queued, 3);
+        assert_eq!(t.deliver(&ev(2, Target::Users(topics(&["bob"])))).queued, 1);
+        assert_eq!(
+            t.deliver(&ev(3, Target::Topics(topics(&["x", "y"]))))
+                .queued,
+            2
+        );
+        assert_eq!(t.get(a).unwrap().queue.len(), 2);
+        assert_eq!(t.get(b).unwrap().queue.len(), 3);
+        assert_eq!(t.get(c).unwrap().queue.len(), 1);
+    }
+
+    #[test]
+    fn removal_keeps_indexes_consistent() {
+        let mut t = ConnTable::new(QueueLimits {
+            max_frames: 10,
+            max_bytes: 1000,
+        });
+        let keys: Vec<usize> = (0..5).map(|i| add(&mut t, i, "u", &["t"])).collect();
+        t.remove(keys[1]).unwrap();
+        t.remove(keys[3]).unwrap();
+        let d = t.deliver(&ev(1, Target::Topics(topics(&["t"]))));
+        assert_eq!(d.queued, 3);
+        let d = t.deliver(&ev(2, Target::Users(topics(&["u"]))));
+        assert_eq!(d.queued, 3);
+        for k in [keys[0], keys[2], keys[4]] {
+            t.remove(k).unwrap();
+        }
+        assert!(t.users.is_empty() && t.topics.is_empty());
+    }
+
+    #[test]
+    fn full_queue_closes_only_that_connection() {
+        let mut t = ConnTable::new(QueueLimits {
+            max_frames: 2,
+            max_bytes: 1000,
+        });
+        let slow = add(&mut t, 1, "s", &[]);
+        let fast = add(&mut t, 2, "f", &[]);
+        for id in 1..=3 {
+            t.deliver(&ev(id, Target::All));
+            // the fast one drains
+            let q = &mut t.get_mut(fast).unwrap().queue;
+            let n = q.bytes();
+            q.consume(n, |_| ());
+        }
+        assert_eq!(
+            t.get(slow).unwrap().state,
+            ConnState::Closing(CloseReason::SlowConsumer)
+        );
+        assert_eq!(t.get(fast).unwrap().state, ConnState::Open);
+        assert_eq!(t.get(slow).unwrap().queue.len(), 0);
+    }
+
+    #[test]
+    fn resume_floor_skips_older_events() {
+        let mut t = ConnTable::new(QueueLimits {
+            max_frames: 10,
+            max_bytes: 1000,
+        });
+        let k = t.insert(NewConn {
+            serial: 1,
+            user: "u",
+            conn_id: "c",
+            topics: &[],
+            last_id: 5,
+        });
+        assert_eq!(t.deliver(&ev(5, Target::All)).queued, 0);
+        assert_eq!(t.deliver(&ev(6, Target::All)).queued, 1);
+        assert_eq!(t.get(k).unwrap().last_id, 6);
+    }
+}

@@ -1,0 +1,342 @@
+//! Resume history and pending events. Pure: time is passed in as monotonic
+//! nanoseconds ([`crate::clock::now_ns`]).
+//!
+//! * [`History`] keeps the last events (bounded by count, age and bytes) so a
+//!   reconnect with `Last-Event-ID` gets exactly what it missed, or `RESYNC` when
+//!   the resume point is older than what is kept or is not an id of this process.
+//! * [`Pending`] keeps user-targeted events for users with no open connection,
+//!   each with its TTL, at most `max_pending` per user (oldest dropped first) and a
+//!   global bound, so no publisher can grow memory without bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::conn::QueuedFrame;
+use crate::event::Event;
+
+/// Bounds of the history window.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub max_events: usize,
+    pub max_age_ns: u64,
+    pub max_bytes: usize,
+}
+
+/// The answer to a resume request.
+#[derive(Debug)]
+pub enum Resume {
+    /// Exactly these events, in order (possibly none).
+    Replay(Vec<Arc<Event>>),
+    /// The resume point is unknown or older than the history: send `RESYNC`.
+    Resync,
+}
+
+/// The last published events, oldest first.
+#[derive(Debug)]
+pub struct History {
+    entries: VecDeque<Arc<Event>>,
+    bytes: usize,
+    limits: HistoryLimits,
+    /// Ids this process issues are `> base`; anything at or below is unknown.
+    base: u64,
+    /// The last id issued (`base` before the first event).
+    last: u64,
+}
+
+impl History {
+    pub fn new(base: u64, limits: HistoryLimits) -> Self {
+        History {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limits,
+            base,
+            last: base,
+        }
+    }
+
+    /// The last id issued.
+    pub fn last_id(&self) -> u64 {
+        self.last
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Record a newly published event (ids must be consecutive).
+    pub fn push(&mut self, ev: Arc<Event>, now_ns: u64) {
+        debug_assert_eq!(ev.id, self.last + 1);
+        self.last = ev.id;
+        self.bytes += ev.frame.len();
+        self.entries.push_back(ev);
+        self.trim(now_ns);
+    }
+
+    /// Drop what is beyond the count, bytes or age bounds.
+    pub fn trim(&mut self, now_ns: u64) {
+        while let Some(front) = self.entries.front() {
+            let too_old = now_ns.saturating_sub(front.published_ns) > self.limits.max_age_ns;
+            if self.entries.len() > self.limits.max_events
+                || self.bytes > self.limits.max_bytes
+                || too_old
+            {
+                self.bytes -= front.frame.len();
+                self.entries.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The events after `last_event_id` that `wants` selects, or `Resync`.
+    pub fn resume(
+        &mut self,
+        last_event_id: &str,
+        now_ns: u64,
+        wants: impl Fn(&Event) -> bool,
+    ) -> Resume {
+        self.trim(now_ns);
+        let Ok(after) = last_event_id.trim().parse::<u64>() else {
+            return Resume::Resync;
+        };
+        if after <= self.base || after > self.last {
+            return Resume::Resync;
+        }
+        let oldest = self.entries.front().map_or(self.last + 1, |e| e.id);
+        if after + 1 < oldest {
+            return Resume::Resync;
+        }
+        let skip = (after + 1 - oldest) as usize;
+        Resume::Replay(
+            self.entries
+                .iter()
+                .skip(skip)
+                .filter(|e| wants(e))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// Bounds of the pending store.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLimits {
+    /// Per user; the oldest is dropped first.
+    pub per_user: usize,
+    /// Across all users; a new event is refused when full.
+    pub total: usize,
+}
+
+#[derive(Debug)]
+struct PendingEntry {
+    frame: Bytes,
+    published_ns: u64,
+    expires_ns: u64,
+}
+
+/// What [`Pending::push`] had to drop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PendingDrops {
+    /// Oldest entries of that user dropped to make room.
+    pub overflow: u64,
+    /// The new entry itself, refused because the global bound was reached.
+    pub refused: u64,
+}
+
+/// Events waiting for users with no open connection.
+#[derive(Debug)]
+pub struct Pending {
+    users: HashMap<Box<str>, VecDeque<PendingEntry>>,
+    total: usize,
+    limits: PendingLimits,
+}
+
+impl Pending {
+    pub fn new(limits: PendingLimits) -> Self {
+        Pending {
+            users: HashMap::new(),
+            total: 0,
+            limits,
+        }
+    }
+
+    /// Events held, all users together.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn push(&mut self, user: &str, ev: &Event, ttl_ns: u64) -> PendingDrops {
+        let mut drops = PendingDrops::default();
+        if self.limits.per_user == 0 {
+            drops.refused = 1;
+            return drops;
+        }
+        let queue_len = self.users.get(user).map_or(0, VecDeque::len);
+        if self.total >= self.limits.total && queue_len < self.limits.per_user {
+            drops.refused = 1;
+            return drops;
+        }
+        let queue = match self.users.get_mut(user) {
+            Some(q) => q,
+            None => self.users.entry(user.into()).or_default(),
+        };
+        while queue.len() >= self.limits.per_user {
+            queue.pop_front();
+            self.total -= 1;
+            drops.overflow += 1;
+        }
+        queue.push_back(PendingEntry {
+            frame: ev.frame.clone(),
+            published_ns: ev.published_ns,
+            expires_ns: ev.published_ns.saturating_add(ttl_ns),
+        });
+        self.total += 1;
+        drops
+    }
+
+    /// Remove and return `user`'s unexpired events, oldest first.
+    pub fn take(&mut self, user: &str, now_ns: u64) -> Vec<QueuedFrame> {
+        let Some(queue) = self.users.remove(user) else {
+            return Vec::new();
+        };
+        self.total -= queue.len();
+        queue
+            .into_iter()
+            .filter(|e| e.expires_ns > now_ns)
+            .map(|e| QueuedFrame {
+                bytes: e.frame,
+                published_ns: e.published_ns,
+            })
+            .collect()
+    }
+
+    /// Drop every expired event; returns how many.
+    pub fn sweep(&mut self, now_ns: u64) -> u64 {
+        let mut expired = 0;
+        self.users.retain(|_, q| {
+            let before = q.len();
+            q.retain(|e| e.expires_ns > now_ns);
+            expired += (before - q.len()) as u64;
+            !q.is_empty()
+        });
+        self.total -= expired as usize;
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Target;
+
+    fn ev(id: u64, at: u64) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            target: Target::All,
+            frame: Bytes::from_static(b"0123456789"),
+            published_ns: at,
+        })
+    }
+
+    fn ids(r: Resume) -> Option<Vec<u64>> {
+        match r {
+            Resume::Replay(v) => Some(v.iter().map(|e| e.id).collect()),
+            Resume::Resync => None,
+        }
+    }
+
+    const BIG: HistoryLimits = HistoryLimits {
+        max_events: 3,
+        max_age_ns: 1_000,
+        max_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn resume_replays_exactly_the_gap() {
+        let mut h = History::new(100, BIG);
+        for id in 101..=103 {
+            h.push(ev(id, 10), 10);
+        }
+        assert_eq!(ids(h.resume("101", 10, |_| true)), Some(vec![102, 103]));
+        assert_eq!(ids(h.resume("103", 10, |_| true)), Some(vec![]));
+        assert_eq!(
+            ids(h.resume("100", 10, |_| true)),
+            None,
+            "not an id of this process"
+        );
+        assert_eq!(ids(h.resume("104", 10, |_| true)), None, "from the future");
+        assert_eq!(ids(h.resume("garbage", 10, |_| true)), None);
+    }
+
+    #[test]
+    fn resume_older_than_history_resyncs() {
+        let mut h = History::new(100, BIG);
+        for id in 101..=105 {
+            h.push(ev(id, 10), 10);
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(
+            ids(h.resume("102", 10, |_| true)),
+            Some(vec![103, 104, 105])
+        );
+        assert_eq!(ids(h.resume("101", 10, |_| true)), None);
+    }
+
+    #[test]
+    fn age_and_bytes_bound_the_history() {
+        let mut h = History::new(
+            0,
+            HistoryLimits {
+                max_events: 100,
+                max_age_ns: 50,
+                max_bytes: 25,
+            },
+        );
+        h.push(ev(1, 0), 0);
+        h.push(ev(2, 0), 0);
+        h.push(ev(3, 0), 0);
+        assert_eq!(h.len(), 2, "bytes bound");
+        h.trim(100);
+        assert!(h.is_empty(), "age bound");
+        assert_eq!(
+            ids(h.resume("3", 100, |_| true)),
+            Some(vec![]),
+            "up to date, nothing missed"
+        );
+        assert_eq!(ids(h.resume("2", 100, |_| true)), None);
+    }
+
+    #[test]
+    fn pending_keeps_newest_per_user_and_expires() {
+        let mut p = Pending::new(PendingLimits {
+            per_user: 2,
+            total: 10,
+        });
+        for id in 1..=3 {
+            p.push("u", &ev(id, id * 10), 100);
+        }
+        assert_eq!(p.total(), 2);
+        let got = p.take("u", 0);
+        assert_eq!(got.len(), 2);
+        assert!(p.take("u", 0).is_empty(), "taken once");
+        p.push("v", &ev(9, 0), 5);
+        assert_eq!(p.sweep(10), 1);
+        assert_eq!(p.total(), 0);
+    }
+
+    #[test]
+    fn pending_global_bound_refuses_new_users() {
+        let mut p = Pending::new(PendingLimits {
+            per_user: 5,
+            total: 1,
+        });
+        assert_eq!(p.push("a", &ev(1, 0), 100), PendingDrops::default());
+        assert_eq!(p.push("b", &ev(2, 0), 100).refused, 1);
+    }
+}

@@ -1,0 +1,195 @@
+//! Reading a request head ourselves (httparse), before deciding who serves the
+//! connection: SSE streams go to the lean writer, everything else to hyper, which
+//! is handed the bytes already read through [`Rewind`]. The head is bounded in size
+//! (431 beyond) and, by the caller, in time (slowloris).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// Most headers accepted in one request.
+pub const MAX_HEADERS: usize = 64;
+
+/// Why no head could be read.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The client closed (or reset) before sending a whole head.
+    Closed,
+    /// Larger than the limit, or too many headers: 431.
+    TooLarge,
+    /// Not HTTP/1.x: 400.
+    Malformed,
+}
+
+/// What herald needs from a request head.
+#[derive(Debug)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub last_event_id: Option<String>,
+}
+
+/// Read from `io` into `buf` until a whole head is there; returns it parsed.
+pub async fn read<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Head, HeadError> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse(buf)? {
+                return Ok(head);
+            }
+        }
+        if buf.len() >= max {
+            return Err(HeadError::TooLarge);
+        }
+        let room = (max + 1 - buf.len()).min(4096);
+        buf.reserve(room);
+        let mut limited = (&mut *io).take(room as u64);
+        match limited.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(HeadError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(_)) => {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let last_event_id = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty());
+            Ok(Some(Head {
+                method: req.method.unwrap_or("").to_string(),
+                path: path.to_string(),
+                query: query.to_string(),
+                last_event_id,
+            }))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed),
+    }
+}
+
+/// An I/O object that first yields `prefix`, then reads from `inner`.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Give the memory back: this connection may live long.
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_a_head_in_pieces() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for part in [
+                "GET /api/user/sse/connect?userId=u HTTP/1.1\r\n",
+                "Last-Event-ID: 7\r\n",
+                "\r\n",
+            ] {
+                client.write_all(part.as_bytes()).await.unwrap();
+            }
+            client
+        });
+        let mut buf = BytesMut::new();
+        let head = read(&mut server, &mut buf, 16 << 10).await.unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/api/user/sse/connect");
+        assert_eq!(head.query, "userId=u");
+        assert_eq!(head.last_event_id.as_deref(), Some("7"));
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_heads_and_garbage() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(3000));
+        let mut io = big.as_bytes();
+        assert!(matches!(
+            read(&mut io, &mut BytesMut::new(), 2048).await,
+            Err(HeadError::TooLarge)
+        ));
+        let mut io = &b"\x16\x03\x01 not http\r\n\r\n"[..];
+        assert!(matches!(
+            read(&mut io, &mut BytesMut::new(), 2048).await,
+            Err(HeadError::Malformed)
+        ));
+        let mut io = &b"GET / HTTP/1.1\r\n"[..];
+        assert!(matches!(
+            read(&mut io, &mut BytesMut::new(), 2048).await,
+            Err(HeadError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,118 @@
+//! HTTP: every accepted connection starts here. The request head is read with
+//! [`head::read`] under the header timeout; `GET /api/user/sse/connect` becomes a
+//! lean stream ([`crate::shard::stream::SseWriter`]), anything else is served by
+//! hyper's HTTP/1.1 connection (keep-alive, its own header timeout) with the
+//! routes in [`routes`].
+
+pub mod head;
+pub mod params;
+pub mod publish;
+pub mod routes;
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::error::{self, ApiError};
+use crate::shard::stream::SseWriter;
+use crate::shard::Shard;
+use head::{HeadError, Rewind};
+
+/// The connect endpoint.
+pub const CONNECT_PATH: &str = "/api/user/sse/connect";
+
+/// Serve one accepted connection until it ends.
+pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
+    let cfg = &shard.shared.config;
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = match tokio::time::timeout(
+        cfg.header_timeout,
+        head::read(&mut stream, &mut buf, cfg.max_header_bytes),
+    )
+    .await
+    {
+        Err(_) => {
+            debug!("request head timed out");
+            let err = ApiError::new(
+                408,
+                "header_timeout",
+                "request headers did not arrive in time",
+            );
+            return write_error(&mut stream, &err).await;
+        }
+        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            let err = ApiError::new(
+                431,
+                "headers_too_large",
+                format!("request headers exceed {} bytes", cfg.max_header_bytes),
+            );
+            return write_error(&mut stream, &err).await;
+        }
+        Ok(Err(HeadError::Malformed)) => {
+            let err = ApiError::bad_request("malformed_request", "not a valid HTTP/1.1 request");
+            return write_error(&mut stream, &err).await;
+        }
+        Ok(Ok(head)) => head,
+    };
+    if head.method == "GET" && head.path == CONNECT_PATH {
+        let params = match params::connect(&head.query) {
+            Ok(p) => p,
+            Err(e) => return write_error(&mut stream, &e).await,
+        };
+        let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
+        match routes::open_stream(&shard, &params, last_event_id.as_deref(), true).await {
+            Ok(guard) => {
+                drop(buf);
+                // A task of its own, so the idle stream does not carry this future.
+                tokio::task::spawn_local(SseWriter::new(stream, guard));
+            }
+            Err(e) => write_error(&mut stream, &e).await,
+        }
+        return;
+    }
+    let header_timeout = cfg.header_timeout;
+    let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;
+    let io = TokioIo::new(Rewind::new(buf.freeze(), stream));
+    let service = hyper::service::service_fn(move |req| routes::handle(shard.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
+        .serve_connection(io, service);
+    if let Err(e) = conn.await {
+        debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// Write a JSON error response and close the connection.
+pub async fn write_error(stream: &mut TcpStream, err: &ApiError) {
+    let body = err.body();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        err.status,
+        error::reason(err.status),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    // Read what the client still sends (briefly, boundedly) before closing, so the
+    // close is a FIN and not a reset that could destroy the response in flight.
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+        let mut total = 0;
+        while total < 256 << 10 {
+            match tokio::io::AsyncReadExt::read(stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,183 @@
+//! The publish body: `{"event", "data", "target", "ttlSeconds"}`, validated. Pure.
+//! `data` may be a string (sent as is) or any JSON value (sent compact, on one
+//! line); `event` defaults to `message`; `target` is `"all"`, `{"users":[…]}` or
+//! `{"topics":[…]}`; `ttlSeconds` (default 86400) bounds how long a user-targeted
+//! event waits for an offline user.
+
+use serde_json::Value;
+
+use super::params::valid_name;
+use crate::error::ApiError;
+use crate::event::Target;
+
+/// Default lifetime of a pending event.
+pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
+
+/// A validated publish request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub event: String,
+    pub data: String,
+    pub target: Target,
+    pub ttl_seconds: u64,
+}
+
+fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(code, msg)
+}
+
+/// Parse a publish body.
+pub fn parse(body: &[u8]) -> Result<PublishRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| bad("invalid_json", format!("body is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(bad("invalid_body", "body must be a JSON object"));
+    };
+    let event = match obj.remove("event") {
+        None | Some(Value::Null) => "message".to_string(),
+        Some(Value::String(s)) if valid_name(&s) => s,
+        Some(_) => {
+            return Err(bad(
+                "invalid_event",
+                "event must be 1-128 bytes of letters, digits and . _ : @ -",
+            ))
+        }
+    };
+    let data = match obj.remove("data") {
+        None => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    };
+    let target = match obj.remove("target") {
+        None | Some(Value::Null) => {
+            return Err(bad(
+                "missing_target",
+                "target is required: \"all\", {\"users\":[…]} or {\"topics\":[…]}",
+            ))
+        }
+        Some(t) => target(t)?,
+    };
+    let ttl_seconds = match obj.remove("ttlSeconds") {
+        None | Some(Value::Null) => DEFAULT_TTL_SECONDS,
+        Some(Value::Number(n)) => n.as_u64().filter(|&n| n <= 365 * 86_400).ok_or_else(|| {
+            bad(
+                "invalid_ttl",
+                "ttlSeconds must be a whole number from 0 to 31536000",
+            )
+        })?,
+        Some(_) => {
+            return Err(bad(
+                "invalid_ttl",
+                "ttlSeconds must be a whole number from 0 to 31536000",
+            ))
+        }
+    };
+    Ok(PublishRequest {
+        event,
+        data,
+        target,
+        ttl_seconds,
+    })
+}
+
+fn target(value: Value) -> Result<Target, ApiError> {
+    let invalid = || {
+        bad(
+            "invalid_target",
+            "target must be \"all\", {\"users\":[…]} or {\"topics\":[…]}",
+        )
+    };
+    match value {
+        Value::String(s) if s == "all" => Ok(Target::All),
+        Value::Object(mut obj) if obj.len() == 1 => {
+            if let Some(users) = obj.remove("users") {
+                Ok(Target::Users(names(users, "users")?))
+            } else if let Some(topics) = obj.remove("topics") {
+                Ok(Target::Topics(names(topics, "topics")?))
+            } else {
+                Err(invalid())
+            }
+        }
+        _ => Err(invalid()),
+    }
+}
+
+fn names(value: Value, what: &str) -> Result<Box<[Box<str>]>, ApiError> {
+    let Value::Array(items) = value else {
+        return Err(bad(
+            "invalid_target",
+            format!("target.{what} must be a non-empty array of names"),
+        ));
+    };
+    if items.is_empty() {
+        return Err(bad(
+            "invalid_target",
+            format!("target.{what} must be a non-empty array of names"),
+        ));
+    }
+    let mut out: Vec<Box<str>> = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Value::String(s) if valid_name(&s) => {
+                if !out.iter().any(|have| **have == *s) {
+                    out.push(s.into());
+                }
+            }
+            _ => return Err(bad(
+                "invalid_target",
+                format!(
+                    "each of target.{what} must be 1-128 bytes of letters, digits and . _ : @ -"
+                ),
+            )),
+        }
+    }
+    Ok(out.into_boxed_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_request() {
+        let r = parse(br#"{"event":"note","data":{"a":[1, 2]},"target":{"users":["u1","u2","u1"]},"ttlSeconds":5}"#).unwrap();
+        assert_eq!(r.event, "note");
+        assert_eq!(r.data, r#"{"a":[1,2]}"#);
+        assert_eq!(
+            r.target,
+            Target::Users(vec![Box::from("u1"), Box::from("u2")].into_boxed_slice())
+        );
+        assert_eq!(r.ttl_seconds, 5);
+    }
+
+    #[test]
+    fn defaults() {
+        let r = parse(br#"{"data":"hi","target":"all"}"#).unwrap();
+        assert_eq!(
+            (r.event.as_str(), r.data.as_str(), r.ttl_seconds),
+            ("message", "hi", DEFAULT_TTL_SECONDS)
+        );
+    }
+
+    #[test]
+    fn rejections() {
+        let code = |b: &str| parse(b.as_bytes()).unwrap_err().code;
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_body");
+        assert_eq!(code(r#"{"data":"x"}"#), "missing_target");
+        assert_eq!(code(r#"{"target":"some"}"#), "invalid_target");
+        assert_eq!(code(r#"{"target":{"users":[]}}"#), "invalid_target");
+        assert_eq!(code(r#"{"target":{"users":["a b"]}}"#), "invalid_target");
+        assert_eq!(
+            code(r#"{"target":{"users":["a"],"topics":["b"]}}"#),
+            "invalid_target"
+        );
+        assert_eq!(
+            code(r#"{"target":"all","event":"bad name"}"#),
+            "invalid_event"
+        );
+        assert_eq!(code(r#"{"target":"all","event":5}"#), "invalid_event");
+        assert_eq!(code(r#"{"target":"all","ttlSeconds":-1}"#), "invalid_ttl");
+        assert_eq!(code(r#"{"target":"all","ttlSeconds":1.5}"#), "invalid_ttl");
+    }
+}

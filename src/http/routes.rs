@@ -1,0 +1,351 @@
+//! The endpoints: connect (shared by the lean path and hyper), disconnect, stats,
+//! publish, health and metrics. Handlers validate, call the broker or the shard,
+//! and answer JSON; every refusal is an [`ApiError`].
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::params::{self, ConnectParams};
+use super::publish;
+use crate::broker::{Initial, OpenError, OpenRequest, Publish};
+use crate::clock;
+use crate::conn::table::NewConn;
+use crate::conn::{CloseReason, QueuedFrame};
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::shard::stream::{QueueBody, StreamGuard};
+use crate::shard::Shard;
+use crate::sse::frame;
+
+/// Response body: a complete JSON/text body, or an SSE stream.
+pub type HeraldBody = Either<Full<Bytes>, QueueBody>;
+
+/// The head of every lean SSE response. The body ends when the connection
+/// closes, so no chunked framing is spent on each event.
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+x-accel-buffering: no\r\nconnection: close\r\n\r\n";
+
+/// Register a stream on this shard and queue what it starts with: (the lean
+/// path's response head,) `retry:`, `CONNECTED`, then the replay, `RESYNC` or the
+/// pending events. Returns the guard that ends it.
+pub async fn open_stream(
+    shard: &Rc<Shard>,
+    p: &ConnectParams,
+    last_event_id: Option<&str>,
+    raw_head: bool,
+) -> Result<StreamGuard, ApiError> {
+    let shared = &shard.shared;
+    let broker = &shared.broker;
+    if broker.is_draining() {
+        m::connect_rejected("draining");
+        return Err(ApiError::new(
+            503,
+            "draining",
+            "this pod is shutting down; reconnect elsewhere",
+        ));
+    }
+    let admitted = shard
+        .admission
+        .borrow_mut()
+        .admit(clock::now_ns(), shared.config.connect_queue_timeout);
+    match admitted {
+        Err(()) => {
+            m::connect_rejected("overloaded");
+            return Err(ApiError::new(
+                503,
+                "overloaded",
+                "too many new connections; retry shortly",
+            ));
+        }
+        Ok(wait) if !wait.is_zero() => {
+            tokio::time::sleep(wait).await;
+            if broker.is_draining() {
+                return Err(ApiError::new(
+                    503,
+                    "draining",
+                    "this pod is shutting down; reconnect elsewhere",
+                ));
+            }
+        }
+        Ok(_) => {}
+    }
+    let conn_id = p
+        .conn_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let serial = broker.next_serial();
+    // From here to the insert nothing awaits, so the reserved key stays free.
+    let mut table = shard.table.borrow_mut();
+    let key = table.vacant_key();
+    let req = OpenRequest {
+        user: &p.user,
+        conn_id: &conn_id,
+        topics: &p.topics,
+        last_event_id,
+        shard: shard.id,
+        key: key as u32,
+    };
+    let opened = broker.open(&req, serial).map_err(|e| {
+        let (reason, msg) = match e {
+            OpenError::PodFull => ("pod_full", "this pod holds its maximum of connections"),
+            OpenError::UserFull => ("user_full", "this user holds its maximum of connections"),
+        };
+        m::connect_rejected(reason);
+        ApiError::new(429, "too_many_connections", msg)
+    })?;
+    let inserted = table.insert(NewConn {
+        serial,
+        user: &p.user,
+        conn_id: &conn_id,
+        topics: &p.topics,
+        last_id: opened.floor,
+    });
+    debug_assert_eq!(inserted, key);
+    let conn = table.get_mut(key).expect("just inserted");
+    let mut start = |bytes: Bytes, published_ns: u64| {
+        conn.queue.push_initial(QueuedFrame {
+            bytes,
+            published_ns,
+        })
+    };
+    if raw_head {
+        start(Bytes::from_static(SSE_HEAD), 0);
+    }
+    start(frame::retry(shared.retry_hint_ms()), 0);
+    let connected =
+        json!({ "userId": p.user, "connectionId": conn_id, "podId": broker.pod_id() }).to_string();
+    start(frame::unnumbered("CONNECTED", &connected), 0);
+    match opened.initial {
+        Initial::Pending(frames) => {
+            for f in frames {
+                start(f.bytes, f.published_ns);
+            }
+        }
+        Initial::Replay(events) => {
+            for ev in events {
+                start(ev.frame.clone(), ev.published_ns);
+            }
+        }
+        Initial::Resync => {
+            let data = json!({ "reason": "history_unavailable", "lastEventId": last_event_id })
+                .to_string();
+            start(frame::unnumbered("RESYNC", &data), 0);
+        }
+    }
+    if let Some(old) = opened.replaced {
+        if old.shard == shard.id {
+            table.close(old.key as usize, old.serial, CloseReason::Replaced);
+        } else {
+            broker.close_remote(old, CloseReason::Replaced, None);
+        }
+    }
+    shard.table_changed(&table);
+    drop(table);
+    metrics::counter!(m::CONNECTIONS_OPENED, "shard" => shard.id.to_string()).increment(1);
+    Ok(StreamGuard::new(shard.clone(), key, serial))
+}
+
+/// The hyper service: route one request.
+pub async fn handle(
+    shard: Rc<Shard>,
+    req: Request<Incoming>,
+) -> Result<Response<HeraldBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let result = match (path.as_str(), &method) {
+        ("/api/user/sse/connect", &Method::GET) => connect(&shard, &req).await,
+        ("/api/user/sse/disconnect", &Method::POST) => disconnect(&shard, &req).await,
+        ("/api/user/sse/stats", &Method::GET) => Ok(stats(&shard)),
+        ("/api/broadcast", &Method::POST) => broadcast(&shard, req).await,
+        ("/health/live", &Method::GET) => {
+            Ok(json_response(StatusCode::OK, json!({ "status": "live" })))
+        }
+        ("/health/ready", &Method::GET) => Ok(ready(&shard)),
+        ("/metrics", &Method::GET) => Ok(metrics(&shard)),
+        (
+            "/api/user/sse/connect"
+            | "/api/user/sse/stats"
+            | "/health/live"
+            | "/health/ready"
+            | "/metrics",
+            _,
+        ) => Err(method_not_allowed("GET")),
+        ("/api/user/sse/disconnect" | "/api/broadcast", _) => Err(method_not_allowed("POST")),
+        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+    };
+    Ok(result.unwrap_or_else(|e| error_response(&e)))
+}
+
+fn method_not_allowed(allow: &str) -> ApiError {
+    ApiError::new(405, "method_not_allowed", format!("use {allow}"))
+}
+
+async fn connect(
+    shard: &Rc<Shard>,
+    req: &Request<Incoming>,
+) -> Result<Response<HeraldBody>, ApiError> {
+    let p = params::connect(req.uri().query().unwrap_or(""))?;
+    let header_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let last_event_id = header_id.or_else(|| p.last_event_id.clone());
+    let guard = open_stream(shard, &p, last_event_id.as_deref(), false).await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Either::Right(QueueBody::new(guard)))
+        .expect("static response parts"))
+}
+
+async fn disconnect(
+    shard: &Rc<Shard>,
+    req: &Request<Incoming>,
+) -> Result<Response<HeraldBody>, ApiError> {
+    let p = params::disconnect(req.uri().query().unwrap_or(""))?;
+    let broker = &shard.shared.broker;
+    let Some(loc) = broker.disconnect(&p.user, &p.conn_id) else {
+        return Err(ApiError::not_found("no such connection"));
+    };
+    if loc.shard == shard.id {
+        shard
+            .table
+            .borrow_mut()
+            .close(loc.key as usize, loc.serial, CloseReason::Disconnected);
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        broker.close_remote(loc, CloseReason::Disconnected, Some(tx));
+        // The stream is already unregistered; wait (boundedly) for its shard to end it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "disconnected": true }),
+    ))
+}
+
+fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
+    let shared = &shard.shared;
+    let (connections, users) = shared.broker.counts();
+    let shards: Vec<_> = shared
+        .shard_stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({ "shard": i, "connections": s.connections.load(Ordering::Relaxed) }))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "podId": shared.broker.pod_id(),
+            "connections": connections,
+            "users": users,
+            "shards": shards,
+            "draining": shared.broker.is_draining(),
+        }),
+    )
+}
+
+async fn broadcast(
+    shard: &Rc<Shard>,
+    req: Request<Incoming>,
+) -> Result<Response<HeraldBody>, ApiError> {
+    let max = shard.shared.config.max_body;
+    let too_large = || {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("publish body exceeds {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "body_read_failed",
+                "could not read the request body",
+            ))
+        }
+    };
+    let p = publish::parse(&body)?;
+    let id = shard.shared.broker.publish(Publish {
+        event: &p.event,
+        data: &p.data,
+        target: p.target,
+        ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
+    });
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        json!({ "id": id.to_string() }),
+    ))
+}
+
+fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
+    if shard.shared.broker.is_draining() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "draining" }),
+        )
+    } else {
+        json_response(StatusCode::OK, json!({ "status": "ready" }))
+    }
+}
+
+fn metrics(shard: &Rc<Shard>) -> Response<HeraldBody> {
+    let mut text = shard.shared.prometheus.render();
+    m::render_shards(&shard.shared.shard_stats, &mut text);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Either::Left(Full::new(Bytes::from(text))))
+        .expect("static response parts")
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<HeraldBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Either::Left(Full::new(Bytes::from(body.to_string()))))
+        .expect("static response parts")
+}
+
+fn error_response(e: &ApiError) -> Response<HeraldBody> {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Either::Left(Full::new(Bytes::from(e.body()))))
+        .expect("static response parts");
+    if e.status == 405 {
+        let allow = if e.message.contains("POST") {
+            "POST"
+        } else {
+            "GET"
+        };
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    }
+    resp
+}

@@ -1,0 +1,194 @@
+//! # herald — a Server-Sent Events broadcast server
+//!
+//! herald holds very many long-lived SSE connections and fans published events out
+//! to them: to one user, to everyone, or to a topic's subscribers.
+//!
+//! ## Architecture
+//! * **Shards** ([`shard`]): one thread per core, each a current-thread tokio
+//!   runtime pinned to its core with its own `SO_REUSEPORT` listener. A connection
+//!   lives on the shard that accepted it; shard state is never shared.
+//! * **Connection table** ([`conn`]): per shard a `slab::Slab` of connections with
+//!   indexes by user and topic; each connection has a bounded outbound queue of
+//!   shared frames (slow consumers are closed, nobody waits).
+//! * **HTTP** ([`http`]): the request head is read with httparse; SSE connects
+//!   take a lean path (a small hand-written writer future, no HTTP buffers per
+//!   idle stream); every other endpoint is served by hyper.
+//! * **Broker** ([`broker`]): sequences publishes (strictly increasing ids), frames
+//!   each event once ([`sse::frame`]), keeps resume history and pending events
+//!   ([`history`]) and the connection registry ([`registry`]), and hands the one
+//!   `Bytes` to every shard through lock-free queues ([`fanout`]).
+//! * **Observability** ([`metrics`]): Prometheus text at `/metrics`; hot-path
+//!   counters are per shard and flushed once a second.
+//!
+//! [`Server::start`] binds and starts the shards; [`Server::shutdown`] drains them.
+
+pub mod admission;
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod event;
+pub mod fanout;
+pub mod history;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+pub mod shard;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, watch};
+
+use broker::{Broker, BrokerLimits};
+pub use config::Config;
+use conn::QueueLimits;
+use history::{HistoryLimits, PendingLimits};
+use shard::Phase;
+
+/// What every shard shares (read-only, or internally synchronised).
+pub struct Shared {
+    pub config: Config,
+    pub broker: Broker,
+    pub prometheus: PrometheusHandle,
+    pub shard_stats: Vec<Arc<metrics::ShardStats>>,
+    pub queue_limits: QueueLimits,
+}
+
+impl Shared {
+    /// A `retry:` value for one stream: the base plus per-stream jitter, so that
+    /// clients of a closed pod do not all come back at the same moment.
+    pub fn retry_hint_ms(&self) -> u64 {
+        let base = self.config.retry.as_millis() as u64;
+        let jitter = self.config.retry_jitter.as_millis() as u64;
+        base + if jitter > 0 {
+            fastrand::u64(0..=jitter)
+        } else {
+            0
+        }
+    }
+}
+
+/// A running herald: its shards and the address they listen on.
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    phase: watch::Sender<Phase>,
+    done: mpsc::UnboundedReceiver<u16>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Validate `config`, bind its address on every shard and start serving.
+    pub fn start(config: Config) -> Result<Server, String> {
+        config.validate()?;
+        let shards = config.shard_count();
+        let listeners = shard::listener::bind_all(config.listen, shards)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let local_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+        let prometheus = metrics::install();
+        let limits = BrokerLimits {
+            history: HistoryLimits {
+                max_events: config.history_events,
+                max_age_ns: config.history_seconds.saturating_mul(1_000_000_000),
+                max_bytes: config.history_bytes,
+            },
+            pending: PendingLimits {
+                per_user: config.max_pending,
+                total: config.max_pending_total,
+            },
+            max_connections: config.max_connections,
+            max_connections_per_user: config.max_connections_per_user,
+        };
+        let shared = Arc::new(Shared {
+            broker: Broker::new(shards, config.resolved_pod_id(), limits),
+            queue_limits: QueueLimits {
+                max_frames: config.max_queue_events,
+                max_bytes: config.max_queue_bytes,
+            },
+            shard_stats: (0..shards).map(|_| Arc::default()).collect(),
+            prometheus,
+            config,
+        });
+        let (phase, phase_rx) = watch::channel(Phase::Running);
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let mut threads = Vec::with_capacity(shards);
+        for (i, l) in listeners.into_iter().enumerate() {
+            let t = shard::spawn(
+                i as u16,
+                shared.clone(),
+                l,
+                phase_rx.clone(),
+                done_tx.clone(),
+            )
+            .map_err(|e| format!("cannot start shard {i}: {e}"))?;
+            threads.push(t);
+        }
+        Ok(Server {
+            shared,
+            local_addr,
+            phase,
+            done,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn pod_id(&self) -> &str {
+        self.shared.broker.pod_id()
+    }
+
+    pub fn shards(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Drain: readiness and new connects answer 503, every stream ends with a
+    /// `retry:` hint (staggered over half the grace period). Returns whether every
+    /// shard finished within the grace period.
+    pub fn shutdown(mut self) -> bool {
+        let grace = self.shared.config.grace_period;
+        let deadline = Instant::now() + grace;
+        self.shared.broker.start_draining();
+        let _ = self.phase.send(Phase::Draining);
+        let mut finished = 0;
+        while finished < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match recv_timeout(&mut self.done, left.min(Duration::from_millis(100))) {
+                Some(true) => finished += 1,
+                Some(false) => return false,
+                None => {}
+            }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+/// Blocking receive with a timeout: `Some(true)` a message, `Some(false)` the
+/// channel closed, `None` timed out.
+fn recv_timeout(rx: &mut mpsc::UnboundedReceiver<u16>, timeout: Duration) -> Option<bool> {
+    let until = Instant::now() + timeout;
+    loop {
+        match rx.try_recv() {
+            Ok(_) => return Some(true),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Some(false),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

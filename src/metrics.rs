@@ -1,0 +1,224 @@
+//! Metric names (one place), their descriptions, and the per-shard counters of the
+//! hot path.
+//!
+//! Everything off the hot path goes through the `metrics` facade and is rendered
+//! by `metrics-exporter-prometheus`. Per-delivery figures (frames delivered,
+//! publish-to-socket latency) are counted by each shard in plain `Cell`s and
+//! flushed once a second into that shard's [`ShardStats`], whose atomics only that
+//! shard writes; `/metrics` appends them in Prometheus text format, the latency as
+//! a real histogram with buckets. So a delivery costs no shared cache line.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS_OPEN: &str = "herald_connections_open";
+pub const CONNECTIONS_OPENED: &str = "herald_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "herald_connections_closed_total";
+pub const CONNECTS_REJECTED: &str = "herald_connects_rejected_total";
+pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
+pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+pub const EVENTS_DROPPED: &str = "herald_events_dropped_total";
+pub const HEARTBEAT_BATCH: &str = "herald_heartbeat_batch_duration_seconds";
+pub const REDIS_ERRORS: &str = "herald_redis_errors_total";
+pub const PENDING_EVENTS: &str = "herald_pending_events";
+pub const PUBLISH_TO_SOCKET: &str = "herald_publish_to_socket_seconds";
+
+/// Upper bounds (seconds) of the publish-to-socket and heartbeat histograms.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+const BUCKET_NS: [u64; 16] = {
+    let mut out = [0u64; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = (LATENCY_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// Install the Prometheus recorder and describe every metric once.
+pub fn install() -> PrometheusHandle {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .expect("static bucket list is not empty")
+        .build_recorder();
+    let handle = recorder.handle();
+    // A second install (several servers in one test process) keeps the first.
+    let _ = metrics::set_global_recorder(recorder);
+    describe();
+    handle
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS_OPEN, "SSE connections open, per shard");
+    describe_counter!(CONNECTIONS_OPENED, "SSE connections opened, per shard");
+    describe_counter!(CONNECTIONS_CLOSED, "SSE connections closed, by reason");
+    describe_counter!(CONNECTS_REJECTED, "Connect requests refused, by reason");
+    describe_counter!(EVENTS_PUBLISHED, "Events published, by target kind");
+    describe_counter!(EVENTS_DROPPED, "Events dropped, by reason");
+    describe_histogram!(
+        HEARTBEAT_BATCH,
+        Unit::Seconds,
+        "Time to queue one heartbeat on every stream of a shard"
+    );
+    describe_counter!(REDIS_ERRORS, "Redis commands that failed (cluster mode)");
+    describe_gauge!(PENDING_EVENTS, "Events held for offline users");
+    counter!(REDIS_ERRORS).absolute(0);
+    gauge!(PENDING_EVENTS).set(0.0);
+}
+
+pub fn published(target: &'static str) {
+    counter!(EVENTS_PUBLISHED, "target" => target).increment(1);
+}
+
+pub fn dropped(reason: &'static str, n: u64) {
+    if n > 0 {
+        counter!(EVENTS_DROPPED, "reason" => reason).increment(n);
+    }
+}
+
+pub fn set_pending(n: usize) {
+    gauge!(PENDING_EVENTS).set(n as f64);
+}
+
+pub fn connect_rejected(reason: &'static str) {
+    counter!(CONNECTS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// Counters one shard publishes for readers on other threads.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub connections: AtomicU64,
+    pub delivered: AtomicU64,
+    latency_buckets: [AtomicU64; 16],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+/// The shard-local side: plain cells, flushed into [`ShardStats`].
+#[derive(Debug, Default)]
+pub struct LocalStats {
+    delivered: Cell<u64>,
+    buckets: [Cell<u64>; 16],
+    count: Cell<u64>,
+    sum_ns: Cell<u64>,
+}
+
+impl LocalStats {
+    /// One frame left through the socket; `published_ns` 0 means not an event.
+    #[inline]
+    pub fn frame_written(&self, published_ns: u64, now_ns: u64) {
+        if published_ns == 0 {
+            return;
+        }
+        self.delivered.set(self.delivered.get() + 1);
+        let lat = now_ns.saturating_sub(published_ns);
+        if let Some(i) = BUCKET_NS.iter().position(|&b| lat <= b) {
+            self.buckets[i].set(self.buckets[i].get() + 1);
+        }
+        self.count.set(self.count.get() + 1);
+        self.sum_ns.set(self.sum_ns.get() + lat);
+    }
+
+    /// Move what was counted into `shared`.
+    pub fn flush(&self, shared: &ShardStats) {
+        shared
+            .delivered
+            .fetch_add(self.delivered.take(), Ordering::Relaxed);
+        for (cell, atomic) in self.buckets.iter().zip(shared.latency_buckets.iter()) {
+            let n = cell.take();
+            if n > 0 {
+                atomic.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        shared
+            .latency_count
+            .fetch_add(self.count.take(), Ordering::Relaxed);
+        shared
+            .latency_sum_ns
+            .fetch_add(self.sum_ns.take(), Ordering::Relaxed);
+    }
+}
+
+/// Render the per-shard figures in Prometheus text format.
+pub fn render_shards(shards: &[Arc<ShardStats>], out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP {CONNECTIONS_OPEN} SSE connections open, per shard"
+    );
+    let _ = writeln!(out, "# TYPE {CONNECTIONS_OPEN} gauge");
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{CONNECTIONS_OPEN}{{shard=\"{i}\"}} {}",
+            s.connections.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {EVENTS_DELIVERED} Events written to SSE sockets, per shard"
+    );
+    let _ = writeln!(out, "# TYPE {EVENTS_DELIVERED} counter");
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{EVENTS_DELIVERED}{{shard=\"{i}\"}} {}",
+            s.delivered.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {PUBLISH_TO_SOCKET} Time from publish to the event's write to a socket"
+    );
+    let _ = writeln!(out, "# TYPE {PUBLISH_TO_SOCKET} histogram");
+    for (i, s) in shards.iter().enumerate() {
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BUCKETS.iter().zip(s.latency_buckets.iter()) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{PUBLISH_TO_SOCKET}_bucket{{shard=\"{i}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = s.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{PUBLISH_TO_SOCKET}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = s.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{PUBLISH_TO_SOCKET}_sum{{shard=\"{i}\"}} {sum}");
+        let _ = writeln!(out, "{PUBLISH_TO_SOCKET}_count{{shard=\"{i}\"}} {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_events_only() {
+        let local = LocalStats::default();
+        local.frame_written(0, 10); // a heartbeat
+        local.frame_written(1, 1 + 50_000); // 50 µs
+        local.frame_written(1, 1 + 3_000_000); // 3 ms
+        let shared = Arc::new(ShardStats::default());
+        local.flush(&shared);
+        let mut out = String::new();
+        render_shards(&[shared], &mut out);
+        assert!(out.contains("herald_events_delivered_total{shard=\"0\"} 2"));
+        assert!(
+            out.contains("herald_publish_to_socket_seconds_bucket{shard=\"0\",le=\"0.0001\"} 1")
+        );
+        assert!(out.contains("herald_publish_to_socket_seconds_bucket{shard=\"0\",le=\"0.005\"} 2"));
+        assert!(out.contains("herald_publish_to_socket_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2"));
+        assert!(out.contains("herald_publish_to_socket_seconds_count{shard=\"0\"} 2"));
+    }
+}

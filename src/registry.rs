@@ -1,0 +1,117 @@
+//! The embedded connection registry: which connections each user has and where
+//! they live (shard, slab key, serial). It routes user-targeted events to the
+//! shards that hold the user, decides pending vs live, finds the stream a
+//! disconnect or a replacing connect must end, and counts users and connections
+//! for the stats endpoint and the connection limits. Touched on connect,
+//! disconnect and publish, never per delivery.
+
+use std::collections::HashMap;
+
+use crate::fanout::ConnLoc;
+
+#[derive(Debug)]
+struct Entry {
+    conn_id: Box<str>,
+    loc: ConnLoc,
+}
+
+/// User → connections, for this pod.
+#[derive(Debug, Default)]
+pub struct LocalRegistry {
+    users: HashMap<Box<str>, Vec<Entry>>,
+    connections: usize,
+}
+
+impl LocalRegistry {
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// How many connections `user` has.
+    pub fn count(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, Vec::len)
+    }
+
+    pub fn find(&self, user: &str, conn_id: &str) -> Option<ConnLoc> {
+        self.users
+            .get(user)?
+            .iter()
+            .find(|e| &*e.conn_id == conn_id)
+            .map(|e| e.loc)
+    }
+
+    /// Shards holding a connection of `user`, as a bit set over shard numbers
+    /// (shards beyond 127 share the top bit, which only widens the routing).
+    pub fn shard_mask(&self, user: &str) -> u128 {
+        self.users.get(user).map_or(0, |v| {
+            v.iter().fold(0, |m, e| m | 1u128 << e.loc.shard.min(127))
+        })
+    }
+
+    /// Register `(user, conn_id)` at `loc`; returns the location it replaces.
+    pub fn register(&mut self, user: &str, conn_id: &str, loc: ConnLoc) -> Option<ConnLoc> {
+        let list = match self.users.get_mut(user) {
+            Some(l) => l,
+            None => self.users.entry(user.into()).or_default(),
+        };
+        if let Some(e) = list.iter_mut().find(|e| &*e.conn_id == conn_id) {
+            return Some(std::mem::replace(&mut e.loc, loc));
+        }
+        list.push(Entry {
+            conn_id: conn_id.into(),
+            loc,
+        });
+        self.connections += 1;
+        None
+    }
+
+    /// Remove `(user, conn_id)`, only if it is still the one with `serial` when
+    /// given; returns where it was.
+    pub fn remove(&mut self, user: &str, conn_id: &str, serial: Option<u64>) -> Option<ConnLoc> {
+        let list = self.users.get_mut(user)?;
+        let i = list
+            .iter()
+            .position(|e| &*e.conn_id == conn_id && serial.is_none_or(|s| e.loc.serial == s))?;
+        let loc = list.swap_remove(i).loc;
+        if list.is_empty() {
+            self.users.remove(user);
+        }
+        self.connections -= 1;
+        Some(loc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(shard: u16, serial: u64) -> ConnLoc {
+        ConnLoc {
+            shard,
+            key: 0,
+            serial,
+        }
+    }
+
+    #[test]
+    fn register_replace_remove() {
+        let mut r = LocalRegistry::default();
+        assert_eq!(r.register("u", "c1", loc(0, 1)), None);
+        assert_eq!(r.register("u", "c2", loc(1, 2)), None);
+        assert_eq!(r.shard_mask("u"), 0b11);
+        assert_eq!(r.register("u", "c1", loc(1, 3)), Some(loc(0, 1)));
+        assert_eq!(r.connections(), 2);
+        assert_eq!(
+            r.remove("u", "c1", Some(1)),
+            None,
+            "stale serial leaves the replacement"
+        );
+        assert_eq!(r.remove("u", "c1", Some(3)), Some(loc(1, 3)));
+        assert_eq!(r.remove("u", "c2", None), Some(loc(1, 2)));
+        assert_eq!((r.users(), r.connections()), (0, 0));
+    }
+}

@@ -1,0 +1,271 @@
+//! A shard: one OS thread pinned to a core, running a current-thread tokio runtime
+//! that owns a connection table. It accepts on its own `SO_REUSEPORT` listener,
+//! serves every connection it accepted for that connection's whole life, drains
+//! its inbox of published events into its connections' queues, sends heartbeats,
+//! and on shutdown ends its streams in a staggered way. Nothing in here is shared
+//! with other threads except the inbox (see [`crate::fanout`]) and the counters it
+//! publishes ([`ShardStats`]).
+
+pub mod listener;
+pub mod stream;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::LocalSet;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, warn};
+
+use crate::admission::TokenBucket;
+use crate::clock;
+use crate::conn::{CloseReason, ConnState, ConnTable, QueuedFrame};
+use crate::fanout::ShardMsg;
+use crate::metrics::{self as m, LocalStats, ShardStats};
+use crate::sse::frame;
+use crate::Shared;
+
+/// Lifecycle of the pod as shards see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Readiness 503, connects 503, streams being ended.
+    Draining,
+}
+
+/// The state of one shard, owned by its thread.
+pub struct Shard {
+    pub id: u16,
+    pub shared: Arc<Shared>,
+    pub table: RefCell<ConnTable>,
+    pub stats: Arc<ShardStats>,
+    pub local: LocalStats,
+    pub admission: RefCell<TokenBucket>,
+    /// Notified when the table becomes empty (the drain waits on it).
+    pub emptied: Notify,
+}
+
+impl Shard {
+    /// Publish the table size after a change.
+    pub fn table_changed(&self, table: &ConnTable) {
+        self.stats
+            .connections
+            .store(table.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if table.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+}
+
+/// Start shard `id` on its own thread; the thread ends when the drain is over.
+pub fn spawn(
+    id: u16,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    phase: watch::Receiver<Phase>,
+    done: tokio::sync::mpsc::UnboundedSender<u16>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("herald-shard-{id}"))
+        .spawn(move || {
+            if let Some(cores) = core_affinity::get_core_ids() {
+                if !cores.is_empty() {
+                    core_affinity::set_for_current(cores[id as usize % cores.len()]);
+                }
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(shard = id, error = %e, "cannot build the shard runtime");
+                    let _ = done.send(id);
+                    return;
+                }
+            };
+            let local = LocalSet::new();
+            local.block_on(&rt, run(id, shared, listener, phase));
+            let _ = done.send(id);
+        })
+}
+
+async fn run(
+    id: u16,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let cfg = &shared.config;
+    let limits = shared.queue_limits;
+    let shards = shared.shard_stats.len() as u64;
+    let shard = Rc::new(Shard {
+        id,
+        table: RefCell::new(ConnTable::new(limits)),
+        stats: shared.shard_stats[id as usize].clone(),
+        local: LocalStats::default(),
+        admission: RefCell::new(TokenBucket::new(
+            cfg.connect_rate.div_ceil(shards),
+            cfg.connect_burst.div_ceil(shards),
+            clock::now_ns(),
+        )),
+        emptied: Notify::new(),
+        shared: shared.clone(),
+    });
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(shard = id, error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    tokio::task::spawn_local(fanout_loop(shard.clone()));
+    tokio::task::spawn_local(heartbeat_loop(shard.clone()));
+    tokio::task::spawn_local(flush_loop(shard.clone()));
+    if id == 0 {
+        tokio::task::spawn_local(cleanup_loop(shard.clone()));
+    }
+    tokio::task::spawn_local(accept_loop(shard.clone(), listener));
+    // Run until the pod starts draining, then end the streams.
+    while *phase.borrow_and_update() == Phase::Running {
+        if phase.changed().await.is_err() {
+            break;
+        }
+    }
+    drain(&shard).await;
+    shard.local.flush(&shard.stats);
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::task::spawn_local(crate::http::serve_conn(shard.clone(), stream));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(shard = shard.id, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Drain the inbox: queue each event on the matching connections of this shard.
+async fn fanout_loop(shard: Rc<Shard>) {
+    let hub = shard.shared.broker.hub();
+    let id = shard.id as usize;
+    loop {
+        hub.ready(id).await;
+        // Handle a bounded batch, then let the writers run: they flush everything
+        // queued so far in one write per connection.
+        for _ in 0..256 {
+            let Some(msg) = hub.pop(id) else { break };
+            match msg {
+                ShardMsg::Event(ev) => {
+                    let d = shard.table.borrow_mut().deliver(&ev);
+                    if d.slow_closed > 0 {
+                        m::dropped("slow_consumer", d.dropped_frames);
+                    }
+                }
+                ShardMsg::Close { loc, reason, ack } => {
+                    let found = shard
+                        .table
+                        .borrow_mut()
+                        .close(loc.key as usize, loc.serial, reason)
+                        .is_some();
+                    if let Some(ack) = ack {
+                        let _ = ack.send(found);
+                    }
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One timer per shard; one framed heartbeat per tick, shared by every stream.
+async fn heartbeat_loop(shard: Rc<Shard>) {
+    let period = shard.shared.config.heartbeat_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let batch = metrics::histogram!(m::HEARTBEAT_BATCH, "shard" => shard.id.to_string());
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let hb = frame::heartbeat(clock::unix_ms());
+        let d = shard.table.borrow_mut().deliver_all_unnumbered(&hb);
+        if d.slow_closed > 0 {
+            m::dropped("slow_consumer", d.dropped_frames);
+        }
+        batch.record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Move the shard-local counters to where `/metrics` reads them, once a second.
+async fn flush_loop(shard: Rc<Shard>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shard.local.flush(&shard.stats);
+    }
+}
+
+/// Expire pending events and history (the pod-wide sweep runs on shard 0).
+async fn cleanup_loop(shard: Rc<Shard>) {
+    let period = shard.shared.config.cleanup_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    loop {
+        tick.tick().await;
+        shard.shared.broker.sweep();
+    }
+}
+
+/// End every stream, staggered over half the grace period, each with a jittered
+/// `retry:` hint, then wait for the writers to finish.
+async fn drain(shard: &Rc<Shard>) {
+    let cfg = &shard.shared.config;
+    let window = cfg.grace_period / 2;
+    let streams: Vec<(usize, u64)> = {
+        let table = shard.table.borrow();
+        table
+            .keys()
+            .filter_map(|k| table.get(k).map(|c| (k, c.serial)))
+            .collect()
+    };
+    debug!(shard = shard.id, streams = streams.len(), "draining");
+    let start = Instant::now();
+    let n = streams.len().max(1) as u32;
+    for (i, (key, serial)) in streams.into_iter().enumerate() {
+        let due = start + window * i as u32 / n;
+        if due > Instant::now() + Duration::from_millis(2) {
+            sleep_until(due).await;
+        }
+        let mut table = shard.table.borrow_mut();
+        if let Some(conn) = table
+            .get_mut(key)
+            .filter(|c| c.serial == serial && c.state == ConnState::Open)
+        {
+            let hint = frame::retry(shard.shared.retry_hint_ms());
+            conn.queue.push_initial(QueuedFrame {
+                bytes: hint,
+                published_ns: 0,
+            });
+            conn.state = ConnState::Closing(CloseReason::Shutdown);
+            if let Some(w) = conn.waker.take() {
+                w.wake();
+            }
+        }
+    }
+    loop {
+        let emptied = shard.emptied.notified();
+        if shard.table.borrow().is_empty() {
+            break;
+        }
+        emptied.await;
+    }
+}

@@ -1,0 +1,185 @@
+//! Event → SSE bytes. Pure functions: every published event is framed exactly once
+//! here and the resulting [`Bytes`] is shared by every connection that receives it.
+//!
+//! Framing rules (contract "Subscribe"): `id:` then `event:` then one `data:` line per
+//! line of the data, where CR, LF and CRLF all end a line; data ending in a line
+//! break keeps its empty last line; an empty line is written as a bare `data:`.
+//! `CONNECTED`, `HEARTBEAT` and `RESYNC` carry no `id:` so they never move a
+//! client's resume point.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Frame a published event carrying `id`.
+pub fn event(id: u64, name: &str, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(framed_len_estimate(name, data) + 24);
+    buf.put_slice(b"id: ");
+    let mut itoa = itoa_buf();
+    buf.put_slice(fmt_u64(id, &mut itoa));
+    buf.put_u8(b'\n');
+    put_body(&mut buf, name, data);
+    buf.freeze()
+}
+
+/// Frame an event without an id (`CONNECTED`, `HEARTBEAT`, `RESYNC`).
+pub fn unnumbered(name: &str, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(framed_len_estimate(name, data));
+    put_body(&mut buf, name, data);
+    buf.freeze()
+}
+
+/// `retry: <ms>` followed by the blank line that dispatches it.
+pub fn retry(ms: u64) -> Bytes {
+    let mut itoa = itoa_buf();
+    let digits = fmt_u64(ms, &mut itoa);
+    let mut buf = BytesMut::with_capacity(digits.len() + 9);
+    buf.put_slice(b"retry: ");
+    buf.put_slice(digits);
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
+/// A heartbeat frame carrying the unix time in milliseconds.
+pub fn heartbeat(unix_ms: u64) -> Bytes {
+    let mut itoa = itoa_buf();
+    unnumbered(
+        "HEARTBEAT",
+        std::str::from_utf8(fmt_u64(unix_ms, &mut itoa)).unwrap_or("0"),
+    )
+}
+
+fn framed_len_estimate(name: &str, data: &str) -> usize {
+    // "event: " + name + "\n" + ("data: " + "\n") per line + data + "\n"
+    let lines = 1 + data.bytes().filter(|&b| b == b'\n' || b == b'\r').count();
+    8 + name.len() + lines * 7 + data.len() + 1
+}
+
+fn put_body(buf: &mut BytesMut, name: &str, data: &str) {
+    buf.put_slice(b"event: ");
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(b'\n');
+    for line in Lines::new(data) {
+        if line.is_empty() {
+            buf.put_slice(b"data:\n");
+        } else {
+            buf.put_slice(b"data: ");
+            buf.put_slice(line.as_bytes());
+            buf.put_u8(b'\n');
+        }
+    }
+    buf.put_u8(b'\n');
+}
+
+/// Splits on CR, LF and CRLF, yielding a final empty line when the data ends in a
+/// line break (and one empty line for empty data), as the contract requires.
+struct Lines<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(data: &'a str) -> Self {
+        Lines { rest: Some(data) }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.find(['\r', '\n']) {
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+            Some(i) => {
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                self.rest = Some(&rest[i + skip..]);
+                Some(&rest[..i])
+            }
+        }
+    }
+}
+
+type ItoaBuf = [u8; 20];
+
+fn itoa_buf() -> ItoaBuf {
+    [0u8; 20]
+}
+
+fn fmt_u64(mut n: u64, buf: &mut ItoaBuf) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn single_line() {
+        assert_eq!(
+            s(&event(7, "message", "hello")),
+            "id: 7\nevent: message\ndata: hello\n\n"
+        );
+    }
+
+    #[test]
+    fn every_line_break_kind_splits() {
+        assert_eq!(
+            s(&event(1, "m", "a\nb\rc\r\nd")),
+            "id: 1\nevent: m\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn trailing_break_keeps_empty_last_line() {
+        assert_eq!(
+            s(&event(1, "m", "a\n")),
+            "id: 1\nevent: m\ndata: a\ndata:\n\n"
+        );
+        assert_eq!(
+            s(&event(1, "m", "a\r\n")),
+            "id: 1\nevent: m\ndata: a\ndata:\n\n"
+        );
+    }
+
+    #[test]
+    fn empty_data_is_one_empty_data_line() {
+        assert_eq!(s(&event(1, "m", "")), "id: 1\nevent: m\ndata:\n\n");
+    }
+
+    #[test]
+    fn leading_space_survives_the_one_stripped_space() {
+        assert_eq!(s(&event(1, "m", " x")), "id: 1\nevent: m\ndata:  x\n\n");
+    }
+
+    #[test]
+    fn unnumbered_frames_have_no_id() {
+        assert_eq!(
+            s(&unnumbered("RESYNC", "{}")),
+            "event: RESYNC\ndata: {}\n\n"
+        );
+        assert_eq!(s(&heartbeat(1234)), "event: HEARTBEAT\ndata: 1234\n\n");
+        assert_eq!(s(&retry(2500)), "retry: 2500\n\n");
+        assert_eq!(s(&retry(0)), "retry: 0\n\n");
+    }
+
+    #[test]
+    fn max_id() {
+        assert_eq!(
+            s(&event(u64::MAX, "m", "x")),
+            format!("id: {}\nevent: m\ndata: x\n\n", u64::MAX)
+        );
+    }
+}
