@@ -56,7 +56,11 @@ impl LocalRegistry {
     pub fn register(&mut self, user: &str, conn_id: &str, loc: ConnLoc) -> Option<ConnLoc> {
         let list = match self.users.get_mut(user) {
             Some(l) => l,
-            None => self.users.entry(user.into()).or_default(),
+            // Most users hold one connection: do not pay for four.
+            None => self
+                .users
+                .entry(user.into())
+                .or_insert_with(|| Vec::with_capacity(1)),
         };
         if let Some(e) = list.iter_mut().find(|e| &*e.conn_id == conn_id) {
             return Some(std::mem::replace(&mut e.loc, loc));

@@ -39,9 +39,15 @@ pub struct Consumed {
 }
 
 /// The bounded outbound queue of one connection.
+///
+/// The front frame lives inline (`head`), the rest in a ring that is allocated only
+/// when more than one frame waits: an idle stream that gets a heartbeat now and then
+/// never holds a heap buffer for its queue.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<QueuedFrame>,
+    head: Option<QueuedFrame>,
+    /// Frames after `head`; empty whenever `head` is `None`.
+    rest: VecDeque<QueuedFrame>,
     bytes: usize,
     /// Extra allowance granted to an initial replay; drops to 0 once drained.
     allowance: usize,
@@ -49,11 +55,11 @@ pub struct OutQueue {
 
 impl OutQueue {
     pub fn len(&self) -> usize {
-        self.frames.len()
+        self.head.is_some() as usize + self.rest.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.head.is_none()
     }
 
     /// Bytes still to write.
@@ -61,34 +67,39 @@ impl OutQueue {
         self.bytes
     }
 
+    fn append(&mut self, frame: QueuedFrame) {
+        self.bytes += frame.bytes.len();
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
     /// Push without checking limits, growing the allowance: used for the frames a
     /// connection starts with (`CONNECTED`, pending events, a resume replay).
     pub fn push_initial(&mut self, frame: QueuedFrame) {
         self.allowance += 1;
-        self.bytes += frame.bytes.len();
-        self.frames.push_back(frame);
+        self.append(frame);
     }
 
     /// Push a live frame, or refuse it when the queue is full.
     #[inline]
     pub fn push(&mut self, frame: QueuedFrame, limits: QueueLimits) -> Result<(), Overflow> {
         let len = frame.bytes.len();
-        if self.frames.len() >= limits.max_frames + self.allowance
-            || (self.bytes + len > limits.max_bytes
-                && self.allowance == 0
-                && !self.frames.is_empty())
+        if self.len() >= limits.max_frames + self.allowance
+            || (self.bytes + len > limits.max_bytes && self.allowance == 0 && !self.is_empty())
         {
             return Err(Overflow);
         }
-        self.bytes += len;
-        self.frames.push_back(frame);
+        self.append(frame);
         Ok(())
     }
 
     /// Fill `out` with slices of the queued bytes, front first; returns how many.
     pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, frame) in out.iter_mut().zip(self.frames.iter()) {
+        for (slot, frame) in out.iter_mut().zip(self.head.iter().chain(self.rest.iter())) {
             *slot = IoSlice::new(&frame.bytes);
             n += 1;
         }
@@ -101,14 +112,14 @@ impl OutQueue {
         let mut done = Consumed::default();
         self.bytes -= written.min(self.bytes);
         while written > 0 {
-            let Some(front) = self.frames.front_mut() else {
+            let Some(front) = self.head.as_mut() else {
                 break;
             };
             let len = front.bytes.len();
             if written >= len {
                 written -= len;
                 on_frame(front.published_ns);
-                self.frames.pop_front();
+                self.head = self.rest.pop_front();
                 done.frames += 1;
             } else {
                 // Partial write: move the start of the shared buffer, no copy.
@@ -117,16 +128,17 @@ impl OutQueue {
             }
         }
         self.allowance = self.allowance.saturating_sub(done.frames);
-        if self.frames.is_empty() && self.frames.capacity() > 64 {
-            // A burst grew the ring; give the memory back to idle connections.
-            self.frames.shrink_to(8);
+        if self.rest.is_empty() && self.rest.capacity() > 64 {
+            // A burst or a replay grew the ring; give the memory back.
+            self.rest = VecDeque::new();
         }
         done
     }
 
     /// Take the front frame whole (for writers that hand frames on one by one).
     pub fn pop_front(&mut self) -> Option<QueuedFrame> {
-        let f = self.frames.pop_front()?;
+        let f = self.head.take()?;
+        self.head = self.rest.pop_front();
         self.bytes -= f.bytes.len();
         self.allowance = self.allowance.saturating_sub(1);
         Some(f)
@@ -134,8 +146,9 @@ impl OutQueue {
 
     /// Drop everything queued (the connection is closing); returns frames dropped.
     pub fn clear(&mut self) -> usize {
-        let n = self.frames.len();
-        self.frames = VecDeque::new();
+        let n = self.len();
+        self.head = None;
+        self.rest = VecDeque::new();
         self.bytes = 0;
         self.allowance = 0;
         n

@@ -296,7 +296,7 @@ fn intern(index: &mut HashMap<Rc<str>, Vec<u32>>, name: &str) -> Rc<str> {
         return k.clone();
     }
     let k: Rc<str> = name.into();
-    index.insert(k.clone(), Vec::new());
+    index.insert(k.clone(), Vec::with_capacity(1));
     k
 }
 

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -111,19 +111,22 @@ pub async fn open_stream(
     });
     debug_assert_eq!(inserted, key);
     let conn = table.get_mut(key).expect("just inserted");
+    // The response head (lean path), `retry:` and `CONNECTED` leave as one buffer.
+    let connected =
+        json!({ "userId": p.user, "connectionId": conn_id, "podId": broker.pod_id() }).to_string();
+    let mut first = BytesMut::with_capacity(SSE_HEAD.len() + connected.len() + 64);
+    if raw_head {
+        first.extend_from_slice(SSE_HEAD);
+    }
+    first.extend_from_slice(&frame::retry(shared.retry_hint_ms()));
+    first.extend_from_slice(&frame::unnumbered("CONNECTED", &connected));
     let mut start = |bytes: Bytes, published_ns: u64| {
         conn.queue.push_initial(QueuedFrame {
             bytes,
             published_ns,
         })
     };
-    if raw_head {
-        start(Bytes::from_static(SSE_HEAD), 0);
-    }
-    start(frame::retry(shared.retry_hint_ms()), 0);
-    let connected =
-        json!({ "userId": p.user, "connectionId": conn_id, "podId": broker.pod_id() }).to_string();
-    start(frame::unnumbered("CONNECTED", &connected), 0);
+    start(first.freeze(), 0);
     match opened.initial {
         Initial::Pending(frames) => {
             for f in frames {
