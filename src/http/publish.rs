@@ -115,20 +115,18 @@ fn names(value: Value, what: &str) -> Result<Box<[Box<str>]>, ApiError> {
             format!("target.{what} must be a non-empty array of names"),
         ));
     }
+    let invalid =
+        format!("each of target.{what} must be 1-128 bytes of letters, digits and . _ : @ -");
     let mut out: Vec<Box<str>> = Vec::with_capacity(items.len());
     for item in items {
-        match item {
-            Value::String(s) if valid_name(&s) => {
-                if !out.iter().any(|have| **have == *s) {
-                    out.push(s.into());
-                }
-            }
-            _ => return Err(bad(
-                "invalid_target",
-                format!(
-                    "each of target.{what} must be 1-128 bytes of letters, digits and . _ : @ -"
-                ),
-            )),
+        let Value::String(s) = item else {
+            return Err(bad("invalid_target", invalid));
+        };
+        if !valid_name(&s) {
+            return Err(bad("invalid_target", invalid));
+        }
+        if !out.iter().any(|have| **have == *s) {
+            out.push(s.into());
         }
     }
     Ok(out.into_boxed_slice())

@@ -17,14 +17,24 @@ pub fn event(id: u64, name: &str, data: &str) -> Bytes {
     buf.put_slice(fmt_u64(id, &mut itoa));
     buf.put_u8(b'\n');
     put_body(&mut buf, name, data);
-    buf.freeze()
+    shared(buf)
 }
 
 /// Frame an event without an id (`CONNECTED`, `HEARTBEAT`, `RESYNC`).
 pub fn unnumbered(name: &str, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(framed_len_estimate(name, data));
     put_body(&mut buf, name, data);
-    buf.freeze()
+    shared(buf)
+}
+
+/// Freeze into a `Bytes` whose shared header already exists. A buffer frozen at
+/// exactly its capacity is "promotable": its first clone allocates the refcount
+/// header. Doing that here, once per frame, keeps the first delivery of a frame
+/// (a heartbeat, or an event with a 19-digit id) free of allocation.
+fn shared(buf: BytesMut) -> Bytes {
+    let bytes = buf.freeze();
+    drop(bytes.clone());
+    bytes
 }
 
 /// `retry: <ms>` followed by the blank line that dispatches it.
