@@ -14,7 +14,8 @@ pub struct TokenBucket {
     /// Most credit that can be banked (the burst).
     cap_ns: u64,
     /// Time at which the bucket is empty: credit = now - empty_at (clamped to cap).
-    empty_at_ns: u64,
+    /// Signed, so that a bucket made early in the process can start full.
+    empty_at_ns: i128,
 }
 
 impl TokenBucket {
@@ -32,7 +33,7 @@ impl TokenBucket {
         TokenBucket {
             cost_ns,
             cap_ns,
-            empty_at_ns: now_ns.saturating_sub(cap_ns),
+            empty_at_ns: now_ns as i128 - cap_ns as i128,
         }
     }
 
@@ -43,10 +44,10 @@ impl TokenBucket {
         if self.cost_ns == 0 {
             return Ok(Duration::ZERO);
         }
-        let floor = now_ns.saturating_sub(self.cap_ns);
-        let start = self.empty_at_ns.max(floor);
-        let next = start + self.cost_ns;
-        let wait_ns = next.saturating_sub(now_ns);
+        let now = now_ns as i128;
+        let start = self.empty_at_ns.max(now - self.cap_ns as i128);
+        let next = start + self.cost_ns as i128;
+        let wait_ns = (next - now).max(0) as u64;
         if wait_ns > max_wait.as_nanos() as u64 {
             return Err(());
         }
@@ -80,6 +81,15 @@ mod tests {
         assert!(b.admit(5 * S, Duration::ZERO).is_ok());
         assert!(b.admit(5 * S, Duration::from_millis(500)).is_err());
         assert!(b.admit(5 * S, Duration::from_secs(2)).is_ok());
+    }
+
+    #[test]
+    fn starts_full_even_early_in_the_process() {
+        let mut b = TokenBucket::new(1, 3, 1_000);
+        for _ in 0..3 {
+            assert_eq!(b.admit(1_000, Duration::ZERO), Ok(Duration::ZERO));
+        }
+        assert!(b.admit(1_000, Duration::ZERO).is_err());
     }
 
     #[test]

@@ -11,6 +11,22 @@ fn main() {
         .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
+    // Signal handlers first: a SIGTERM right after the listening line must drain,
+    // not kill.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("signal runtime");
+    let mut term = signals
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        })
+        .expect("SIGTERM handler");
+    let mut int = signals
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })
+        .expect("SIGINT handler");
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -26,24 +42,14 @@ fn main() {
         server.shards()
     );
     tracing::info!(addr = %server.local_addr(), pod = server.pod_id(), shards = server.shards(), "herald started");
-    wait_for_signal();
+    signals.block_on(async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
     tracing::info!("signal received, draining");
     let clean = server.shutdown();
     tracing::info!(clean, "herald stopped");
     std::process::exit(0);
-}
-
-fn wait_for_signal() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("signal runtime");
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    });
 }

@@ -150,7 +150,16 @@ impl SseWriter {
                     .consume(n, |published| shard.local.frame_written(published, now));
                 Step::Continue
             }
-            Poll::Pending => Step::Park,
+            Poll::Pending => {
+                // The socket will wake us when writable, but a client that stopped
+                // reading never makes it so: the table must be able to wake us too,
+                // to close this stream as a slow consumer.
+                match &conn.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => conn.waker = Some(cx.waker().clone()),
+                }
+                Step::Park
+            }
         }
     }
 }

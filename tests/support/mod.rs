@@ -2,6 +2,8 @@
 //! over real sockets, and read SSE streams with a WHATWG-conformant parser.
 #![allow(dead_code)]
 
+pub mod check;
+pub mod ops;
 pub mod sse;
 
 use std::io::{BufRead, BufReader};
@@ -44,11 +46,26 @@ impl Herald {
             // Keep draining so herald never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = rx.recv_timeout(WAIT).expect("herald did not print its listening line");
+        let line = rx
+            .recv_timeout(WAIT)
+            .expect("herald did not print its listening line");
         // "herald listening on http://127.0.0.1:PORT pod=ID shards=N"
-        let addr = line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).expect("address in line");
-        let pod_id = line.split("pod=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("").to_string();
-        Herald { child, addr: addr.parse().expect("socket address"), pod_id }
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("address in line");
+        let pod_id = line
+            .split("pod=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("")
+            .to_string();
+        Herald {
+            child,
+            addr: addr.parse().expect("socket address"),
+            pod_id,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -61,7 +78,10 @@ impl Herald {
 
     /// Send a signal (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -81,7 +101,8 @@ impl Herald {
 
     /// Resident set size of the process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         let kb: u64 = status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -96,7 +117,14 @@ impl Herald {
     }
 
     pub async fn post(&self, path: &str, body: &str) -> Response {
-        request(self.addr, "POST", path, &[("content-type", "application/json")], Some(body.as_bytes())).await
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            Some(body.as_bytes()),
+        )
+        .await
     }
 
     /// Publish and return the event id.
@@ -158,11 +186,15 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -208,25 +240,42 @@ pub fn parse_response(buf: &[u8]) -> Response {
     let mut resp = httparse::Response::new(&mut headers);
     let n = match resp.parse(buf).expect("valid response head") {
         httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => panic!("partial response head: {:?}", String::from_utf8_lossy(buf)),
+        httparse::Status::Partial => {
+            panic!("partial response head: {:?}", String::from_utf8_lossy(buf))
+        }
     };
     let headers: Vec<(String, String)> = resp
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let status = resp.code.expect("status");
     let rest = &buf[n..];
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
-    Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap_or("0").trim(), 16).unwrap_or(0);
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         if size == 0 {
             break;
         }

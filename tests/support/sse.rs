@@ -27,7 +27,11 @@ pub struct Parser {
     data: String,
     event: String,
     id_field: Option<String>,
-    /// The stream's last event id (persists across events).
+    /// The last event ID buffer: set by `id:` lines, persists across events.
+    id_buffer: String,
+    /// The stream's last event id: the buffer as of the last dispatch (WHATWG
+    /// "dispatch the event", step 1), so an event cut off before its blank line
+    /// does not move it.
     pub last_event_id: String,
     /// Every `retry:` value seen, in order.
     pub retries: Vec<u64>,
@@ -59,6 +63,7 @@ impl Parser {
     fn line_done(&mut self, line: &str, out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             let id = self.id_field.take();
+            self.last_event_id = self.id_buffer.clone();
             if self.data.is_empty() {
                 self.event.clear();
                 return;
@@ -68,7 +73,15 @@ impl Parser {
                 data.pop();
             }
             let event = std::mem::take(&mut self.event);
-            out.push(SseEvent { id, event: if event.is_empty() { "message".into() } else { event }, data });
+            out.push(SseEvent {
+                id,
+                event: if event.is_empty() {
+                    "message".into()
+                } else {
+                    event
+                },
+                data,
+            });
             return;
         }
         if line.starts_with(':') {
@@ -89,7 +102,7 @@ impl Parser {
                 self.data.push('\n');
             }
             "id" if !value.contains('\0') => {
-                self.last_event_id = value.to_string();
+                self.id_buffer = value.to_string();
                 self.id_field = Some(value.to_string());
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
@@ -119,13 +132,20 @@ pub struct SseClient {
 impl SseClient {
     /// Send `GET path` with extra headers and read the response head.
     pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
-        let mut stream = tokio::time::timeout(super::WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n");
+        let mut stream = tokio::time::timeout(super::WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await.expect("send request");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("send request");
         Self::read_head(stream).await
     }
 
@@ -137,8 +157,15 @@ impl SseClient {
                 break i + 4;
             }
             let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout(super::WAIT, stream.read(&mut buf)).await.expect("head in time").expect("read head");
-            assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&raw));
+            let n = tokio::time::timeout(super::WAIT, stream.read(&mut buf))
+                .await
+                .expect("head in time")
+                .expect("read head");
+            assert!(
+                n > 0,
+                "connection closed before a response head: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
             raw.extend_from_slice(&buf[..n]);
         };
         let mut hs = [httparse::EMPTY_HEADER; 64];
@@ -148,9 +175,16 @@ impl SseClient {
         let headers: Vec<(String, String)> = resp
             .headers
             .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
-        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
         let rest = raw[head_end..].to_vec();
         let mut c = SseClient {
             stream,
@@ -175,7 +209,10 @@ impl SseClient {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
@@ -186,8 +223,14 @@ impl SseClient {
         }
         self.raw.extend_from_slice(bytes);
         loop {
-            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
-            let size = usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap_or("0").trim(), 16).unwrap_or(0);
+            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.raw[..eol]).unwrap_or("0").trim(),
+                16,
+            )
+            .unwrap_or(0);
             if size == 0 {
                 self.eof = true;
                 return;
@@ -261,9 +304,17 @@ mod tests {
     #[test]
     fn parses_every_line_ending_and_multiline_data() {
         let mut p = Parser::default();
-        let evs = p.feed(b"retry: 100\r\n\r\n: comment\nid: 1\revent: x\r\ndata: a\ndata:\ndata:  b\n\n");
+        let evs =
+            p.feed(b"retry: 100\r\n\r\n: comment\nid: 1\revent: x\r\ndata: a\ndata:\ndata:  b\n\n");
         assert_eq!(p.retries, vec![100]);
         assert_eq!(p.comments, 1);
-        assert_eq!(evs, vec![SseEvent { id: Some("1".into()), event: "x".into(), data: "a\n\n b".into() }]);
+        assert_eq!(
+            evs,
+            vec![SseEvent {
+                id: Some("1".into()),
+                event: "x".into(),
+                data: "a\n\n b".into()
+            }]
+        );
     }
 }

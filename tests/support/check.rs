@@ -1,0 +1,230 @@
+//! Helpers for the contract tests: the next published event on a stream, JSON
+//! error answers, Prometheus samples polled with a bound, a request that tolerates
+//! the server closing early, and a byte-exact view of a stream's preamble.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::sse::Parser;
+use super::{parse_response, Herald, Response, SseClient, SseEvent, WAIT};
+
+/// The next event that is not a HEARTBEAT; panics (naming `what`) if none comes
+/// within [`WAIT`].
+pub async fn next_ev(c: &mut SseClient, what: &str) -> SseEvent {
+    c.next_non_heartbeat(WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no event within {WAIT:?}: expected {what}"))
+}
+
+/// The next `n` non-heartbeat events.
+pub async fn next_evs(c: &mut SseClient, n: usize, what: &str) -> Vec<SseEvent> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(next_ev(c, &format!("{what} (#{i} of {n})")).await);
+    }
+    out
+}
+
+/// An event id as a number (herald's ids are decimal).
+pub fn id_of(ev: &SseEvent) -> u64 {
+    let id = ev
+        .id
+        .as_deref()
+        .unwrap_or_else(|| panic!("event has no id: {ev:?}"));
+    id.parse()
+        .unwrap_or_else(|_| panic!("event id is not a number: {ev:?}"))
+}
+
+/// Assert `r` has `status` and a JSON body with a string `error` field.
+pub fn assert_json_error(r: &Response, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: status; body {:?}", r.body);
+    let ct = r.header("content-type").unwrap_or("");
+    assert!(
+        ct.contains("json"),
+        "{what}: content-type should be JSON, got {ct:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {:?}", r.body));
+    assert!(
+        v["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{what}: body has no \"error\" string: {v}"
+    );
+}
+
+/// `GET /metrics` as text (asserting 200).
+pub async fn metrics_body(h: &Herald) -> String {
+    let r = h.get("/metrics").await;
+    assert_eq!(r.status, 200, "/metrics answered {}", r.status);
+    r.body
+}
+
+/// Every sample of metric `name` (exactly that name, any labels): `(labels, value)`.
+pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        if &line[..name_end] != name {
+            continue;
+        }
+        let labels = if line[name_end..].starts_with('{') {
+            let close = line.rfind('}').expect("closing brace");
+            line[name_end + 1..close].to_string()
+        } else {
+            String::new()
+        };
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("sample without a numeric value: {line:?}"));
+        out.push((labels, value));
+    }
+    out
+}
+
+/// Sum of every sample of `name`, or `None` if it has none.
+pub fn sample_sum(text: &str, name: &str) -> Option<f64> {
+    let s = samples(text, name);
+    (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum())
+}
+
+/// Poll `/metrics` until the sum of `name` satisfies `ok` (bounded by [`WAIT`]);
+/// returns that sum.
+pub async fn wait_metric(h: &Herald, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let until = Instant::now() + WAIT;
+    loop {
+        let text = metrics_body(h).await;
+        if let Some(v) = sample_sum(&text, name) {
+            if ok(v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "metric {name} never reached the expected value; last /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Send `bytes` while reading the answer at the same time, so a server that
+/// answers (e.g. 413) and closes before reading the whole request is still heard.
+pub async fn send_while_reading(addr: SocketAddr, bytes: Vec<u8>) -> Response {
+    tokio::time::timeout(WAIT, async move {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let (mut rd, mut wr) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&bytes).await;
+            wr
+        });
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        drop(writer.await);
+        parse_response(&buf)
+    })
+    .await
+    .expect("response in time")
+}
+
+/// What a stream's body starts with, item by item, in wire order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Retry(u64),
+    Event(SseEvent),
+}
+
+/// Open `path` on a fresh connection, read the response head, then feed the body
+/// byte by byte through the SSE parser until `until` items (`retry:` values and
+/// events) are seen; returns the head and the items in the order they arrived.
+pub async fn preamble(addr: SocketAddr, path: &str, until: usize) -> (Response, Vec<Item>) {
+    tokio::time::timeout(WAIT, async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send request");
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await.expect("read head");
+            assert!(n > 0, "closed before a response head");
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        let head = parse_response(&raw[..head_end]);
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"));
+        let mut body_raw = raw[head_end..].to_vec();
+        let mut parser = Parser::default();
+        let mut items = Vec::new();
+        let mut consumed = 0; // bytes of body_raw already fed (or framing skipped)
+        let mut chunk_left = 0usize; // chunked: payload bytes left in this chunk
+        while items.len() < until {
+            // Feed whatever complete payload bytes are buffered, one at a time.
+            loop {
+                if consumed >= body_raw.len() {
+                    break;
+                }
+                if chunked && chunk_left == 0 {
+                    let rest = &body_raw[consumed..];
+                    // Skip the CRLF that ends the previous chunk, then read a size line.
+                    let rest_start = if rest.starts_with(b"\r\n") { 2 } else { 0 };
+                    let Some(eol) = rest[rest_start..].windows(2).position(|w| w == b"\r\n") else {
+                        break;
+                    };
+                    let size_line = std::str::from_utf8(&rest[rest_start..rest_start + eol])
+                        .expect("chunk size");
+                    chunk_left = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
+                    assert!(chunk_left > 0, "stream ended during the preamble");
+                    consumed += rest_start + eol + 2;
+                    continue;
+                }
+                let b = body_raw[consumed];
+                consumed += 1;
+                if chunked {
+                    chunk_left -= 1;
+                }
+                let retries_before = parser.retries.len();
+                let evs = parser.feed(&[b]);
+                for r in &parser.retries[retries_before..] {
+                    items.push(Item::Retry(*r));
+                }
+                items.extend(evs.into_iter().map(Item::Event));
+            }
+            if items.len() >= until {
+                break;
+            }
+            let n = s.read(&mut chunk).await.expect("read body");
+            assert!(n > 0, "stream ended during the preamble: {items:?}");
+            body_raw.extend_from_slice(&chunk[..n]);
+        }
+        (head, items)
+    })
+    .await
+    .expect("preamble in time")
+}
+
+/// Whether `s` looks like a UUID (8-4-4-4-12 hex digits).
+pub fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
