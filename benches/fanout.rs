@@ -64,11 +64,9 @@ fn table() -> (ConnTable, Vec<usize>) {
     let keys = (0..CONNS)
         .map(|i| {
             let user = user_name(i);
-            let conn_id = format!("conn-{i}");
             t.insert(NewConn {
                 serial: i as u64,
                 user: &user,
-                conn_id: &conn_id,
                 topics: &topics,
                 last_id: 0,
             })

@@ -189,13 +189,13 @@ impl Broker {
     }
 
     /// A stream ended (its writer is done): forget it unless already replaced.
-    pub fn closed(&self, user: &str, conn_id: &str, serial: u64) {
-        self.lock().registry.remove(user, conn_id, Some(serial));
+    pub fn closed(&self, user: &str, serial: u64) {
+        self.lock().registry.remove_serial(user, serial);
     }
 
     /// Forget `(user, conn_id)` and return where its stream lives, to end it.
     pub fn disconnect(&self, user: &str, conn_id: &str) -> Option<ConnLoc> {
-        self.lock().registry.remove(user, conn_id, None)
+        self.lock().registry.remove(user, conn_id)
     }
 
     /// Ask the shard holding `loc` to end it.

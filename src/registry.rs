@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use crate::fanout::ConnLoc;
 
 #[derive(Debug)]
@@ -18,7 +20,8 @@ struct Entry {
 /// User → connections, for this pod.
 #[derive(Debug, Default)]
 pub struct LocalRegistry {
-    users: HashMap<Box<str>, Vec<Entry>>,
+    /// Most users hold one connection: that entry lives inline.
+    users: HashMap<Box<str>, SmallVec<[Entry; 1]>>,
     connections: usize,
 }
 
@@ -33,7 +36,7 @@ impl LocalRegistry {
 
     /// How many connections `user` has.
     pub fn count(&self, user: &str) -> usize {
-        self.users.get(user).map_or(0, Vec::len)
+        self.users.get(user).map_or(0, |v| v.len())
     }
 
     pub fn find(&self, user: &str, conn_id: &str) -> Option<ConnLoc> {
@@ -56,11 +59,7 @@ impl LocalRegistry {
     pub fn register(&mut self, user: &str, conn_id: &str, loc: ConnLoc) -> Option<ConnLoc> {
         let list = match self.users.get_mut(user) {
             Some(l) => l,
-            // Most users hold one connection: do not pay for four.
-            None => self
-                .users
-                .entry(user.into())
-                .or_insert_with(|| Vec::with_capacity(1)),
+            None => self.users.entry(user.into()).or_default(),
         };
         if let Some(e) = list.iter_mut().find(|e| &*e.conn_id == conn_id) {
             return Some(std::mem::replace(&mut e.loc, loc));
@@ -73,13 +72,20 @@ impl LocalRegistry {
         None
     }
 
-    /// Remove `(user, conn_id)`, only if it is still the one with `serial` when
-    /// given; returns where it was.
-    pub fn remove(&mut self, user: &str, conn_id: &str, serial: Option<u64>) -> Option<ConnLoc> {
+    /// Remove `(user, conn_id)`; returns where it was.
+    pub fn remove(&mut self, user: &str, conn_id: &str) -> Option<ConnLoc> {
+        self.remove_where(user, |e| &*e.conn_id == conn_id)
+    }
+
+    /// Remove the connection of `user` with `serial`, if it is still registered
+    /// (a replacement or a disconnect may have removed it already).
+    pub fn remove_serial(&mut self, user: &str, serial: u64) -> Option<ConnLoc> {
+        self.remove_where(user, |e| e.loc.serial == serial)
+    }
+
+    fn remove_where(&mut self, user: &str, pick: impl Fn(&Entry) -> bool) -> Option<ConnLoc> {
         let list = self.users.get_mut(user)?;
-        let i = list
-            .iter()
-            .position(|e| &*e.conn_id == conn_id && serial.is_none_or(|s| e.loc.serial == s))?;
+        let i = list.iter().position(pick)?;
         let loc = list.swap_remove(i).loc;
         if list.is_empty() {
             self.users.remove(user);

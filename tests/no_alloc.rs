@@ -109,7 +109,6 @@ fn table() -> (ConnTable, Vec<usize>) {
             t.insert(NewConn {
                 serial: i as u64,
                 user: &user_name(i),
-                conn_id: &format!("conn-{i}"),
                 topics: &topics,
                 last_id: 0,
             })

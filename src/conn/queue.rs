@@ -48,9 +48,10 @@ pub struct OutQueue {
     head: Option<QueuedFrame>,
     /// Frames after `head`; empty whenever `head` is `None`.
     rest: VecDeque<QueuedFrame>,
-    bytes: usize,
+    /// Bytes queued (u32: the byte bound is far below 4 GiB; keeps `Conn` small).
+    bytes: u32,
     /// Extra allowance granted to an initial replay; drops to 0 once drained.
-    allowance: usize,
+    allowance: u32,
 }
 
 impl OutQueue {
@@ -64,11 +65,11 @@ impl OutQueue {
 
     /// Bytes still to write.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes as usize
     }
 
     fn append(&mut self, frame: QueuedFrame) {
-        self.bytes += frame.bytes.len();
+        self.bytes = self.bytes.saturating_add(frame.bytes.len() as u32);
         if self.head.is_none() {
             self.head = Some(frame);
         } else {
@@ -87,8 +88,8 @@ impl OutQueue {
     #[inline]
     pub fn push(&mut self, frame: QueuedFrame, limits: QueueLimits) -> Result<(), Overflow> {
         let len = frame.bytes.len();
-        if self.len() >= limits.max_frames + self.allowance
-            || (self.bytes + len > limits.max_bytes && self.allowance == 0 && !self.is_empty())
+        if self.len() >= limits.max_frames + self.allowance as usize
+            || (self.bytes as usize + len > limits.max_bytes && self.allowance == 0 && !self.is_empty())
         {
             return Err(Overflow);
         }
@@ -110,7 +111,7 @@ impl OutQueue {
     /// `on_frame` with the publish time of each frame fully written.
     pub fn consume(&mut self, mut written: usize, mut on_frame: impl FnMut(u64)) -> Consumed {
         let mut done = Consumed::default();
-        self.bytes -= written.min(self.bytes);
+        self.bytes -= (written as u32).min(self.bytes);
         while written > 0 {
             let Some(front) = self.head.as_mut() else {
                 break;
@@ -127,7 +128,7 @@ impl OutQueue {
                 written = 0;
             }
         }
-        self.allowance = self.allowance.saturating_sub(done.frames);
+        self.allowance = self.allowance.saturating_sub(done.frames as u32);
         if self.rest.is_empty() && self.rest.capacity() > 64 {
             // A burst or a replay grew the ring; give the memory back.
             self.rest = VecDeque::new();
@@ -139,7 +140,7 @@ impl OutQueue {
     pub fn pop_front(&mut self) -> Option<QueuedFrame> {
         let f = self.head.take()?;
         self.head = self.rest.pop_front();
-        self.bytes -= f.bytes.len();
+        self.bytes -= (f.bytes.len() as u32).min(self.bytes);
         self.allowance = self.allowance.saturating_sub(1);
         Some(f)
     }

@@ -14,6 +14,7 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::queue::{OutQueue, QueueLimits, QueuedFrame};
 use super::CloseReason;
@@ -34,7 +35,6 @@ pub struct Conn {
     /// Unique per process; tells a connection from a later one in the same slot.
     pub serial: u64,
     pub user: Rc<str>,
-    pub conn_id: Box<str>,
     /// Subscribed topics with this connection's position in each topic's index.
     topics: Box<[(Rc<str>, u32)]>,
     user_pos: u32,
@@ -73,17 +73,20 @@ pub struct Delivery {
 pub struct NewConn<'a> {
     pub serial: u64,
     pub user: &'a str,
-    pub conn_id: &'a str,
     pub topics: &'a [Box<str>],
     pub last_id: u64,
 }
+
+/// Slab keys under one user or topic. Most users hold one or two connections:
+/// those lists live inline, without a heap buffer.
+type Keys = SmallVec<[u32; 2]>;
 
 /// The slab of connections of one shard and its indexes.
 #[derive(Default)]
 pub struct ConnTable {
     slab: Slab<Conn>,
-    users: HashMap<Rc<str>, Vec<u32>>,
-    topics: HashMap<Rc<str>, Vec<u32>>,
+    users: HashMap<Rc<str>, Keys>,
+    topics: HashMap<Rc<str>, Keys>,
     limits: Option<QueueLimits>,
 }
 
@@ -154,7 +157,6 @@ impl ConnTable {
         entry.insert(Conn {
             serial: new.serial,
             user,
-            conn_id: new.conn_id.into(),
             topics,
             user_pos,
             last_id: new.last_id,
@@ -291,18 +293,18 @@ fn close_conn(conn: &mut Conn, reason: CloseReason) -> usize {
 }
 
 /// The shared key for `name`, inserting an empty list the first time.
-fn intern(index: &mut HashMap<Rc<str>, Vec<u32>>, name: &str) -> Rc<str> {
+fn intern(index: &mut HashMap<Rc<str>, Keys>, name: &str) -> Rc<str> {
     if let Some((k, _)) = index.get_key_value(name) {
         return k.clone();
     }
     let k: Rc<str> = name.into();
-    index.insert(k.clone(), Vec::with_capacity(1));
+    index.insert(k.clone(), Keys::new());
     k
 }
 
 /// Swap-remove position `pos` of `name`'s list; returns the slab key that moved
 /// into `pos`, whose stored position the caller must update.
-fn unindex(index: &mut HashMap<Rc<str>, Vec<u32>>, name: &str, pos: u32) -> Option<u32> {
+fn unindex(index: &mut HashMap<Rc<str>, Keys>, name: &str, pos: u32) -> Option<u32> {
     let list = index.get_mut(name)?;
     list.swap_remove(pos as usize);
     let moved = list.get(pos as usize).copied();
@@ -333,8 +335,7 @@ mod tests {
         t.insert(NewConn {
             serial,
             user,
-            conn_id: "c",
-            topics: &topics(tp),
+                        topics: &topics(tp),
             last_id: 0,
         })
     }
@@ -411,8 +412,7 @@ mod tests {
         let k = t.insert(NewConn {
             serial: 1,
             user: "u",
-            conn_id: "c",
-            topics: &[],
+                        topics: &[],
             last_id: 5,
         });
         assert_eq!(t.deliver(&ev(5, Target::All)).queued, 0);

@@ -105,7 +105,6 @@ pub async fn open_stream(
     let inserted = table.insert(NewConn {
         serial,
         user: &p.user,
-        conn_id: &conn_id,
         topics: &p.topics,
         last_id: opened.floor,
     });

@@ -70,7 +70,7 @@ impl StreamGuard {
                 self.shard
                     .shared
                     .broker
-                    .closed(&conn.user, &conn.conn_id, conn.serial);
+                    .closed(&conn.user, conn.serial);
             }
             metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label())
                 .increment(1);
