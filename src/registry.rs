@@ -116,12 +116,12 @@ mod tests {
         assert_eq!(r.register("u", "c1", loc(1, 3)), Some(loc(0, 1)));
         assert_eq!(r.connections(), 2);
         assert_eq!(
-            r.remove("u", "c1", Some(1)),
+            r.remove_serial("u", 1),
             None,
             "stale serial leaves the replacement"
         );
-        assert_eq!(r.remove("u", "c1", Some(3)), Some(loc(1, 3)));
-        assert_eq!(r.remove("u", "c2", None), Some(loc(1, 2)));
+        assert_eq!(r.remove_serial("u", 3), Some(loc(1, 3)));
+        assert_eq!(r.remove("u", "c2"), Some(loc(1, 2)));
         assert_eq!((r.users(), r.connections()), (0, 0));
     }
 }

@@ -89,7 +89,9 @@ impl OutQueue {
     pub fn push(&mut self, frame: QueuedFrame, limits: QueueLimits) -> Result<(), Overflow> {
         let len = frame.bytes.len();
         if self.len() >= limits.max_frames + self.allowance as usize
-            || (self.bytes as usize + len > limits.max_bytes && self.allowance == 0 && !self.is_empty())
+            || (self.bytes as usize + len > limits.max_bytes
+                && self.allowance == 0
+                && !self.is_empty())
         {
             return Err(Overflow);
         }

@@ -5,8 +5,10 @@
 //! Delivery of one event: look up the matching slab keys (every entry for `all`,
 //! the user index, the topic index), then per connection a comparison of event ids
 //! (dedup across topics, and the resume floor), a push of a `Bytes` clone into its
-//! bounded queue, and the wake of its writer if it was parked. No allocation, no
-//! copy of the payload.
+//! bounded queue, and — the first time since the last flush — its key on the
+//! dirty list. No allocation, no copy of the payload, no syscall: the shard
+//! flushes the dirty list once per wake-up, one `writev` per connection carrying
+//! everything queued (see [`crate::shard::io`]).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -42,8 +44,15 @@ pub struct Conn {
     /// it are skipped, so topic overlap and a replay never deliver twice.
     pub last_id: u64,
     pub queue: OutQueue,
+    /// The socket of a lean stream, written by the shard's flush; `None` for a
+    /// stream served through hyper, whose body task is woken through `waker`.
+    pub io: Option<mio::net::TcpStream>,
     pub waker: Option<Waker>,
     pub state: ConnState,
+    /// On the table's dirty list (something to write, or to close).
+    dirty: bool,
+    /// The socket's send buffer was full; wait for it to become writable.
+    pub blocked: bool,
 }
 
 impl Conn {
@@ -51,7 +60,8 @@ impl Conn {
         self.topics.iter().map(|(t, _)| &**t)
     }
 
-    fn wake(&mut self) {
+    /// Wake the hyper body task of a stream that has no socket of its own.
+    pub fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -87,6 +97,8 @@ pub struct ConnTable {
     slab: Slab<Conn>,
     users: HashMap<Rc<str>, Keys>,
     topics: HashMap<Rc<str>, Keys>,
+    /// Keys of connections with something to write or to close.
+    dirty: Vec<u32>,
     limits: Option<QueueLimits>,
 }
 
@@ -138,6 +150,10 @@ impl ConnTable {
 
     /// Add a connection and index it; returns its slab key.
     pub fn insert(&mut self, new: NewConn<'_>) -> usize {
+        // Room on the dirty list for every connection, reserved here (amortised)
+        // so that a delivery never allocates.
+        self.dirty
+            .reserve((self.slab.len() + 1).saturating_sub(self.dirty.len()));
         let entry = self.slab.vacant_entry();
         let key = entry.key() as u32;
         let user = intern(&mut self.users, new.user);
@@ -161,8 +177,11 @@ impl ConnTable {
             user_pos,
             last_id: new.last_id,
             queue: OutQueue::default(),
+            io: None,
             waker: None,
             state: ConnState::Open,
+            dirty: false,
+            blocked: false,
         });
         key as usize
     }
@@ -189,7 +208,28 @@ impl ConnTable {
     /// the socket. Returns frames dropped, or `None` if `serial` is not there.
     pub fn close(&mut self, key: usize, serial: u64, reason: CloseReason) -> Option<usize> {
         let conn = self.slab.get_mut(key).filter(|c| c.serial == serial)?;
-        Some(close_conn(conn, reason))
+        Some(close_conn(conn, key as u32, &mut self.dirty, reason))
+    }
+
+    /// Put `key` on the dirty list (it has something new to write or to close).
+    pub fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            mark(conn, key as u32, &mut self.dirty);
+        }
+    }
+
+    /// Move the dirty list into `out` (emptied first), clearing the marks.
+    pub fn take_dirty(&mut self, out: &mut Vec<u32>) {
+        // Copy rather than swap: the table's list keeps the capacity reserved for
+        // it at insert, so marking never allocates.
+        out.clear();
+        out.extend_from_slice(&self.dirty);
+        self.dirty.clear();
+        for &k in out.iter() {
+            if let Some(conn) = self.slab.get_mut(k as usize) {
+                conn.dirty = false;
+            }
+        }
     }
 
     /// Queue `ev` on every matching open connection.
@@ -198,15 +238,22 @@ impl ConnTable {
         let mut d = Delivery::default();
         match &ev.target {
             Target::All => {
-                for (_, conn) in self.slab.iter_mut() {
-                    push(conn, ev, limits, &mut d);
+                for (k, conn) in self.slab.iter_mut() {
+                    push(conn, k as u32, &mut self.dirty, ev, limits, &mut d);
                 }
             }
             Target::Users(users) => {
                 for user in users.iter() {
                     if let Some(keys) = self.users.get(&**user) {
                         for &k in keys {
-                            push(&mut self.slab[k as usize], ev, limits, &mut d);
+                            push(
+                                &mut self.slab[k as usize],
+                                k,
+                                &mut self.dirty,
+                                ev,
+                                limits,
+                                &mut d,
+                            );
                         }
                     }
                 }
@@ -215,7 +262,14 @@ impl ConnTable {
                 for topic in topics.iter() {
                     if let Some(keys) = self.topics.get(&**topic) {
                         for &k in keys {
-                            push(&mut self.slab[k as usize], ev, limits, &mut d);
+                            push(
+                                &mut self.slab[k as usize],
+                                k,
+                                &mut self.dirty,
+                                ev,
+                                limits,
+                                &mut d,
+                            );
                         }
                     }
                 }
@@ -228,7 +282,7 @@ impl ConnTable {
     pub fn deliver_all_unnumbered(&mut self, frame: &Bytes) -> Delivery {
         let limits = self.limits();
         let mut d = Delivery::default();
-        for (_, conn) in self.slab.iter_mut() {
+        for (k, conn) in self.slab.iter_mut() {
             if conn.state != ConnState::Open {
                 continue;
             }
@@ -238,10 +292,12 @@ impl ConnTable {
             };
             if conn.queue.push(qf, limits).is_ok() {
                 d.queued += 1;
-                conn.wake();
+                mark(conn, k as u32, &mut self.dirty);
             } else {
                 d.slow_closed += 1;
-                d.dropped_frames += close_conn(conn, CloseReason::SlowConsumer) as u64 + 1;
+                d.dropped_frames +=
+                    close_conn(conn, k as u32, &mut self.dirty, CloseReason::SlowConsumer) as u64
+                        + 1;
             }
         }
         d
@@ -250,9 +306,9 @@ impl ConnTable {
     /// Close every open connection (shutdown); returns how many.
     pub fn close_all(&mut self, reason: CloseReason) -> usize {
         let mut n = 0;
-        for (_, conn) in self.slab.iter_mut() {
+        for (k, conn) in self.slab.iter_mut() {
             if conn.state == ConnState::Open {
-                close_conn(conn, reason);
+                close_conn(conn, k as u32, &mut self.dirty, reason);
                 n += 1;
             }
         }
@@ -261,7 +317,14 @@ impl ConnTable {
 }
 
 #[inline]
-fn push(conn: &mut Conn, ev: &Event, limits: QueueLimits, d: &mut Delivery) {
+fn push(
+    conn: &mut Conn,
+    key: u32,
+    dirty: &mut Vec<u32>,
+    ev: &Event,
+    limits: QueueLimits,
+    d: &mut Delivery,
+) {
     if ev.id <= conn.last_id || conn.state != ConnState::Open {
         return;
     }
@@ -273,22 +336,30 @@ fn push(conn: &mut Conn, ev: &Event, limits: QueueLimits, d: &mut Delivery) {
     match conn.queue.push(qf, limits) {
         Ok(()) => {
             d.queued += 1;
-            conn.wake();
+            mark(conn, key, dirty);
         }
         Err(_) => {
             d.slow_closed += 1;
-            d.dropped_frames += close_conn(conn, CloseReason::SlowConsumer) as u64 + 1;
+            d.dropped_frames += close_conn(conn, key, dirty, CloseReason::SlowConsumer) as u64 + 1;
         }
     }
 }
 
-fn close_conn(conn: &mut Conn, reason: CloseReason) -> usize {
+#[inline]
+fn mark(conn: &mut Conn, key: u32, dirty: &mut Vec<u32>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+}
+
+fn close_conn(conn: &mut Conn, key: u32, dirty: &mut Vec<u32>, reason: CloseReason) -> usize {
     if conn.state != ConnState::Open {
         return 0;
     }
     conn.state = ConnState::Closing(reason);
     let dropped = conn.queue.clear();
-    conn.wake();
+    mark(conn, key, dirty);
     dropped
 }
 
@@ -335,7 +406,7 @@ mod tests {
         t.insert(NewConn {
             serial,
             user,
-                        topics: &topics(tp),
+            topics: &topics(tp),
             last_id: 0,
         })
     }
@@ -412,7 +483,7 @@ mod tests {
         let k = t.insert(NewConn {
             serial: 1,
             user: "u",
-                        topics: &[],
+            topics: &[],
             last_id: 5,
         });
         assert_eq!(t.deliver(&ev(5, Target::All)).queued, 0);

@@ -1,6 +1,7 @@
 //! HTTP: every accepted connection starts here. The request head is read with
 //! [`head::read`] under the header timeout; `GET /api/user/sse/connect` becomes a
-//! lean stream ([`crate::shard::stream::SseWriter`]), anything else is served by
+//! lean stream (its socket handed to the shard's poll, [`crate::shard::io`]),
+//! anything else is served by
 //! hyper's HTTP/1.1 connection (keep-alive, its own header timeout) with the
 //! routes in [`routes`].
 
@@ -18,8 +19,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::conn::CloseReason;
 use crate::error::{self, ApiError};
-use crate::shard::stream::SseWriter;
+use crate::shard::io;
 use crate::shard::Shard;
 use head::{HeadError, Rewind};
 
@@ -67,10 +69,9 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
         };
         let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
         match routes::open_stream(&shard, &params, last_event_id.as_deref(), true).await {
-            Ok(guard) => {
+            Ok(new) => {
                 drop(buf);
-                // A task of its own, so the idle stream does not carry this future.
-                tokio::task::spawn_local(SseWriter::new(stream, guard));
+                attach_lean(&shard, new, stream);
             }
             Err(e) => write_error(&mut stream, &e).await,
         }
@@ -88,6 +89,42 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     if let Err(e) = conn.await {
         debug!(error = %e, "http connection ended with an error");
     }
+}
+
+/// Hand a lean stream's socket to the shard: out of tokio's reactor (no task, no
+/// registration kept per idle stream), into the shard's poll and the table.
+fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
+    let sock = stream.into_std().map(mio::net::TcpStream::from_std);
+    let mut table = shard.table.borrow_mut();
+    let attached = match sock {
+        Ok(mut sock) => match shard.io.register(&mut sock, new.key) {
+            Ok(()) => match table.get_mut(new.key).filter(|c| c.serial == new.serial) {
+                Some(conn) => {
+                    conn.io = Some(sock);
+                    true
+                }
+                None => false,
+            },
+            Err(e) => {
+                debug!(error = %e, "cannot register a stream socket");
+                false
+            }
+        },
+        Err(e) => {
+            debug!(error = %e, "cannot take a stream socket from the runtime");
+            false
+        }
+    };
+    if attached {
+        table.mark_dirty(new.key);
+    } else if let Some(conn) = table.remove(new.key) {
+        shard.table_changed(&table);
+        drop(table);
+        crate::shard::stream::closed(shard, &conn.user, conn.serial, CloseReason::ClientClosed);
+        return;
+    }
+    drop(table);
+    io::flush(shard);
 }
 
 /// Write a JSON error response and close the connection.

@@ -36,13 +36,13 @@ x-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
 /// Register a stream on this shard and queue what it starts with: (the lean
 /// path's response head,) `retry:`, `CONNECTED`, then the replay, `RESYNC` or the
-/// pending events. Returns the guard that ends it.
+/// pending events. Returns where it lives; the caller attaches its transport.
 pub async fn open_stream(
     shard: &Rc<Shard>,
     p: &ConnectParams,
     last_event_id: Option<&str>,
     raw_head: bool,
-) -> Result<StreamGuard, ApiError> {
+) -> Result<NewStream, ApiError> {
     let shared = &shard.shared;
     let broker = &shared.broker;
     if broker.is_draining() {
@@ -152,8 +152,17 @@ pub async fn open_stream(
     }
     shard.table_changed(&table);
     drop(table);
+    // Writes this connect's first frames and ends a replaced stream of this shard.
+    crate::shard::io::flush(shard);
     metrics::counter!(m::CONNECTIONS_OPENED, "shard" => shard.id.to_string()).increment(1);
-    Ok(StreamGuard::new(shard.clone(), key, serial))
+    Ok(NewStream { key, serial })
+}
+
+/// A stream registered in its shard's table, before its transport is attached.
+#[derive(Debug, Clone, Copy)]
+pub struct NewStream {
+    pub key: usize,
+    pub serial: u64,
 }
 
 /// The hyper service: route one request.
@@ -204,7 +213,8 @@ async fn connect(
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     let last_event_id = header_id.or_else(|| p.last_event_id.clone());
-    let guard = open_stream(shard, &p, last_event_id.as_deref(), false).await?;
+    let stream = open_stream(shard, &p, last_event_id.as_deref(), false).await?;
+    let guard = StreamGuard::new(shard.clone(), stream.key, stream.serial);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -228,6 +238,7 @@ async fn disconnect(
             .table
             .borrow_mut()
             .close(loc.key as usize, loc.serial, CloseReason::Disconnected);
+        crate::shard::io::flush(shard);
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
         broker.close_remote(loc, CloseReason::Disconnected, Some(tx));

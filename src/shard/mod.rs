@@ -6,6 +6,7 @@
 //! with other threads except the inbox (see [`crate::fanout`]) and the counters it
 //! publishes ([`ShardStats`]).
 
+pub mod io;
 pub mod listener;
 pub mod stream;
 
@@ -46,6 +47,8 @@ pub struct Shard {
     pub admission: RefCell<TokenBucket>,
     /// Notified when the table becomes empty (the drain waits on it).
     pub emptied: Notify,
+    /// The poll of lean-stream sockets and the flush's reusable lists.
+    pub io: io::IoSet,
 }
 
 impl Shard {
@@ -102,7 +105,15 @@ async fn run(
     let cfg = &shared.config;
     let limits = shared.queue_limits;
     let shards = shared.shard_stats.len() as u64;
+    let io = match io::IoSet::new() {
+        Ok(io) => io,
+        Err(e) => {
+            warn!(shard = id, error = %e, "cannot create the stream poll");
+            return;
+        }
+    };
     let shard = Rc::new(Shard {
+        io,
         id,
         table: RefCell::new(ConnTable::new(limits)),
         stats: shared.shard_stats[id as usize].clone(),
@@ -122,6 +133,7 @@ async fn run(
             return;
         }
     };
+    tokio::task::spawn_local(io::io_loop(shard.clone()));
     tokio::task::spawn_local(fanout_loop(shard.clone()));
     tokio::task::spawn_local(heartbeat_loop(shard.clone()));
     tokio::task::spawn_local(flush_loop(shard.clone()));
@@ -184,6 +196,8 @@ async fn fanout_loop(shard: Rc<Shard>) {
                 }
             }
         }
+        // One writev per connection for everything this batch queued.
+        io::flush(&shard);
         tokio::task::yield_now().await;
     }
 }
@@ -202,6 +216,7 @@ async fn heartbeat_loop(shard: Rc<Shard>) {
         if d.slow_closed > 0 {
             m::dropped("slow_consumer", d.dropped_frames);
         }
+        io::flush(&shard);
         batch.record(started.elapsed().as_secs_f64());
     }
 }
@@ -245,21 +260,22 @@ async fn drain(shard: &Rc<Shard>) {
         if due > Instant::now() + Duration::from_millis(2) {
             sleep_until(due).await;
         }
-        let mut table = shard.table.borrow_mut();
-        if let Some(conn) = table
-            .get_mut(key)
-            .filter(|c| c.serial == serial && c.state == ConnState::Open)
         {
-            let hint = frame::retry(shard.shared.retry_hint_ms());
-            conn.queue.push_initial(QueuedFrame {
-                bytes: hint,
-                published_ns: 0,
-            });
-            conn.state = ConnState::Closing(CloseReason::Shutdown);
-            if let Some(w) = conn.waker.take() {
-                w.wake();
+            let mut table = shard.table.borrow_mut();
+            if let Some(conn) = table
+                .get_mut(key)
+                .filter(|c| c.serial == serial && c.state == ConnState::Open)
+            {
+                let hint = frame::retry(shard.shared.retry_hint_ms());
+                conn.queue.push_initial(QueuedFrame {
+                    bytes: hint,
+                    published_ns: 0,
+                });
+                conn.state = ConnState::Closing(CloseReason::Shutdown);
+                table.mark_dirty(key);
             }
         }
+        io::flush(shard);
     }
     loop {
         let emptied = shard.emptied.notified();

@@ -1,0 +1,242 @@
+//! The shard's own readiness loop for lean streams, and the flush.
+//!
+//! A lean stream is not a task: its socket is a `mio` stream registered (edge
+//! triggered, token = slab key) with a `mio::Poll` that belongs to the shard, whose
+//! epoll descriptor is itself watched by the shard's tokio runtime through one
+//! `AsyncFd`. An idle stream therefore costs its table entry and its socket, and
+//! no task, no tokio I/O registration, no buffer.
+//!
+//! [`flush`] walks the table's dirty list once per wake-up (after a batch of
+//! events, a heartbeat tick, a connect, a close) and gives each connection one
+//! `writev` of up to [`MAX_SLICES`] queued frames, more only if the kernel took
+//! everything and frames remain. A full send buffer marks the stream blocked until
+//! its writable edge; a closing stream with nothing left to write is closed there.
+//! Events from the poll: readable means the client sent something (discarded) or
+//! went away (closed); writable unblocks a stream.
+
+use std::cell::RefCell;
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Registry, Token};
+use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+use super::Shard;
+use crate::clock;
+use crate::conn::{CloseReason, ConnState, ConnTable};
+
+/// Frames handed to one `writev`.
+pub const MAX_SLICES: usize = 64;
+/// Readiness events handled per turn.
+const EVENTS: usize = 1024;
+
+/// The shard's poll of lean-stream sockets.
+pub struct IoSet {
+    /// Declared before `poll` so it is dropped (deregistered) while the epoll
+    /// descriptor it watches is still open.
+    fd: AsyncFd<RawFd>,
+    poll: RefCell<Poll>,
+    registry: Registry,
+    events: RefCell<Events>,
+    /// Reused lists (no allocation per flush once warm).
+    dirty: RefCell<Vec<u32>>,
+    closing: RefCell<Vec<(u32, CloseReason)>>,
+}
+
+impl IoSet {
+    /// Must be called inside the shard's runtime.
+    pub fn new() -> std::io::Result<IoSet> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        // SAFETY: the descriptor belongs to `poll`, which lives in the same `IoSet`
+        // and is dropped after this `AsyncFd` (field order), so it stays open and
+        // the same for the whole life of the registration.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(poll.as_raw_fd(), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        Ok(IoSet {
+            poll: RefCell::new(poll),
+            registry,
+            events: RefCell::new(Events::with_capacity(EVENTS)),
+            fd,
+            dirty: RefCell::new(Vec::new()),
+            closing: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Watch a lean stream's socket under its slab key.
+    pub fn register(&self, sock: &mut mio::net::TcpStream, key: usize) -> std::io::Result<()> {
+        self.registry
+            .register(sock, Token(key), Interest::READABLE | Interest::WRITABLE)
+    }
+}
+
+/// Turn readiness events into reads (EOF detection) and unblocked writes.
+pub async fn io_loop(shard: Rc<Shard>) {
+    let io = &shard.io;
+    loop {
+        let mut guard = match io.fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(shard = shard.id, error = %e, "stream poll failed");
+                return;
+            }
+        };
+        let full = handle_events(&shard);
+        if !full {
+            // Fewer than a full batch: the poll is drained; wait for the next edge.
+            guard.clear_ready();
+        }
+        flush(&shard);
+        if full {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Take the ready events off the poll and act on them; true when the batch was
+/// full (more may be waiting).
+fn handle_events(shard: &Shard) -> bool {
+    let io = &shard.io;
+    let mut events = io.events.borrow_mut();
+    if let Err(e) = io.poll.borrow_mut().poll(&mut events, Some(Duration::ZERO)) {
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            warn!(shard = shard.id, error = %e, "stream poll failed");
+        }
+    }
+    let mut table = shard.table.borrow_mut();
+    let mut count = 0;
+    {
+        let mut closing = io.closing.borrow_mut();
+        for ev in events.iter() {
+            count += 1;
+            let key = ev.token().0;
+            let Some(conn) = table.get_mut(key) else {
+                continue;
+            };
+            let Some(sock) = conn.io.as_mut() else {
+                continue;
+            };
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                if let Some(reason) = drain_input(sock) {
+                    closing.push((key as u32, reason));
+                    continue;
+                }
+            }
+            if ev.is_writable() && conn.blocked {
+                conn.blocked = false;
+                table.mark_dirty(key);
+            }
+        }
+    }
+    close_pending(shard, &mut table);
+    count >= EVENTS
+}
+
+/// Read and discard what the client sent; `Some` when it is gone or abusive.
+fn drain_input(sock: &mut mio::net::TcpStream) -> Option<CloseReason> {
+    let mut scratch = [0u8; 512];
+    for _ in 0..64 {
+        match sock.read(&mut scratch) {
+            Ok(0) => return Some(CloseReason::ClientClosed),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Some(CloseReason::ClientClosed),
+        }
+    }
+    // 32 KiB of input on an event stream: not a browser; do not keep reading.
+    Some(CloseReason::ClientClosed)
+}
+
+/// Write what every dirty connection has queued; close those that are done.
+pub fn flush(shard: &Shard) {
+    let io = &shard.io;
+    let mut dirty = io.dirty.borrow_mut();
+    let mut table = shard.table.borrow_mut();
+    table.take_dirty(&mut dirty);
+    if dirty.is_empty() {
+        return;
+    }
+    let now = clock::now_ns();
+    let mut closing = io.closing.borrow_mut();
+    for &key in dirty.iter() {
+        let Some(conn) = table.get_mut(key as usize) else {
+            continue;
+        };
+        let Some(sock) = conn.io.as_mut() else {
+            // Served through hyper: its body task writes.
+            conn.wake();
+            continue;
+        };
+        if conn.blocked && !(conn.queue.is_empty() && matches!(conn.state, ConnState::Closing(_))) {
+            // Wait for the writable edge; but a stream closed with nothing left to
+            // write (a slow consumer) is closed now, not when its reader wakes up.
+            continue;
+        }
+        loop {
+            if conn.queue.is_empty() {
+                if let ConnState::Closing(reason) = conn.state {
+                    closing.push((key, reason));
+                }
+                break;
+            }
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = conn.queue.slices(&mut slices);
+                sock.write_vectored(&slices[..n])
+            };
+            match written {
+                Ok(0) => {
+                    closing.push((key, CloseReason::ClientClosed));
+                    break;
+                }
+                Ok(n) => {
+                    conn.queue
+                        .consume(n, |published| shard.local.frame_written(published, now));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closing.push((key, CloseReason::ClientClosed));
+                    break;
+                }
+            }
+        }
+    }
+    drop(closing);
+    close_pending(shard, &mut table);
+}
+
+/// Close the lean streams collected in `closing`.
+fn close_pending(shard: &Shard, table: &mut ConnTable) {
+    let mut closing = shard.io.closing.borrow_mut();
+    if closing.is_empty() {
+        return;
+    }
+    for (key, fallback) in closing.drain(..) {
+        let Some(conn) = table.get(key as usize) else {
+            continue;
+        };
+        let reason = match conn.state {
+            ConnState::Closing(r) => r,
+            ConnState::Open => fallback,
+        };
+        if let Some(conn) = table.remove(key as usize) {
+            if let Some(sock) = &conn.io {
+                // FIN after the last frame (a reset could destroy it in flight);
+                // dropping the socket closes it and takes it out of the poll.
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+            }
+            super::stream::closed(shard, &conn.user, conn.serial, reason);
+        }
+    }
+    shard.table_changed(table);
+}
