@@ -10,9 +10,10 @@
 //! * **Connection table** ([`conn`]): per shard a `slab::Slab` of connections with
 //!   indexes by user and topic; each connection has a bounded outbound queue of
 //!   shared frames (slow consumers are closed, nobody waits).
-//! * **HTTP** ([`http`]): the request head is read with httparse; SSE connects
-//!   take a lean path (a small hand-written writer future, no HTTP buffers per
-//!   idle stream); every other endpoint is served by hyper.
+//! * **HTTP** ([`http`]): the request head is read with httparse; an SSE connect
+//!   takes a lean path (its socket moves to the shard's own mio poll, written by
+//!   the shard's flush: no task and no HTTP buffers per idle stream); every other
+//!   endpoint is served by hyper.
 //! * **Broker** ([`broker`]): sequences publishes (strictly increasing ids), frames
 //!   each event once ([`sse::frame`]), keeps resume history and pending events
 //!   ([`history`]) and the connection registry ([`registry`]), and hands the one
