@@ -1,0 +1,1265 @@
+//! Subscriber connections on mio event loops.
+//!
+//! Each event-loop thread owns one `mio::Poll` and its connections in a `Vec`
+//! (streams) or a `Slab` (churn), indexed by the mio token. A connection is a
+//! small state machine — Connecting → Writing the request → reading the
+//! response Head → Streaming — driven by edge-triggered readiness (writes go
+//! until `WouldBlock`, reads until a short read: on Linux a later arrival
+//! raises a new edge). All reads go into one 64 KiB buffer per
+//! thread; a connection keeps only the SSE parser's carry-over, its body
+//! framing (close-delimited, chunked or sized) and its sequence tracking.
+//!
+//! Sockets are non-blocking, bound before connect to a loopback source
+//! address chosen round-robin (`IP_BIND_ADDRESS_NO_PORT`, so each source
+//! address offers a full ephemeral port range per destination), and send
+//! `Accept: text/event-stream` (nchan answers 403 without it).
+//!
+//! Sequence tracking: in a measured phase each connection expects one class
+//! of sequence numbers — all of them (fan-out), or those with
+//! `seq % users == index % users` (targeted). It keeps the next expected
+//! class index and a 64-bit window of the ones just below it, which gives
+//! exact loss (gaps, minus late arrivals inside the window, plus the missing
+//! tail at the end), duplicates and reorders, in 16 bytes.
+//!
+//! The controller talks to the threads through a channel plus a mio `Waker`
+//! and reads progress from a few atomics; every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::payload;
+use crate::sse::{self, Event, Framing, SseParser};
+use crate::sys;
+use crate::target::Template;
+
+const WAKER: Token = Token(usize::MAX);
+const READ_BUF: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
+
+/// How to open a subscription: where, which request, from which addresses.
+pub struct SubSpec {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: Template,
+    pub headers: Vec<(String, String)>,
+    pub sources: Vec<Ipv4Addr>,
+    /// Longest from `connect` to the response head (churn: to the first body bytes).
+    pub connect_timeout: Duration,
+}
+
+impl SubSpec {
+    /// Writes the subscribe request for connection `index` into `out`.
+    pub fn request(&self, index: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(b"GET ");
+        self.path.render(
+            &crate::target::Vars {
+                index,
+                ..Default::default()
+            },
+            out,
+        );
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
+        for (k, v) in &self.headers {
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Starts a non-blocking connect for connection `index`.
+    fn connect(&self, index: u64) -> io::Result<TcpStream> {
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        sock.set_nodelay(true)?;
+        let src = self.sources[(index % self.sources.len() as u64) as usize];
+        sys::set_bind_no_port(sock.as_raw_fd());
+        sock.bind(&SocketAddr::new(src.into(), 0).into())?;
+        match sock.connect(&self.addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(sock.into()))
+    }
+}
+
+/// The measured phase a thread is in (the same on every thread).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phase {
+    pub active: bool,
+    /// First sequence number of the phase.
+    pub first: u64,
+    /// 0: fan-out (every connection expects every event); else targeted to
+    /// user `seq % users`, connection `i` being user `i % users`.
+    pub users: u64,
+    /// One past the last sequence number published, once known.
+    pub end: Option<u64>,
+}
+
+impl Phase {
+    fn class(&self, index: u64) -> (u64, u64) {
+        if self.users > 0 {
+            (self.users, index % self.users)
+        } else {
+            (1, 0)
+        }
+    }
+    /// Number of sequence numbers below `bound` that connection `index` expects.
+    fn below(&self, index: u64, bound: u64) -> u64 {
+        let (stride, off) = self.class(index);
+        if bound <= off {
+            0
+        } else {
+            (bound - off).div_ceil(stride)
+        }
+    }
+}
+
+/// Per-connection sequence tracking (see the module doc).
+#[derive(Default, Debug)]
+struct Track {
+    in_phase: bool,
+    /// Next expected class index.
+    next: u64,
+    /// Bit j: class index `next - 1 - j` was received.
+    window: u64,
+}
+
+/// Counters of one thread for one phase (merged across threads at the end).
+#[derive(Debug)]
+pub struct PhaseStats {
+    /// Connections that were streaming when the phase began.
+    pub subscribers: u64,
+    /// Deliveries the phase should have produced.
+    pub expected: u64,
+    /// First deliveries of expected events.
+    pub delivered: u64,
+    /// Expected events never received (gaps and missing tail).
+    pub lost: i64,
+    /// Events received again, or too late to tell (beyond the 64-event window).
+    pub duplicates: u64,
+    /// Events received after a later one (counted as delivered, not lost).
+    pub reordered: u64,
+    /// Stamped events this connection should not have received (wrong user).
+    pub unexpected: u64,
+    /// Stamped events from before the phase.
+    pub stale: u64,
+    /// All SSE events dispatched (ours or not).
+    pub events: u64,
+    /// Streams that ended during the phase.
+    pub closed_during: u64,
+    /// Latency of first deliveries, µs.
+    pub latency_us: Histogram<u64>,
+    /// `CLOCK_MONOTONIC` of the last first delivery.
+    pub last_delivery_ns: u64,
+    /// CPU time of the event-loop thread(s) during the phase.
+    pub thread_cpu_ns: u64,
+    /// Largest CPU time of one thread (for the client-bound check).
+    pub max_thread_cpu_ns: u64,
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+impl Default for PhaseStats {
+    fn default() -> Self {
+        PhaseStats {
+            subscribers: 0,
+            expected: 0,
+            delivered: 0,
+            lost: 0,
+            duplicates: 0,
+            reordered: 0,
+            unexpected: 0,
+            stale: 0,
+            events: 0,
+            closed_during: 0,
+            latency_us: new_hist(),
+            last_delivery_ns: 0,
+            thread_cpu_ns: 0,
+            max_thread_cpu_ns: 0,
+        }
+    }
+}
+
+impl PhaseStats {
+    pub fn merge(&mut self, o: &PhaseStats) {
+        self.subscribers += o.subscribers;
+        self.expected += o.expected;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.unexpected += o.unexpected;
+        self.stale += o.stale;
+        self.events += o.events;
+        self.closed_during += o.closed_during;
+        let _ = self.latency_us.add(&o.latency_us);
+        self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        self.thread_cpu_ns += o.thread_cpu_ns;
+        self.max_thread_cpu_ns = self.max_thread_cpu_ns.max(o.max_thread_cpu_ns);
+    }
+}
+
+impl Track {
+    fn on_stamp(
+        &mut self,
+        index: u64,
+        st: payload::Stamp,
+        ph: &Phase,
+        s: &mut PhaseStats,
+        now: u64,
+    ) {
+        if !ph.active || !self.in_phase {
+            return;
+        }
+        if st.seq < ph.first {
+            s.stale += 1;
+            return;
+        }
+        let (stride, off) = ph.class(index);
+        if st.seq % stride != off {
+            s.unexpected += 1;
+            return;
+        }
+        let k = st.seq / stride;
+        let fresh = if k >= self.next {
+            let gap = k - self.next;
+            s.lost += gap as i64;
+            self.window = if gap + 1 >= 64 {
+                1
+            } else {
+                (self.window << (gap + 1)) | 1
+            };
+            self.next = k + 1;
+            true
+        } else {
+            let j = self.next - 1 - k;
+            if j < 64 && self.window & (1 << j) == 0 {
+                self.window |= 1 << j;
+                s.lost -= 1;
+                s.reordered += 1;
+                true
+            } else {
+                s.duplicates += 1;
+                false
+            }
+        };
+        if fresh {
+            s.delivered += 1;
+            s.latency_us
+                .saturating_record(now.saturating_sub(st.send_ns) / 1000);
+            s.last_delivery_ns = now;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Writing,
+    Head,
+    Streaming,
+    Done,
+}
+
+/// One subscriber connection.
+pub struct Conn {
+    sock: Option<TcpStream>,
+    index: u64,
+    state: State,
+    /// A 2xx response head was received: the stream is open.
+    head_ok: bool,
+    /// First body bytes received.
+    ready: bool,
+    written: u16,
+    /// When the connect started (for the connect timeout).
+    opened: Instant,
+    /// Response head bytes, only while it arrives in pieces.
+    head: Vec<u8>,
+    framing: Framing,
+    sse: SseParser,
+    track: Track,
+}
+
+/// What a call to [`Conn::drive`] changed.
+#[derive(Default, Debug)]
+struct Step {
+    /// A 2xx response head arrived.
+    head: bool,
+    /// First body bytes arrived.
+    ready: bool,
+    /// The connection ended (before being ready: a failure), with a reason.
+    end: Option<String>,
+}
+
+/// Per-thread scratch and counters.
+struct Ctx {
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    phase: Phase,
+    stats: PhaseStats,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx {
+            rbuf: vec![0; READ_BUF],
+            wbuf: Vec::with_capacity(512),
+            phase: Phase::default(),
+            stats: PhaseStats::default(),
+        }
+    }
+}
+
+impl Conn {
+    fn open(spec: &SubSpec, index: u64, registry: &Registry, token: Token) -> io::Result<Conn> {
+        let mut sock = spec.connect(index)?;
+        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Conn {
+            sock: Some(sock),
+            index,
+            state: State::Connecting,
+            head_ok: false,
+            ready: false,
+            written: 0,
+            opened: Instant::now(),
+            head: Vec::new(),
+            framing: Framing::Close,
+            sse: SseParser::default(),
+            track: Track::default(),
+        })
+    }
+
+    /// A slot for a connection whose connect could not even start.
+    fn dead(index: u64) -> Conn {
+        Conn {
+            sock: None,
+            index,
+            state: State::Done,
+            head_ok: false,
+            ready: false,
+            written: 0,
+            opened: Instant::now(),
+            head: Vec::new(),
+            framing: Framing::Close,
+            sse: SseParser::default(),
+            track: Track::default(),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.state != State::Done
+    }
+
+    fn close(&mut self, step: &mut Step, reason: String) {
+        self.state = State::Done;
+        self.sock = None;
+        self.head = Vec::new();
+        self.sse = SseParser::default();
+        step.end = Some(reason);
+    }
+
+    /// Advances the state machine as far as readiness allows.
+    fn drive(&mut self, registry: &Registry, token: Token, spec: &SubSpec, ctx: &mut Ctx) -> Step {
+        let mut step = Step::default();
+        loop {
+            let Some(sock) = self.sock.as_mut() else {
+                return step;
+            };
+            match self.state {
+                State::Connecting => {
+                    match sock.take_error() {
+                        Ok(None) => {}
+                        Ok(Some(e)) | Err(e) => {
+                            self.close(&mut step, format!("connect: {e}"));
+                            return step;
+                        }
+                    }
+                    match sock.peer_addr() {
+                        Ok(_) => self.state = State::Writing,
+                        Err(e) if e.kind() == ErrorKind::NotConnected => return step,
+                        Err(e) => {
+                            self.close(&mut step, format!("connect: {e}"));
+                            return step;
+                        }
+                    }
+                }
+                State::Writing => {
+                    spec.request(self.index, &mut ctx.wbuf);
+                    while (self.written as usize) < ctx.wbuf.len() {
+                        match sock.write(&ctx.wbuf[self.written as usize..]) {
+                            Ok(0) => {
+                                self.close(&mut step, "write: closed".into());
+                                return step;
+                            }
+                            Ok(n) => self.written += n as u16,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => return step,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                self.close(&mut step, format!("write: {e}"));
+                                return step;
+                            }
+                        }
+                    }
+                    let _ = registry.reregister(sock, token, Interest::READABLE);
+                    self.state = State::Head;
+                }
+                State::Head | State::Streaming => {
+                    self.read_all(ctx, &mut step);
+                    return step;
+                }
+                State::Done => return step,
+            }
+        }
+    }
+
+    fn read_all(&mut self, ctx: &mut Ctx, step: &mut Step) {
+        loop {
+            let Some(sock) = self.sock.as_mut() else {
+                return;
+            };
+            let n = match sock.read(&mut ctx.rbuf) {
+                Ok(0) => {
+                    let why = match (self.state, self.ready) {
+                        (State::Head, _) => "eof before the response head",
+                        (_, false) => "closed by the server before any body bytes",
+                        _ => "closed by the server",
+                    };
+                    self.close(step, why.into());
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.close(step, format!("read: {e}"));
+                    return;
+                }
+            };
+            let now = sys::now_ns();
+            let Ctx {
+                rbuf, phase, stats, ..
+            } = ctx;
+            if let Err(why) = self.on_bytes(&rbuf[..n], now, phase, stats, step) {
+                self.close(step, why);
+                return;
+            }
+            // A short read emptied the receive queue: on Linux any later
+            // arrival (data or FIN) raises a new edge, so the usual extra
+            // read that returns EAGAIN is skipped (one syscall per wakeup).
+            if n < rbuf.len() {
+                return;
+            }
+        }
+    }
+
+    fn on_bytes(
+        &mut self,
+        data: &[u8],
+        now: u64,
+        phase: &Phase,
+        stats: &mut PhaseStats,
+        step: &mut Step,
+    ) -> Result<(), String> {
+        if self.state == State::Streaming {
+            return self.on_body(data, now, phase, stats, step);
+        }
+        // Response head, possibly in pieces.
+        let mut held = std::mem::take(&mut self.head);
+        let buf: &[u8] = if held.is_empty() {
+            data
+        } else {
+            held.extend_from_slice(data);
+            &held
+        };
+        match sse::parse_head(buf) {
+            Err(_) => Err("bad response head".into()),
+            Ok(None) => {
+                if buf.len() > MAX_HEAD {
+                    return Err("response head too large".into());
+                }
+                if held.is_empty() {
+                    held.extend_from_slice(data);
+                }
+                self.head = held;
+                Ok(())
+            }
+            Ok(Some(h)) => {
+                if !(200..300).contains(&h.status) {
+                    return Err(format!("status {}", h.status));
+                }
+                if matches!(h.framing, Framing::Length(0)) {
+                    return Err(format!("status {} with an empty body", h.status));
+                }
+                self.framing = h.framing;
+                self.state = State::Streaming;
+                self.head_ok = true;
+                step.head = true;
+                let body = &buf[h.len..];
+                self.on_body(body, now, phase, stats, step)
+            }
+        }
+    }
+
+    fn on_body(
+        &mut self,
+        data: &[u8],
+        now: u64,
+        phase: &Phase,
+        stats: &mut PhaseStats,
+        step: &mut Step,
+    ) -> Result<(), String> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.ready {
+            self.ready = true;
+            step.ready = true;
+        }
+        let Conn {
+            framing,
+            sse,
+            track,
+            index,
+            ..
+        } = self;
+        let index = *index;
+        let mut on_event = |e: &Event| {
+            stats.events += 1;
+            if let Some(st) = payload::decode(e.data) {
+                track.on_stamp(index, st, phase, stats, now);
+            }
+        };
+        match framing {
+            Framing::Close => sse
+                .feed(data, &mut on_event)
+                .map_err(|_| "sse line too long".to_string()),
+            Framing::Length(rem) => {
+                let n = (*rem).min(data.len() as u64) as usize;
+                *rem -= n as u64;
+                sse.feed(&data[..n], &mut on_event)
+                    .map_err(|_| "sse line too long".to_string())?;
+                if *rem == 0 {
+                    return Err("end of the sized body".into());
+                }
+                Ok(())
+            }
+            Framing::Chunked(dec) => {
+                let mut bad = false;
+                let done = dec
+                    .feed(data, &mut |chunk: &[u8]| {
+                        if !bad && sse.feed(chunk, &mut on_event).is_err() {
+                            bad = true;
+                        }
+                    })
+                    .map_err(|_| "bad chunked body".to_string())?;
+                if bad {
+                    return Err("sse line too long".into());
+                }
+                if done {
+                    return Err("end of the chunked body".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Progress every thread reports to the controller.
+#[derive(Default)]
+pub struct Shared {
+    /// Streams open: a 2xx response head arrived.
+    pub open: AtomicU64,
+    /// Open streams that also received body bytes.
+    pub first_bytes: AtomicU64,
+    /// Connections that ended before their response head.
+    pub failed: AtomicU64,
+    /// Streams that ended after being open.
+    pub closed: AtomicU64,
+    /// Failure and close reasons with counts.
+    pub reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    fn note(&self, reason: String) {
+        *self.reasons.lock().unwrap().entry(reason).or_insert(0) += 1;
+    }
+}
+
+enum Cmd {
+    Phase {
+        first: u64,
+        users: u64,
+        ack: Sender<u64>,
+    },
+    End {
+        end: u64,
+    },
+    Collect {
+        ack: Sender<PhaseStats>,
+    },
+    Stop,
+}
+
+struct Handle {
+    tx: Sender<Cmd>,
+    waker: Arc<Waker>,
+    caught_up: Arc<AtomicU64>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// The stream event-loop threads, seen from the controller.
+pub struct Streams {
+    handles: Vec<Handle>,
+    pub shared: Arc<Shared>,
+    pub n: u64,
+}
+
+impl Streams {
+    /// Starts `threads` event loops opening `n` streams between them (index
+    /// `i` on thread `i % threads`), at most `inflight` connects at a time.
+    pub fn start(
+        spec: Arc<SubSpec>,
+        n: u64,
+        threads: usize,
+        inflight: usize,
+    ) -> io::Result<Streams> {
+        let shared = Arc::new(Shared::default());
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = channel();
+            let caught_up = Arc::new(AtomicU64::new(0));
+            let mut w = StreamWorker {
+                t: t as u64,
+                threads: threads as u64,
+                n,
+                spec: spec.clone(),
+                poll,
+                conns: Vec::new(),
+                inflight: 0,
+                max_inflight: inflight.div_ceil(threads).max(1),
+                ctx: Ctx::new(),
+                shared: shared.clone(),
+                rx,
+                caught_up: caught_up.clone(),
+                cpu0: 0,
+            };
+            let join = std::thread::Builder::new()
+                .name(format!("loop-{t}"))
+                .spawn(move || w.run())?;
+            handles.push(Handle {
+                tx,
+                waker,
+                caught_up,
+                join: Some(join),
+            });
+        }
+        Ok(Streams { handles, shared, n })
+    }
+
+    fn send(&self, h: &Handle, cmd: Cmd) {
+        let _ = h.tx.send(cmd);
+        let _ = h.waker.wake();
+    }
+
+    /// Waits until every stream is open or has failed, or `limit` passes.
+    /// Returns (open, failed).
+    pub fn wait_open(&self, limit: Duration) -> (u64, u64) {
+        let end = Instant::now() + limit;
+        loop {
+            let r = self.shared.open.load(Ordering::Relaxed);
+            let f = self.shared.failed.load(Ordering::Relaxed);
+            if r + f >= self.n || Instant::now() >= end {
+                return (r, f);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits until every open stream had body bytes, or `limit` passes.
+    /// Returns how many did.
+    pub fn wait_first_bytes(&self, limit: Duration) -> u64 {
+        let end = Instant::now() + limit;
+        loop {
+            let open = self.shared.open.load(Ordering::Relaxed);
+            let closed = self.shared.closed.load(Ordering::Relaxed);
+            let fb = self.shared.first_bytes.load(Ordering::Relaxed);
+            if fb + closed >= open || Instant::now() >= end {
+                return fb;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Starts a measured phase on every thread; returns the subscribers in it.
+    pub fn begin_phase(&self, first: u64, users: u64) -> u64 {
+        let mut acks = Vec::new();
+        for h in &self.handles {
+            let (tx, rx) = channel();
+            h.caught_up.store(0, Ordering::Relaxed);
+            self.send(
+                h,
+                Cmd::Phase {
+                    first,
+                    users,
+                    ack: tx,
+                },
+            );
+            acks.push(rx);
+        }
+        acks.into_iter()
+            .map(|rx| rx.recv_timeout(Duration::from_secs(10)).unwrap_or(0))
+            .sum()
+    }
+
+    /// Tells the threads the phase's last sequence number and waits (at most
+    /// `timeout`) until every subscriber has its last expected event or has
+    /// ended. Returns whether all did.
+    pub fn drain(&self, end: u64, subscribers: u64, timeout: Duration) -> bool {
+        for h in &self.handles {
+            h.caught_up.store(0, Ordering::Relaxed);
+            self.send(h, Cmd::End { end });
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c: u64 = self
+                .handles
+                .iter()
+                .map(|h| h.caught_up.load(Ordering::Relaxed))
+                .sum();
+            if c >= subscribers {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Ends the phase and returns the merged counters.
+    pub fn collect(&self) -> PhaseStats {
+        let mut total = PhaseStats::default();
+        let mut acks = Vec::new();
+        for h in &self.handles {
+            let (tx, rx) = channel();
+            self.send(h, Cmd::Collect { ack: tx });
+            acks.push(rx);
+        }
+        for rx in acks {
+            if let Ok(s) = rx.recv_timeout(Duration::from_secs(10)) {
+                total.merge(&s);
+            }
+        }
+        total
+    }
+
+    /// Closes every stream and joins the threads.
+    pub fn stop(mut self) {
+        for h in &self.handles {
+            self.send(h, Cmd::Stop);
+        }
+        for h in &mut self.handles {
+            if let Some(j) = h.join.take() {
+                let _ = j.join();
+            }
+        }
+    }
+}
+
+struct StreamWorker {
+    t: u64,
+    threads: u64,
+    n: u64,
+    spec: Arc<SubSpec>,
+    poll: Poll,
+    conns: Vec<Conn>,
+    inflight: usize,
+    max_inflight: usize,
+    ctx: Ctx,
+    shared: Arc<Shared>,
+    rx: Receiver<Cmd>,
+    caught_up: Arc<AtomicU64>,
+    cpu0: u64,
+}
+
+impl StreamWorker {
+    /// Number of streams this thread owns.
+    fn count(&self) -> usize {
+        if self.t >= self.n {
+            0
+        } else {
+            ((self.n - self.t).div_ceil(self.threads)) as usize
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let total = self.count();
+        let mut last_sweep = Instant::now();
+        let mut last_drain_check = Instant::now();
+        let mut stop = false;
+        while !stop {
+            // Open more while under the in-flight bound.
+            while self.inflight < self.max_inflight && self.conns.len() < total {
+                let j = self.conns.len();
+                let index = self.t + j as u64 * self.threads;
+                match Conn::open(&self.spec, index, self.poll.registry(), Token(j)) {
+                    Ok(c) => {
+                        self.conns.push(c);
+                        self.inflight += 1;
+                    }
+                    Err(e) => {
+                        // Keep the slot (as a dead connection) so indexes stay aligned.
+                        let c = Conn::dead(index);
+                        self.conns.push(c);
+                        self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                        self.shared.note(format!("connect: {e}"));
+                    }
+                }
+            }
+            let timeout = if self.ctx.phase.end.is_some() {
+                Duration::from_millis(1)
+            } else if self.inflight > 0 {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(50)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    eprintln!("loadtest: poll failed: {e}");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                let j = ev.token().0;
+                let Some(conn) = self.conns.get_mut(j) else {
+                    continue;
+                };
+                let was_open = conn.head_ok;
+                let step = conn.drive(self.poll.registry(), ev.token(), &self.spec, &mut self.ctx);
+                self.apply(was_open, step);
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(cmd) => stop |= self.command(cmd),
+                    Err(TryRecvError::Empty) => break,
+                    // The controller is gone: stop.
+                    Err(TryRecvError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                }
+            }
+            if self.inflight > 0 && last_sweep.elapsed() >= Duration::from_millis(100) {
+                last_sweep = Instant::now();
+                self.sweep_timeouts();
+            }
+            if let Some(end) = self.ctx.phase.end {
+                if last_drain_check.elapsed() >= Duration::from_millis(1) {
+                    last_drain_check = Instant::now();
+                    let ph = self.ctx.phase;
+                    let c = self
+                        .conns
+                        .iter()
+                        .filter(|c| c.track.in_phase)
+                        .filter(|c| !c.alive() || c.track.next >= ph.below(c.index, end))
+                        .count();
+                    self.caught_up.store(c as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, was_open: bool, step: Step) {
+        if step.head {
+            self.inflight -= 1;
+            self.shared.open.fetch_add(1, Ordering::Relaxed);
+        }
+        if step.ready {
+            self.shared.first_bytes.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(reason) = step.end {
+            if was_open || step.head {
+                self.shared.closed.fetch_add(1, Ordering::Relaxed);
+                if self.ctx.phase.active {
+                    self.ctx.stats.closed_during += 1;
+                }
+            } else {
+                self.inflight -= 1;
+                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            self.shared.note(reason);
+        }
+    }
+
+    fn sweep_timeouts(&mut self) {
+        let limit = self.spec.connect_timeout;
+        for c in self.conns.iter_mut() {
+            if c.alive() && !c.head_ok && c.opened.elapsed() > limit {
+                let mut step = Step::default();
+                c.close(&mut step, "timeout before the response head".into());
+                self.inflight -= 1;
+                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.note(step.end.unwrap_or_default());
+            }
+        }
+    }
+
+    /// Handles a controller command; returns true on Stop.
+    fn command(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Phase { first, users, ack } => {
+                let ph = Phase {
+                    active: true,
+                    first,
+                    users,
+                    end: None,
+                };
+                let mut subs = 0;
+                for c in self.conns.iter_mut() {
+                    let live = c.alive() && c.head_ok;
+                    c.track = Track {
+                        in_phase: live,
+                        next: ph.below(c.index, first),
+                        window: 0,
+                    };
+                    subs += live as u64;
+                }
+                self.ctx.phase = ph;
+                self.ctx.stats = PhaseStats {
+                    subscribers: subs,
+                    ..PhaseStats::default()
+                };
+                self.cpu0 = sys::thread_cpu_ns();
+                let _ = ack.send(subs);
+                false
+            }
+            Cmd::End { end } => {
+                self.ctx.phase.end = Some(end);
+                false
+            }
+            Cmd::Collect { ack } => {
+                let ph = self.ctx.phase;
+                let end = ph.end.unwrap_or(ph.first);
+                let mut s = std::mem::take(&mut self.ctx.stats);
+                for c in self.conns.iter_mut().filter(|c| c.track.in_phase) {
+                    let start = ph.below(c.index, ph.first);
+                    let stop = ph.below(c.index, end);
+                    s.expected += stop.saturating_sub(start);
+                    s.lost += stop.saturating_sub(c.track.next) as i64;
+                    c.track.in_phase = false;
+                }
+                let cpu = sys::thread_cpu_ns().saturating_sub(self.cpu0);
+                s.thread_cpu_ns = cpu;
+                s.max_thread_cpu_ns = cpu;
+                self.ctx.phase = Phase::default();
+                let _ = ack.send(s);
+                false
+            }
+            Cmd::Stop => {
+                self.conns.clear();
+                true
+            }
+        }
+    }
+}
+
+/// Result of a churn run (merged over threads).
+#[derive(Debug)]
+pub struct ChurnStats {
+    /// Cycles that got their first body bytes.
+    pub ok: u64,
+    pub failed: u64,
+    /// Cycles still in flight when the run was cut off.
+    pub abandoned: u64,
+    pub reasons: BTreeMap<String, u64>,
+    /// Time from `connect` to the first body bytes, µs.
+    pub first_bytes_us: Histogram<u64>,
+    pub thread_cpu_ns: u64,
+    pub max_thread_cpu_ns: u64,
+}
+
+/// Churn parameters.
+#[derive(Clone, Copy)]
+pub struct ChurnPlan {
+    pub threads: usize,
+    pub concurrency: usize,
+    pub deadline: Instant,
+    pub max_cycles: u64,
+    /// `{i}` is the cycle number modulo this.
+    pub index_modulo: u64,
+}
+
+/// Repeatedly opens a stream, waits for its first body bytes and closes it,
+/// `concurrency` cycles in flight, until the deadline or `max_cycles`.
+pub fn churn(spec: Arc<SubSpec>, plan: ChurnPlan) -> io::Result<ChurnStats> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut joins = Vec::new();
+    for t in 0..plan.threads {
+        let spec = spec.clone();
+        let counter = counter.clone();
+        let share =
+            plan.concurrency / plan.threads + usize::from(t < plan.concurrency % plan.threads);
+        joins.push(
+            std::thread::Builder::new()
+                .name(format!("churn-{t}"))
+                .spawn(move || churn_thread(&spec, plan, share.max(1), &counter))?,
+        );
+    }
+    let mut total = ChurnStats {
+        ok: 0,
+        failed: 0,
+        abandoned: 0,
+        reasons: BTreeMap::new(),
+        first_bytes_us: new_hist(),
+        thread_cpu_ns: 0,
+        max_thread_cpu_ns: 0,
+    };
+    for j in joins {
+        let s = j
+            .join()
+            .map_err(|_| io::Error::other("churn thread panicked"))??;
+        total.ok += s.ok;
+        total.failed += s.failed;
+        total.abandoned += s.abandoned;
+        for (k, v) in s.reasons {
+            *total.reasons.entry(k).or_insert(0) += v;
+        }
+        let _ = total.first_bytes_us.add(&s.first_bytes_us);
+        total.thread_cpu_ns += s.thread_cpu_ns;
+        total.max_thread_cpu_ns = total.max_thread_cpu_ns.max(s.thread_cpu_ns);
+    }
+    Ok(total)
+}
+
+fn churn_thread(
+    spec: &SubSpec,
+    plan: ChurnPlan,
+    conc: usize,
+    counter: &AtomicU64,
+) -> io::Result<ChurnStats> {
+    let cpu0 = sys::thread_cpu_ns();
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Slab<Conn> = Slab::with_capacity(conc);
+    let mut ctx = Ctx::new();
+    let mut s = ChurnStats {
+        ok: 0,
+        failed: 0,
+        abandoned: 0,
+        reasons: BTreeMap::new(),
+        first_bytes_us: new_hist(),
+        thread_cpu_ns: 0,
+        max_thread_cpu_ns: 0,
+    };
+    let hard_stop = plan.deadline + spec.connect_timeout + Duration::from_secs(1);
+    let mut exhausted = false;
+    let mut last_sweep = Instant::now();
+    let fail = |s: &mut ChurnStats, reason: String| {
+        s.failed += 1;
+        *s.reasons.entry(reason).or_insert(0) += 1;
+    };
+    loop {
+        let now = Instant::now();
+        let may_start = now < plan.deadline && !exhausted;
+        while may_start && conns.len() < conc {
+            let c = counter.fetch_add(1, Ordering::Relaxed);
+            if c >= plan.max_cycles {
+                exhausted = true;
+                break;
+            }
+            let entry = conns.vacant_entry();
+            let token = Token(entry.key());
+            match Conn::open(spec, c % plan.index_modulo.max(1), poll.registry(), token) {
+                Ok(conn) => {
+                    entry.insert(conn);
+                }
+                Err(e) => {
+                    fail(&mut s, format!("connect: {e}"));
+                    // Likely out of ports or descriptors: do not spin.
+                    std::thread::sleep(Duration::from_millis(1));
+                    break;
+                }
+            }
+        }
+        if conns.is_empty() && (now >= plan.deadline || exhausted) {
+            break;
+        }
+        if now >= hard_stop {
+            s.abandoned += conns.len() as u64;
+            break;
+        }
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(10))) {
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        for ev in events.iter() {
+            let key = ev.token().0;
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            let step = conn.drive(poll.registry(), ev.token(), spec, &mut ctx);
+            if step.ready {
+                let us = conn.opened.elapsed().as_micros() as u64;
+                s.first_bytes_us.saturating_record(us);
+                s.ok += 1;
+                conns.remove(key);
+            } else if let Some(reason) = step.end {
+                fail(&mut s, reason);
+                conns.remove(key);
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_millis(100) {
+            last_sweep = Instant::now();
+            let limit = spec.connect_timeout;
+            let late: Vec<usize> = conns
+                .iter()
+                .filter(|(_, c)| c.opened.elapsed() > limit)
+                .map(|(k, _)| k)
+                .collect();
+            for k in late {
+                conns.remove(k);
+                fail(&mut s, "timeout before the first body bytes".into());
+            }
+        }
+    }
+    s.thread_cpu_ns = sys::thread_cpu_ns().saturating_sub(cpu0);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(seq: u64) -> payload::Stamp {
+        payload::Stamp { send_ns: 0, seq }
+    }
+
+    fn phase(first: u64, users: u64) -> Phase {
+        Phase {
+            active: true,
+            first,
+            users,
+            end: None,
+        }
+    }
+
+    #[test]
+    fn fanout_tracking_counts_gaps_dups_reorders() {
+        let ph = phase(10, 0);
+        let mut s = PhaseStats::default();
+        let mut t = Track {
+            in_phase: true,
+            next: ph.below(0, 10),
+            window: 0,
+        };
+        for seq in [10, 11, 13, 12, 12, 14, 5, 20] {
+            t.on_stamp(0, stamp(seq), &ph, &mut s, 1000);
+        }
+        // 10 11 13 (gap: 12) 12 (late: reordered) 12 (dup) 14, 5 (stale), 20 (gap 15..19)
+        assert_eq!(s.delivered, 6);
+        assert_eq!(s.reordered, 1);
+        assert_eq!(s.duplicates, 1);
+        assert_eq!(s.stale, 1);
+        assert_eq!(s.lost, 5);
+        assert_eq!(t.next, 21);
+        // Tail: end 25 → 21..24 missing.
+        assert_eq!(ph.below(0, 25) - t.next, 4);
+    }
+
+    #[test]
+    fn targeted_tracking_by_residue() {
+        // 4 users; connection 6 is user 2: expects 2, 6, 10, 14 ...
+        let ph = phase(5, 4);
+        let mut s = PhaseStats::default();
+        let mut t = Track {
+            in_phase: true,
+            next: ph.below(6, 5),
+            window: 0,
+        };
+        assert_eq!(t.next, 1); // first expected is seq 6 (class index 1)
+        for seq in [6, 7, 14, 10] {
+            t.on_stamp(6, stamp(seq), &ph, &mut s, 0);
+        }
+        assert_eq!(s.unexpected, 1);
+        assert_eq!(s.delivered, 3);
+        assert_eq!(s.reordered, 1);
+        assert_eq!(s.lost, 0);
+        // Published 5..20: expects 6, 10, 14, 18 → 4 in all; tail 18 missing.
+        assert_eq!(ph.below(6, 20) - ph.below(6, 5), 4);
+        assert_eq!(ph.below(6, 20) - t.next, 1);
+    }
+
+    #[test]
+    fn far_gap_clears_window() {
+        let ph = phase(0, 0);
+        let mut s = PhaseStats::default();
+        let mut t = Track {
+            in_phase: true,
+            ..Default::default()
+        };
+        t.on_stamp(0, stamp(0), &ph, &mut s, 0);
+        t.on_stamp(0, stamp(100), &ph, &mut s, 0);
+        t.on_stamp(0, stamp(50), &ph, &mut s, 0); // inside the window: late
+        t.on_stamp(0, stamp(1), &ph, &mut s, 0); // beyond the window
+        assert_eq!(s.delivered, 3);
+        assert_eq!(s.lost, 98);
+        assert_eq!(s.duplicates, 1);
+    }
+
+    #[test]
+    fn connection_state_is_small() {
+        // Everything a stream keeps between reads (buffers are empty Vecs until used).
+        let size = std::mem::size_of::<Conn>();
+        eprintln!("Conn: {size} bytes");
+        assert!(size <= 256, "Conn is {size} bytes");
+    }
+
+    #[test]
+    fn request_has_accept_header() {
+        let spec = SubSpec {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            host: "127.0.0.1:1".into(),
+            path: Template::new("/sub/{i}"),
+            headers: vec![("X-A".into(), "b".into())],
+            sources: vec![Ipv4Addr::LOCALHOST],
+            connect_timeout: Duration::from_secs(1),
+        };
+        let mut out = Vec::new();
+        spec.request(42, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /sub/42 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nX-A: b\r\n\r\n"
+        );
+    }
+}

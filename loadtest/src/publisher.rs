@@ -1,0 +1,481 @@
+//! The publisher and the other blocking clients.
+//!
+//! The publisher runs on its own thread with a blocking keep-alive HTTP/1.1
+//! client (std `TcpStream`, timeouts on every read and write). Each event's
+//! payload carries `CLOCK_MONOTONIC` taken just before its request is written
+//! and a sequence number. At a fixed rate the send times follow a schedule
+//! fixed in advance: when the publisher falls behind (a slow response), the
+//! next request goes out at once and the lag is recorded, so the offered load
+//! is not quietly lowered (no coordinated omission). Rate 0 publishes as fast
+//! as one request at a time allows. A non-2xx answer is a publish error and
+//! does not consume a sequence number (the server refused the event); an I/O
+//! error does (the server may have taken it).
+//!
+//! Also here: a one-shot `GET` (for `--stats-url`) and Redis `INFO stats`
+//! over plain RESP (for `--redis-url`).
+
+use std::collections::BTreeMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::conn::new_hist;
+use crate::payload;
+use crate::sse::{parse_head, Framing};
+use crate::sys;
+use crate::target::{push_u64, Template, Url, Vars};
+
+/// A response read by [`HttpClient`].
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// A blocking HTTP/1.1 client on one keep-alive connection.
+pub struct HttpClient {
+    addr: SocketAddr,
+    timeout: Duration,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    got_bytes: bool,
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> HttpClient {
+        HttpClient {
+            addr,
+            timeout,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+            got_bytes: false,
+        }
+    }
+
+    /// Sends a complete request and reads its response. A reused connection
+    /// that the server closed before answering is retried once on a new one.
+    pub fn send(&mut self, req: &[u8]) -> io::Result<Response> {
+        let reused = self.stream.is_some();
+        match self.try_send(req) {
+            Err(_) if reused && !self.got_bytes => {
+                self.stream = None;
+                self.try_send(req)
+            }
+            r => r,
+        }
+    }
+
+    fn try_send(&mut self, req: &[u8]) -> io::Result<Response> {
+        self.got_bytes = false;
+        let r = self.exchange(req);
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    fn exchange(&mut self, req: &[u8]) -> io::Result<Response> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(self.timeout))?;
+            s.set_write_timeout(Some(self.timeout))?;
+            self.stream = Some(s);
+        }
+        let s = self.stream.as_mut().unwrap();
+        s.write_all(req)?;
+        self.buf.clear();
+        let head = loop {
+            if let Some(h) =
+                parse_head(&self.buf).map_err(|_| io::Error::other("bad response head"))?
+            {
+                break h;
+            }
+            if self.buf.len() > 1 << 20 {
+                return Err(io::Error::other("response head too large"));
+            }
+            if read_more(s, &mut self.buf)? == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+            self.got_bytes = true;
+        };
+        let mut body = Vec::new();
+        let mut at = head.len;
+        let mut keep = !head.close;
+        match head.framing {
+            Framing::Length(n) => {
+                let n = n as usize;
+                if n > 64 << 20 {
+                    return Err(io::Error::other("response body too large"));
+                }
+                while self.buf.len() - at < n {
+                    if read_more(s, &mut self.buf)? == 0 {
+                        return Err(ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                body.extend_from_slice(&self.buf[at..at + n]);
+            }
+            Framing::Chunked(mut dec) => loop {
+                let done = dec
+                    .feed(&self.buf[at..], &mut |b: &[u8]| body.extend_from_slice(b))
+                    .map_err(|_| io::Error::other("bad chunked body"))?;
+                at = self.buf.len();
+                if done {
+                    break;
+                }
+                if body.len() > 64 << 20 {
+                    return Err(io::Error::other("response body too large"));
+                }
+                if read_more(s, &mut self.buf)? == 0 {
+                    return Err(ErrorKind::UnexpectedEof.into());
+                }
+            },
+            Framing::Close => {
+                keep = false;
+                loop {
+                    if read_more(s, &mut self.buf)? == 0 {
+                        break;
+                    }
+                    if self.buf.len() > 64 << 20 {
+                        return Err(io::Error::other("response body too large"));
+                    }
+                }
+                body.extend_from_slice(&self.buf[at..]);
+            }
+        }
+        if !keep {
+            self.stream = None;
+        }
+        Ok(Response {
+            status: head.status,
+            body,
+        })
+    }
+}
+
+fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut tmp = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut tmp) {
+            Ok(n) => {
+                buf.extend_from_slice(&tmp[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A one-shot `GET` (connection closed afterwards).
+pub fn http_get(url: &Url, timeout: Duration) -> io::Result<Response> {
+    let mut c = HttpClient::new(url.addr, timeout);
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        url.path, url.host
+    );
+    c.send(req.as_bytes())
+}
+
+/// `total_commands_processed` from Redis `INFO stats` (plain RESP).
+pub fn redis_total_commands(url: &Url, timeout: Duration) -> io::Result<u64> {
+    let mut s = TcpStream::connect_timeout(&url.addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(v) = parse_info_reply(&buf)? {
+            return Ok(v);
+        }
+        if buf.len() > 1 << 20 || read_more(&mut s, &mut buf)? == 0 {
+            return Err(io::Error::other("short INFO reply"));
+        }
+    }
+}
+
+/// Parses a complete RESP bulk reply to `INFO stats`; `Ok(None)` while short.
+fn parse_info_reply(buf: &[u8]) -> io::Result<Option<u64>> {
+    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let first = std::str::from_utf8(&buf[..eol]).map_err(|_| io::Error::other("bad reply"))?;
+    if let Some(err) = first.strip_prefix('-') {
+        return Err(io::Error::other(format!("redis: {err}")));
+    }
+    let len: usize = first
+        .strip_prefix('$')
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("unexpected reply {first:?}")))?;
+    let body = &buf[eol + 2..];
+    if body.len() < len {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&body[..len]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| io::Error::other("no total_commands_processed in INFO stats"))
+}
+
+/// What to publish, and where.
+pub struct PubSpec {
+    /// Where to POST; its path may use the same placeholders as the body.
+    pub url: Url,
+    pub path: Template,
+    pub body: Template,
+    pub headers: Vec<(String, String)>,
+    pub payload_bytes: usize,
+    /// Targeted: `{user}` is `seq % users`.
+    pub users: u64,
+    pub timeout: Duration,
+}
+
+/// One publishing run.
+#[derive(Clone, Copy, Debug)]
+pub struct PubPlan {
+    pub first_seq: u64,
+    /// Events per second; 0 = as fast as possible.
+    pub rate: f64,
+    pub duration: Duration,
+    pub max_events: u64,
+}
+
+/// What the publisher did.
+#[derive(Debug)]
+pub struct PubResult {
+    /// Events answered 2xx.
+    pub published: u64,
+    pub errors: u64,
+    pub error_reasons: BTreeMap<String, u64>,
+    /// One past the last sequence number used.
+    pub end_seq: u64,
+    pub started_ns: u64,
+    pub finished_ns: u64,
+    /// Sends more than 1 ms behind schedule.
+    pub late: u64,
+    /// How far behind schedule each send was, µs.
+    pub lag_us: Histogram<u64>,
+    /// Request written → response read, µs.
+    pub rtt_us: Histogram<u64>,
+}
+
+impl PubSpec {
+    /// The request head after the path, up to the `Content-Length` value.
+    fn request_rest(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        p.extend_from_slice(self.url.host.as_bytes());
+        p.extend_from_slice(b"\r\n");
+        let mut has_ct = false;
+        for (k, v) in &self.headers {
+            has_ct |= k.eq_ignore_ascii_case("content-type");
+            p.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        if !has_ct {
+            p.extend_from_slice(b"Content-Type: application/json\r\n");
+        }
+        p.extend_from_slice(b"Content-Length: ");
+        p
+    }
+}
+
+/// Publishes per `plan`; blocking, bounded by `plan.duration` (plus one
+/// request timeout) and `plan.max_events`.
+pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
+    let rest = spec.request_rest();
+    let mut client = HttpClient::new(spec.url.addr, spec.timeout);
+    let mut payload_buf = Vec::with_capacity(spec.payload_bytes + 64);
+    let mut body = Vec::with_capacity(spec.payload_bytes + 256);
+    let mut req = Vec::with_capacity(rest.len() + spec.payload_bytes + 512);
+    let mut r = PubResult {
+        published: 0,
+        errors: 0,
+        error_reasons: BTreeMap::new(),
+        end_seq: plan.first_seq,
+        started_ns: sys::now_ns(),
+        finished_ns: 0,
+        late: 0,
+        lag_us: new_hist(),
+        rtt_us: new_hist(),
+    };
+    let t0 = r.started_ns;
+    let end = t0 + plan.duration.as_nanos() as u64;
+    let interval = if plan.rate > 0.0 {
+        1e9 / plan.rate
+    } else {
+        0.0
+    };
+    let mut seq = plan.first_seq;
+    let mut slot: u64 = 0;
+    loop {
+        if slot >= plan.max_events {
+            break;
+        }
+        let mut now = sys::now_ns();
+        if interval > 0.0 {
+            let sched = t0 + (slot as f64 * interval) as u64;
+            if sched >= end {
+                break;
+            }
+            if now < sched {
+                std::thread::sleep(Duration::from_nanos(sched - now));
+                now = sys::now_ns();
+            }
+            let lag = now.saturating_sub(sched);
+            r.lag_us.saturating_record(lag / 1000);
+            if lag > 1_000_000 {
+                r.late += 1;
+            }
+        } else if now >= end {
+            break;
+        }
+        slot += 1;
+        // Build the request; send_ns is taken right before it is written.
+        let send_ns = sys::now_ns();
+        payload::encode(&mut payload_buf, send_ns, seq, spec.payload_bytes);
+        let vars = Vars {
+            index: seq,
+            payload: &payload_buf,
+            user: if spec.users > 0 { seq % spec.users } else { 0 },
+            seq,
+        };
+        body.clear();
+        spec.body.render(&vars, &mut body);
+        req.clear();
+        req.extend_from_slice(b"POST ");
+        spec.path.render(&vars, &mut req);
+        req.extend_from_slice(&rest);
+        push_u64(&mut req, body.len() as u64);
+        req.extend_from_slice(b"\r\n\r\n");
+        req.extend_from_slice(&body);
+        let res = client.send(&req);
+        r.rtt_us
+            .saturating_record(sys::now_ns().saturating_sub(send_ns) / 1000);
+        match res {
+            Ok(resp) if (200..300).contains(&resp.status) => {
+                r.published += 1;
+                seq += 1;
+            }
+            Ok(resp) => {
+                r.errors += 1;
+                let text = String::from_utf8_lossy(&resp.body);
+                let text: String = text.chars().take(80).collect();
+                *r.error_reasons
+                    .entry(format!("status {}: {}", resp.status, text.trim()))
+                    .or_insert(0) += 1;
+            }
+            Err(e) => {
+                r.errors += 1;
+                seq += 1;
+                *r.error_reasons.entry(format!("io: {e}")).or_insert(0) += 1;
+                // Do not spin on a refused connection.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    r.end_seq = seq;
+    r.finished_ns = sys::now_ns();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn info_reply() {
+        let text = "# Stats\r\ntotal_connections_received:3\r\ntotal_commands_processed:12345\r\n";
+        let reply = format!("${}\r\n{}\r\n", text.len(), text);
+        assert_eq!(parse_info_reply(reply.as_bytes()).unwrap(), Some(12345));
+        assert_eq!(parse_info_reply(&reply.as_bytes()[..20]).unwrap(), None);
+        assert!(parse_info_reply(b"-NOAUTH Authentication required.\r\n").is_err());
+    }
+
+    /// A tiny server answering each request with the given raw responses in turn.
+    fn serve(responses: Vec<&'static [u8]>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            for resp in responses {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                // Read one request: head, then Content-Length bytes.
+                loop {
+                    let n = s.read(&mut tmp).unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_lowercase();
+                        let cl: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        if buf.len() >= p + 4 + cl {
+                            break;
+                        }
+                    }
+                }
+                s.write_all(resp).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn keep_alive_sized_and_chunked() {
+        let addr = serve(vec![
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 8\r\n\r\n{\"id\":1}",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno",
+        ]);
+        let mut c = HttpClient::new(addr, Duration::from_secs(5));
+        let req = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}";
+        let r = c.send(req).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (202, &b"{\"id\":1}"[..]));
+        let r = c.send(req).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"abc"[..]));
+        let r = c.send(req).unwrap();
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn publisher_counts_and_bodies() {
+        let addr = serve(vec![
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}";
+            5
+        ]);
+        let spec = PubSpec {
+            url: Url {
+                addr,
+                host: addr.to_string(),
+                path: "/pub/u{user}".into(),
+            },
+            path: Template::new("/pub/u{user}"),
+            body: Template::new("{payload}"),
+            headers: vec![],
+            payload_bytes: 50,
+            users: 3,
+            timeout: Duration::from_secs(5),
+        };
+        let r = run(
+            &spec,
+            &PubPlan {
+                first_seq: 7,
+                rate: 0.0,
+                duration: Duration::from_secs(5),
+                max_events: 5,
+            },
+        );
+        assert_eq!((r.published, r.errors, r.end_seq), (5, 0, 12));
+    }
+}
