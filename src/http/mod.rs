@@ -31,7 +31,8 @@ pub const CONNECT_PATH: &str = "/api/user/sse/connect";
 /// Serve one accepted connection until it ends.
 pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     let cfg = &shard.shared.config;
-    let mut buf = BytesMut::with_capacity(1024);
+    // Most heads fit in 512 bytes; a larger one grows the buffer (to the limit).
+    let mut buf = BytesMut::with_capacity(512);
     let head = match tokio::time::timeout(
         cfg.header_timeout,
         head::read(&mut stream, &mut buf, cfg.max_header_bytes),
@@ -77,9 +78,17 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         return;
     }
+    // hyper's connection future is large: a task of its own, so that the many
+    // short-lived tasks of a connect burst stay small.
+    tokio::task::spawn_local(serve_hyper(shard, stream, buf));
+}
+
+/// Serve a non-stream connection with hyper, starting with the bytes already read.
+async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: BytesMut) {
+    let cfg = &shard.shared.config;
     let header_timeout = cfg.header_timeout;
     let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;
-    let io = TokioIo::new(Rewind::new(buf.freeze(), stream));
+    let io = TokioIo::new(Rewind::new(read.freeze(), stream));
     let service = hyper::service::service_fn(move |req| routes::handle(shard.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
