@@ -8,10 +8,11 @@
 //! server given a subscribe URL template and a publish request, so herald and
 //! a peer (nchan, …) are measured by the same client in the same run.
 //!
-//! Modules: [`conn`] (event loops, connection state machine, sequence
-//! tracking), [`sse`] (response head, chunked and event-stream parsers),
-//! [`payload`] (the `T<ns>S<seq>P…` codec), [`publisher`] (blocking
-//! publisher, stats GET, Redis INFO), [`report`] (table and JSON),
+//! Modules: [`conn`] (event loops, connection state machine), [`track`]
+//! (per-connection sequence accounting, tolerant of reordering), [`sse`]
+//! (response head, chunked and event-stream parsers), [`payload`] (the
+//! `T<ns>S<seq>P…` codec), [`publisher`] (blocking publishers, stats GET,
+//! Redis INFO), [`report`] (table and JSON),
 //! [`scenarios`], [`target`] (loopback-only URLs, templates), [`sys`]
 //! (`/proc`, rlimits, clocks).
 //!
@@ -27,6 +28,7 @@ mod scenarios;
 mod sse;
 mod sys;
 mod target;
+mod track;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,9 +135,14 @@ pub struct PubArgs {
     /// Payload size in bytes (`T<ns>S<seq>P` padded with x).
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
-    /// Events per second (fixed schedule); 0 = as fast as the publisher can.
+    /// Events per second over all publishers (fixed schedule); 0 = each
+    /// publisher sends as soon as its previous response arrived.
     #[arg(long, default_value_t = 5.0)]
     pub rate: f64,
+    /// Publisher connections, each with one request in flight, sharing the
+    /// sequence counter and the rate schedule.
+    #[arg(long, default_value_t = 1)]
+    pub pub_concurrency: usize,
     /// A rate ladder, e.g. 5,25,100,0: one result per rate on the same connections.
     #[arg(long, value_delimiter = ',')]
     pub rates: Vec<f64>,

@@ -1,15 +1,27 @@
 //! The publisher and the other blocking clients.
 //!
-//! The publisher runs on its own thread with a blocking keep-alive HTTP/1.1
-//! client (std `TcpStream`, timeouts on every read and write). Each event's
-//! payload carries `CLOCK_MONOTONIC` taken just before its request is written
-//! and a sequence number. At a fixed rate the send times follow a schedule
-//! fixed in advance: when the publisher falls behind (a slow response), the
-//! next request goes out at once and the lag is recorded, so the offered load
-//! is not quietly lowered (no coordinated omission). Rate 0 publishes as fast
-//! as one request at a time allows. A non-2xx answer is a publish error and
-//! does not consume a sequence number (the server refused the event); an I/O
-//! error does (the server may have taken it).
+//! `--pub-concurrency C` publishers, each on its own thread with a blocking
+//! keep-alive HTTP/1.1 client (std `TcpStream`, timeouts on every read and
+//! write) and at most one request in flight. They share one sequence counter
+//! and one send schedule (atomics). Each event's payload carries
+//! `CLOCK_MONOTONIC` taken just before its request is written and a sequence
+//! number taken from the shared counter just before that. At a fixed rate
+//! (the total over all publishers) the send times follow a schedule fixed in
+//! advance, slot `k` at `t0 + k / rate`, each free publisher taking the next
+//! slot: when every publisher is busy (slow responses), the next request goes
+//! out as soon as one is free and the lag is recorded, so the offered load is
+//! not quietly lowered (no coordinated omission). Rate 0: each publisher sends
+//! its next request as soon as its previous response arrived.
+//!
+//! A non-2xx answer is a publish error and does not use up its sequence
+//! number: the publisher keeps it for its next request (the server refused
+//! the event); an I/O error does use it up (the server may have taken it). A
+//! number still kept when a publisher stops is a *hole*: never published.
+//! Holes at the top of the range just lower the end (with one publisher that
+//! is the only case, so numbering is as if there were no counter); others are
+//! passed to the subscribers' accounting, which does not expect them.
+//! With C > 1 the server may take (and deliver) events in an order other than
+//! their sequence order; the subscribers' accounting tolerates that.
 //!
 //! Also here: a one-shot `GET` (for `--stats-url`) and Redis `INFO stats`
 //! over plain RESP (for `--redis-url`).
@@ -17,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -238,10 +251,12 @@ pub struct PubSpec {
 #[derive(Clone, Copy, Debug)]
 pub struct PubPlan {
     pub first_seq: u64,
-    /// Events per second; 0 = as fast as possible.
+    /// Events per second over all publishers; 0 = as fast as possible.
     pub rate: f64,
     pub duration: Duration,
     pub max_events: u64,
+    /// Publisher connections (threads), at least 1.
+    pub concurrency: usize,
 }
 
 /// What the publisher did.
@@ -253,6 +268,8 @@ pub struct PubResult {
     pub error_reasons: BTreeMap<String, u64>,
     /// One past the last sequence number used.
     pub end_seq: u64,
+    /// Sequence numbers below `end_seq` that no request used (sorted).
+    pub holes: Vec<u64>,
     pub started_ns: u64,
     pub finished_ns: u64,
     /// Sends more than 1 ms behind schedule.
@@ -283,35 +300,114 @@ impl PubSpec {
     }
 }
 
-/// Publishes per `plan`; blocking, bounded by `plan.duration` (plus one
-/// request timeout) and `plan.max_events`.
+/// State the publishers share.
+struct Shared {
+    /// Next sequence number to hand out.
+    next_seq: AtomicU64,
+    /// Next schedule slot (also counts attempts against `max_events`).
+    next_slot: AtomicU64,
+}
+
+impl PubResult {
+    fn new(started_ns: u64) -> PubResult {
+        PubResult {
+            published: 0,
+            errors: 0,
+            error_reasons: BTreeMap::new(),
+            end_seq: 0,
+            holes: Vec::new(),
+            started_ns,
+            finished_ns: 0,
+            late: 0,
+            lag_us: new_hist(),
+            rtt_us: new_hist(),
+        }
+    }
+
+    fn merge(&mut self, o: PubResult) {
+        self.published += o.published;
+        self.errors += o.errors;
+        for (k, v) in o.error_reasons {
+            *self.error_reasons.entry(k).or_insert(0) += v;
+        }
+        self.holes.extend(o.holes);
+        self.started_ns = self.started_ns.min(o.started_ns);
+        self.finished_ns = self.finished_ns.max(o.finished_ns);
+        self.late += o.late;
+        let _ = self.lag_us.add(&o.lag_us);
+        let _ = self.rtt_us.add(&o.rtt_us);
+    }
+}
+
+/// Publishes per `plan` with `plan.concurrency` publishers; blocking, bounded
+/// by `plan.duration` (plus one request timeout and its retry) and
+/// `plan.max_events`.
 pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
+    let shared = Shared {
+        next_seq: AtomicU64::new(plan.first_seq),
+        next_slot: AtomicU64::new(0),
+    };
+    let t0 = sys::now_ns();
+    let mut total = PubResult::new(t0);
+    let conc = plan.concurrency.max(1);
+    if conc == 1 {
+        total.merge(publish(spec, plan, &shared, t0));
+    } else {
+        std::thread::scope(|scope| {
+            let joins: Vec<_> = (0..conc)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("publisher-{i}"))
+                        .spawn_scoped(scope, || publish(spec, plan, &shared, t0))
+                })
+                .collect();
+            for j in joins {
+                match j.map(|j| j.join()) {
+                    Ok(Ok(r)) => total.merge(r),
+                    Ok(Err(_)) => {
+                        *total
+                            .error_reasons
+                            .entry("publisher thread panicked".into())
+                            .or_insert(0) += 1
+                    }
+                    Err(e) => {
+                        *total
+                            .error_reasons
+                            .entry(format!("publisher thread: {e}"))
+                            .or_insert(0) += 1
+                    }
+                }
+            }
+        });
+    }
+    total.end_seq = shared.next_seq.load(Ordering::Relaxed);
+    total.holes.sort_unstable();
+    // Unused numbers at the top just end the range earlier.
+    while total.end_seq > plan.first_seq && total.holes.last() == Some(&(total.end_seq - 1)) {
+        total.holes.pop();
+        total.end_seq -= 1;
+    }
+    total
+}
+
+/// One publisher: its own connection, at most one request in flight.
+fn publish(spec: &PubSpec, plan: &PubPlan, shared: &Shared, t0: u64) -> PubResult {
     let rest = spec.request_rest();
     let mut client = HttpClient::new(spec.url.addr, spec.timeout);
     let mut payload_buf = Vec::with_capacity(spec.payload_bytes + 64);
     let mut body = Vec::with_capacity(spec.payload_bytes + 256);
     let mut req = Vec::with_capacity(rest.len() + spec.payload_bytes + 512);
-    let mut r = PubResult {
-        published: 0,
-        errors: 0,
-        error_reasons: BTreeMap::new(),
-        end_seq: plan.first_seq,
-        started_ns: sys::now_ns(),
-        finished_ns: 0,
-        late: 0,
-        lag_us: new_hist(),
-        rtt_us: new_hist(),
-    };
-    let t0 = r.started_ns;
+    let mut r = PubResult::new(t0);
     let end = t0 + plan.duration.as_nanos() as u64;
     let interval = if plan.rate > 0.0 {
         1e9 / plan.rate
     } else {
         0.0
     };
-    let mut seq = plan.first_seq;
-    let mut slot: u64 = 0;
+    // A sequence number refused by the server, kept for the next request.
+    let mut kept: Option<u64> = None;
     loop {
+        let slot = shared.next_slot.fetch_add(1, Ordering::Relaxed);
         if slot >= plan.max_events {
             break;
         }
@@ -333,7 +429,10 @@ pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
         } else if now >= end {
             break;
         }
-        slot += 1;
+        let seq = match kept.take() {
+            Some(s) => s,
+            None => shared.next_seq.fetch_add(1, Ordering::Relaxed),
+        };
         // Build the request; send_ns is taken right before it is written.
         let send_ns = sys::now_ns();
         payload::encode(&mut payload_buf, send_ns, seq, spec.payload_bytes);
@@ -358,10 +457,10 @@ pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
         match res {
             Ok(resp) if (200..300).contains(&resp.status) => {
                 r.published += 1;
-                seq += 1;
             }
             Ok(resp) => {
                 r.errors += 1;
+                kept = Some(seq);
                 let text = String::from_utf8_lossy(&resp.body);
                 let text: String = text.chars().take(80).collect();
                 *r.error_reasons
@@ -370,14 +469,13 @@ pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
             }
             Err(e) => {
                 r.errors += 1;
-                seq += 1;
                 *r.error_reasons.entry(format!("io: {e}")).or_insert(0) += 1;
                 // Do not spin on a refused connection.
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
-    r.end_seq = seq;
+    r.holes.extend(kept);
     r.finished_ns = sys::now_ns();
     r
 }
@@ -396,6 +494,31 @@ mod tests {
         assert!(parse_info_reply(b"-NOAUTH Authentication required.\r\n").is_err());
     }
 
+    /// Reads one request (head, then Content-Length bytes); returns its
+    /// body, or None at EOF.
+    fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = s.read(&mut tmp).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..p]).to_lowercase();
+                let cl: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if buf.len() >= p + 4 + cl {
+                    return Some(buf[p + 4..p + 4 + cl].to_vec());
+                }
+            }
+        }
+    }
+
     /// A tiny server answering each request with the given raw responses in turn.
     fn serve(responses: Vec<&'static [u8]>) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -404,31 +527,115 @@ mod tests {
             let (mut s, _) = l.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             for resp in responses {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                // Read one request: head, then Content-Length bytes.
-                loop {
-                    let n = s.read(&mut tmp).unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&tmp[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..p]).to_lowercase();
-                        let cl: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .map(|v| v.trim().parse().unwrap())
-                            .unwrap_or(0);
-                        if buf.len() >= p + 4 + cl {
-                            break;
-                        }
-                    }
+                if read_request(&mut s).is_none() {
+                    return;
                 }
                 s.write_all(resp).unwrap();
             }
         });
         addr
+    }
+
+    /// A server taking `conns` keep-alive connections at once; refuses (503)
+    /// every event whose sequence number is in `refuse`, accepts (202) the
+    /// others and reports their sequence numbers.
+    fn serve_concurrent(
+        conns: usize,
+        refuse: &'static [u64],
+    ) -> (SocketAddr, std::sync::mpsc::Receiver<u64>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..conns {
+                let (mut s, _) = l.accept().unwrap();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    while let Some(body) = read_request(&mut s) {
+                        let seq = payload::decode(&body).unwrap().seq;
+                        if refuse.contains(&seq) {
+                            s.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+                                .unwrap();
+                        } else {
+                            tx.send(seq).unwrap();
+                            s.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                                .unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn spec_for(addr: SocketAddr) -> PubSpec {
+        PubSpec {
+            url: Url {
+                addr,
+                host: addr.to_string(),
+                path: "/pub".into(),
+            },
+            path: Template::new("/pub"),
+            body: Template::new("{payload}"),
+            headers: vec![],
+            payload_bytes: 50,
+            users: 0,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn concurrent_publishers_share_the_sequence() {
+        let (addr, rx) = serve_concurrent(4, &[]);
+        let plan = PubPlan {
+            first_seq: 100,
+            rate: 0.0,
+            duration: Duration::from_secs(5),
+            max_events: 200,
+            concurrency: 4,
+        };
+        let r = run(&spec_for(addr), &plan);
+        assert_eq!((r.published, r.errors, r.end_seq), (200, 0, 300));
+        assert!(r.holes.is_empty());
+        let mut got: Vec<u64> = rx.try_iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, (100..300).collect::<Vec<_>>());
+        assert_eq!(r.rtt_us.len(), 200);
+    }
+
+    #[test]
+    fn refused_numbers_are_kept_then_become_holes() {
+        // Seq 3 is always refused: its publisher retries it with every slot
+        // it takes, and it ends as a hole.
+        let (addr, rx) = serve_concurrent(4, &[3]);
+        let plan = PubPlan {
+            first_seq: 0,
+            rate: 0.0,
+            duration: Duration::from_secs(5),
+            max_events: 100,
+            concurrency: 4,
+        };
+        let r = run(&spec_for(addr), &plan);
+        assert_eq!(r.published + r.errors, 100);
+        assert!(r.errors >= 1);
+        assert_eq!(r.holes, vec![3]);
+        let mut got: Vec<u64> = rx.try_iter().collect();
+        got.sort_unstable();
+        let want: Vec<u64> = (0..r.end_seq).filter(|s| *s != 3).collect();
+        assert_eq!(got, want);
+        assert_eq!(r.published, r.end_seq - 1);
+
+        // One publisher: a refused last number is not a hole, the range ends below it.
+        let (addr, _rx) = serve_concurrent(1, &[5]);
+        let plan = PubPlan {
+            concurrency: 1,
+            max_events: 10,
+            ..plan
+        };
+        let r = run(&spec_for(addr), &plan);
+        assert_eq!((r.published, r.errors, r.end_seq), (5, 5, 5));
+        assert!(r.holes.is_empty());
     }
 
     #[test]
@@ -474,8 +681,10 @@ mod tests {
                 rate: 0.0,
                 duration: Duration::from_secs(5),
                 max_events: 5,
+                concurrency: 1,
             },
         );
         assert_eq!((r.published, r.errors, r.end_seq), (5, 0, 12));
+        assert!(r.holes.is_empty());
     }
 }

@@ -129,6 +129,8 @@ pub struct Report {
     pub pub_url: Option<String>,
     /// Offered events/s (0 = as fast as possible).
     pub rate: Option<f64>,
+    /// Publisher connections (`--pub-concurrency`).
+    pub pub_concurrency: Option<usize>,
     pub connections: u64,
     pub connections_open: u64,
     pub connections_failed: u64,
@@ -145,8 +147,9 @@ pub struct Report {
     pub expected_deliveries: u64,
     pub delivered: u64,
     pub lost: u64,
-    /// Received twice, or too late to tell.
+    /// Received again (see `unclassified`).
     pub duplicates: u64,
+    /// First deliveries that arrived after an event with a higher sequence number.
     pub reordered: u64,
     /// Received by a connection that should not have had it.
     pub unexpected: u64,
@@ -265,10 +268,14 @@ impl Report {
         }
         row("window", format!("{:.2} s", self.window_seconds));
         if self.pub_url.is_some() {
+            let publishers = match self.pub_concurrency {
+                Some(c) if c > 1 => format!(", {c} publishers"),
+                _ => String::new(),
+            };
             row(
                 "events published",
                 format!(
-                    "{} ({} errors)",
+                    "{} ({} errors){publishers}",
                     num(self.events_published as f64),
                     self.publish_errors
                 ),
