@@ -46,7 +46,7 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
                 "header_timeout",
                 "request headers did not arrive in time",
             );
-            return write_error(&mut stream, &err).await;
+            return Box::pin(write_error(&mut stream, &err)).await;
         }
         Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::TooLarge)) => {
@@ -55,26 +55,35 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
                 "headers_too_large",
                 format!("request headers exceed {} bytes", cfg.max_header_bytes),
             );
-            return write_error(&mut stream, &err).await;
+            return Box::pin(write_error(&mut stream, &err)).await;
         }
         Ok(Err(HeadError::Malformed)) => {
             let err = ApiError::bad_request("malformed_request", "not a valid HTTP/1.1 request");
-            return write_error(&mut stream, &err).await;
+            return Box::pin(write_error(&mut stream, &err)).await;
         }
         Ok(Ok(head)) => head,
     };
     if head.method == "GET" && head.path == CONNECT_PATH {
         let params = match params::connect(&head.query) {
             Ok(p) => p,
-            Err(e) => return write_error(&mut stream, &e).await,
+            Err(e) => return Box::pin(write_error(&mut stream, &e)).await,
         };
         let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
-        match routes::open_stream(&shard, &params, last_event_id.as_deref(), true).await {
+        // Boxed: it lives only while a connect is admitted, and keeps the
+        // per-connection task small while heads are read.
+        match Box::pin(routes::open_stream(
+            &shard,
+            &params,
+            last_event_id.as_deref(),
+            true,
+        ))
+        .await
+        {
             Ok(new) => {
                 drop(buf);
                 attach_lean(&shard, new, stream);
             }
-            Err(e) => write_error(&mut stream, &e).await,
+            Err(e) => Box::pin(write_error(&mut stream, &e)).await,
         }
         return;
     }
