@@ -99,6 +99,11 @@ impl OutQueue {
         Ok(())
     }
 
+    /// The bytes of the front frame still to write.
+    pub fn front(&self) -> Option<&[u8]> {
+        self.head.as_ref().map(|f| &f.bytes[..])
+    }
+
     /// Fill `out` with slices of the queued bytes, front first; returns how many.
     pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;

@@ -185,10 +185,15 @@ pub fn flush(shard: &Shard) {
                 }
                 break;
             }
-            let written = {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let n = conn.queue.slices(&mut slices);
-                sock.write_vectored(&slices[..n])
+            let written = match conn.queue.front() {
+                // One frame (the common case at low rates): a plain write, which
+                // skips building and copying in an iovec array.
+                Some(only) if conn.queue.len() == 1 => sock.write(only),
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let n = conn.queue.slices(&mut slices);
+                    sock.write_vectored(&slices[..n])
+                }
             };
             match written {
                 Ok(0) => {

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# perf/compare.sh: herald, the previous herald build, nginx+nchan and the floor,
+# side by side, under the same load client, in one run. See perf/README.md.
+#
+#   perf/compare.sh                 # full: 5 servers x 6 points x 3 runs (~17 min)
+#   QUICK=1 perf/compare.sh         # 2 s windows, 1 run (~3 min)
+#   SERVERS="herald floor" POINTS="throughput" RUNS=5 perf/compare.sh
+#
+# Results: perf/out/<date>/<point>__<server>__r<k>.json (the load client's JSON),
+# logs/ (server and client output), summary.md (medians and spreads).
+#
+# Environment (defaults in brackets):
+#   QUICK [0]            1: DURATION=2s, IDLE_DURATION=2s, RUNS=1
+#   RUNS [3]             runs per server and point, fresh server process per run
+#   DURATION [10s]       publish window of low, mid, throughput, churn
+#   IDLE_DURATION [5s]   how long the idle connections are held
+#   SERVERS              [herald herald-prev nchan floor floor16]
+#   POINTS               [idle low mid throughput burst churn]
+#   IDLE_CONNS [10000] LOW_CONNS [1000] LOW_RATE [25] MID_CONNS [10000] MID_RATE [5]
+#   TP_CONNS [10000] (throughput and burst) BURST_PUBLISHERS [8]
+#   CHURN_CONCURRENCY [64] PAYLOAD_BYTES [100]
+#   HERALD_BASE [HEAD~1] the commit built as herald-prev
+#   SERVER_CPU [0] CLIENT_CPU [1]   taskset CPUs of the server and the load client
+#   LOADTEST_THREADS [1] load client threads (all on CLIENT_CPU)
+#   OUT [perf/out/<date>]
+set -euo pipefail
+
+PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$PERF_DIR/.." && pwd)
+# shellcheck source=servers.sh
+source "$PERF_DIR/servers.sh"
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    RUNS=${RUNS:-1}
+    DURATION=${DURATION:-2s}
+    IDLE_DURATION=${IDLE_DURATION:-2s}
+else
+    RUNS=${RUNS:-3}
+    DURATION=${DURATION:-10s}
+    IDLE_DURATION=${IDLE_DURATION:-5s}
+fi
+SERVERS=${SERVERS:-herald herald-prev nchan floor floor16}
+POINTS=${POINTS:-idle low mid throughput burst churn}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+LOW_CONNS=${LOW_CONNS:-1000}
+LOW_RATE=${LOW_RATE:-25}
+MID_CONNS=${MID_CONNS:-10000}
+MID_RATE=${MID_RATE:-5}
+TP_CONNS=${TP_CONNS:-10000}
+BURST_PUBLISHERS=${BURST_PUBLISHERS:-8}
+CHURN_CONCURRENCY=${CHURN_CONCURRENCY:-64}
+PAYLOAD_BYTES=${PAYLOAD_BYTES:-100}
+HERALD_BASE=${HERALD_BASE:-HEAD~1}
+CLIENT_CPU=${CLIENT_CPU:-1}
+LOADTEST_THREADS=${LOADTEST_THREADS:-1}
+CARGO_TIMEOUT=${CARGO_TIMEOUT:-1800}
+OUT=${OUT:-$PERF_DIR/out/$(date +%Y%m%d-%H%M%S)}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PREV_TARGET=${PREV_TARGET:-/tmp/herald-perf-prev-target}
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+note() { echo "== $*" >&2; }
+
+# seconds SPEC: "10s", "500ms", "2m", "10" -> whole seconds, rounded up
+seconds() {
+    local v=$1
+    case $v in
+        *ms) echo $(((${v%ms} + 999) / 1000)) ;;
+        *s) echo "${v%s}" ;;
+        *m) echo $((${v%m} * 60)) ;;
+        *) echo "$v" ;;
+    esac
+}
+
+for v in RUNS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CONNS BURST_PUBLISHERS CHURN_CONCURRENCY PAYLOAD_BYTES LOADTEST_THREADS; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
+done
+((RUNS >= 1 && RUNS <= 20)) || die "RUNS must be within 1..20"
+for p in $POINTS; do
+    case $p in idle | low | mid | throughput | burst | churn) ;; *) die "unknown point '$p'" ;; esac
+done
+for s in $SERVERS; do
+    case $s in herald | herald-prev | nchan | floor | floor16) ;; *) die "unknown server '$s'" ;; esac
+done
+command -v taskset >/dev/null || die "taskset is missing (util-linux)"
+command -v python3 >/dev/null || die "python3 is missing"
+(($(nproc) >= 2)) || note "only $(nproc) CPU: server and client will share it"
+
+WORKTREE=
+cleanup() {
+    local rc=$?
+    stop_all
+    if [[ -n $WORKTREE ]]; then
+        git -C "$ROOT" worktree remove --force "$WORKTREE/tree" >/dev/null 2>&1 || true
+        rm -rf "$WORKTREE"
+        git -C "$ROOT" worktree prune >/dev/null 2>&1 || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$OUT/logs" "$OUT/bin"
+note "results in $OUT"
+
+# ---- build ------------------------------------------------------------------
+note "building herald, floor and loadtest (release)"
+(cd "$ROOT" && timeout "$CARGO_TIMEOUT" cargo build --release -q -p herald -p floor -p loadtest) ||
+    die "cargo build failed"
+# Copies, so that a rebuild while this runs does not change what is measured.
+cp "$TARGET/release/herald" "$TARGET/release/floor" "$TARGET/release/loadtest" "$OUT/bin/"
+{
+    echo "herald: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml || echo '+dirty')"
+} >"$OUT/versions.txt"
+
+if [[ " $SERVERS " == *" herald-prev "* ]]; then
+    prev_ok=
+    if base=$(git -C "$ROOT" rev-parse --verify -q "$HERALD_BASE^{commit}") &&
+        git -C "$ROOT" cat-file -e "$base:src/main.rs" 2>/dev/null &&
+        git -C "$ROOT" show "$base:Cargo.toml" 2>/dev/null | grep -q '^name = "herald"'; then
+        note "building herald at $HERALD_BASE ($(git -C "$ROOT" rev-parse --short "$base")) in a worktree, target $PREV_TARGET"
+        WORKTREE=$(mktemp -d /tmp/herald-perf-prev.XXXXXX)
+        git -C "$ROOT" worktree add --detach -q "$WORKTREE/tree" "$base"
+        # Only herald itself is built there: a workspace member list naming crates
+        # that commit does not have (loadtest, perf/floor) would stop cargo.
+        perl -0pi -e 's/^members\s*=\s*\[[^\]]*\]/members = ["."]/m' "$WORKTREE/tree/Cargo.toml"
+        if (cd "$WORKTREE/tree" && CARGO_TARGET_DIR=$PREV_TARGET timeout "$CARGO_TIMEOUT" \
+            cargo build --release -q --bin herald); then
+            cp "$PREV_TARGET/release/herald" "$OUT/bin/herald-prev"
+            echo "herald-prev: $(git -C "$ROOT" rev-parse --short "$base") ($HERALD_BASE)" >>"$OUT/versions.txt"
+            prev_ok=1
+        else
+            note "herald at $HERALD_BASE does not build: herald-prev skipped"
+        fi
+    else
+        note "$HERALD_BASE has no herald: herald-prev skipped"
+    fi
+    if [[ -z $prev_ok ]]; then
+        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vx herald-prev | tr '\n' ' ')
+        echo "herald-prev: skipped ($HERALD_BASE has no buildable herald)" >>"$OUT/versions.txt"
+    fi
+fi
+if [[ " $SERVERS " == *" nchan "* ]]; then
+    if command -v nginx >/dev/null && [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
+        echo "nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?'), $(nginx -v 2>&1)" >>"$OUT/versions.txt"
+    else
+        note "nginx/nchan not installed (apt-get install -y nginx libnginx-mod-nchan): nchan skipped"
+        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vx nchan | tr '\n' ' ')
+    fi
+fi
+
+# ---- runs -------------------------------------------------------------------
+start_named() { # SERVER LOG
+    case $1 in
+        herald) start_herald "$OUT/bin/herald" "$2" ;;
+        herald-prev) start_herald "$OUT/bin/herald-prev" "$2" ;;
+        nchan) start_nchan "$2" ;;
+        floor) start_floor "$OUT/bin/floor" 1 "$2" ;;
+        floor16) start_floor "$OUT/bin/floor" 16 "$2" ;;
+    esac
+}
+
+# point_args POINT: the load client's arguments for that point.
+point_args() {
+    case $1 in
+        idle) echo "idle --connections $IDLE_CONNS --duration $IDLE_DURATION" ;;
+        low) echo "fanout --connections $LOW_CONNS --rate $LOW_RATE --duration $DURATION" ;;
+        mid) echo "fanout --connections $MID_CONNS --rate $MID_RATE --duration $DURATION" ;;
+        throughput) echo "fanout --connections $TP_CONNS --rate 0 --duration $DURATION" ;;
+        burst) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency $BURST_PUBLISHERS --duration $DURATION" ;;
+        churn) echo "churn --concurrency $CHURN_CONCURRENCY --duration $DURATION" ;;
+    esac
+}
+
+# Upper bound of one load-client run: its window plus connecting and draining.
+RUN_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$IDLE_DURATION") + 120))
+
+read -r -a server_list <<<"$SERVERS"
+read -r -a point_list <<<"$POINTS"
+total=$((${#server_list[@]} * ${#point_list[@]} * RUNS))
+n=0
+failed=0
+started_at=$SECONDS
+# Servers interleaved within each round, so that they share the machine's moods.
+for point in "${point_list[@]}"; do
+    read -r -a args <<<"$(point_args "$point")"
+    for ((k = 1; k <= RUNS; k++)); do
+        for server in "${server_list[@]}"; do
+            n=$((n + 1))
+            name="${point}__${server}__r$k"
+            log="$OUT/logs/$name"
+            t0=$SECONDS
+            if ! start_named "$server" "$log.server.log"; then
+                echo "[$n/$total] $point $server r$k: server did not start (see $log.server.log)"
+                failed=$((failed + 1))
+                stop_server
+                continue
+            fi
+            set +e
+            pub_args=()
+            if [[ ${args[0]} == fanout ]]; then
+                pub_args=(--pub-url "$PUB_URL" --pub-body "$PUB_BODY" --payload-bytes "$PAYLOAD_BYTES")
+            fi
+            taskset -c "$CLIENT_CPU" timeout -k 5 "$RUN_TIMEOUT" "$OUT/bin/loadtest" "${args[@]}" \
+                --sub-url "$SUB_URL" "${pub_args[@]}" --threads "$LOADTEST_THREADS" \
+                --server-pid "$SERVER_PID" --json "$OUT/$name.json" --label "$server" \
+                >"$log.client.log" 2>&1 &
+            CLIENT_PID=$!
+            wait "$CLIENT_PID"
+            rc=$?
+            CLIENT_PID=
+            set -e
+            stop_server
+            if [[ $rc -eq 0 && -s $OUT/$name.json ]]; then
+                echo "[$n/$total] $point $server r$k: ok ($((SECONDS - t0)) s)"
+            else
+                echo "[$n/$total] $point $server r$k: FAILED (rc=$rc, see $log.client.log)"
+                tail -n 5 "$log.client.log" | sed 's/^/    /'
+                failed=$((failed + 1))
+            fi
+        done
+    done
+done
+
+note "runs done in $((SECONDS - started_at)) s, $failed failed"
+python3 "$PERF_DIR/summarize.py" "$OUT" | tee "$OUT/summary.md"
+note "summary: $OUT/summary.md"
+((failed == 0)) || exit 1

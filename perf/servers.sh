@@ -1,0 +1,150 @@
+# shellcheck shell=bash
+# Start and stop the servers compared by perf/compare.sh. Source this file; every
+# start_* function sets SERVER_PID (the process to measure), SERVER_STOP (the PIDs
+# to signal on stop, in order), SERVER_ADDR (127.0.0.1:PORT) and the load-test URLs
+# SUB_URL, PUB_URL, PUB_BODY. Servers are pinned with `taskset -c $SERVER_CPU`.
+#
+# Needs: bash, taskset, pgrep, nginx with libnginx-mod-nchan (for nchan).
+
+SERVER_CPU=${SERVER_CPU:-0}
+START_TIMEOUT=${START_TIMEOUT:-15}   # seconds a server gets to come up
+STOP_TIMEOUT=${STOP_TIMEOUT:-15}     # seconds a server gets to exit on SIGTERM
+PERF_DIR=${PERF_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+
+SERVER_PID=
+SERVER_STOP=
+SERVER_ADDR=
+SERVER_TMP=
+SUB_URL=
+PUB_URL=
+PUB_BODY=
+
+# The load client's PID while it runs (compare.sh sets it), for stop_all.
+CLIENT_PID=
+
+# wait_for_line FILE PATTERN PID: waits until FILE has a line matching PATTERN
+# (prints it), or PID dies, or START_TIMEOUT passes.
+wait_for_line() {
+    local file=$1 pattern=$2 pid=$3 deadline=$((SECONDS + START_TIMEOUT)) line
+    while ((SECONDS < deadline)); do
+        line=$(grep -m1 -E "$pattern" "$file" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            printf '%s\n' "$line"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "server $pid exited before it was ready" >&2; return 1; }
+        sleep 0.05
+    done
+    echo "server $pid not ready after ${START_TIMEOUT}s" >&2
+    return 1
+}
+
+# wait_for_port PORT PID: waits until 127.0.0.1:PORT accepts a connection.
+wait_for_port() {
+    local port=$1 pid=$2 deadline=$((SECONDS + START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "server $pid exited before it was ready" >&2; return 1; }
+        sleep 0.05
+    done
+    echo "port $port not answering after ${START_TIMEOUT}s" >&2
+    return 1
+}
+
+# free_port: prints a TCP port on 127.0.0.1 that is free right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_herald BIN LOG: herald with one shard, on a free loopback port.
+start_herald() {
+    local bin=$1 log=$2 line
+    taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --shards 1 --grace-period 1s --log warn >"$log.out" 2>"$log" &
+    SERVER_PID=$!
+    SERVER_STOP=$SERVER_PID
+    line=$(wait_for_line "$log.out" 'listening on http://' "$SERVER_PID") || return 1
+    SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    SUB_URL="http://$SERVER_ADDR/api/user/sse/connect?userId=u{i}"
+    PUB_URL="http://$SERVER_ADDR/api/broadcast"
+    PUB_BODY='{"data":"{payload}","target":"all"}'
+}
+
+# start_floor BIN COALESCE LOG: the floor, one write per event (1) or coalescing.
+start_floor() {
+    local bin=$1 coalesce=$2 log=$3 line
+    taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --coalesce "$coalesce" >"$log.out" 2>"$log" &
+    SERVER_PID=$!
+    SERVER_STOP=$SERVER_PID
+    line=$(wait_for_line "$log.out" 'listening on http://' "$SERVER_PID") || return 1
+    SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    SUB_URL="http://$SERVER_ADDR/sub/{i}"
+    PUB_URL="http://$SERVER_ADDR/pub"
+    PUB_BODY='{payload}'
+}
+
+# start_nchan LOG: nginx + nchan from perf/nchan.conf.in (the reference peer's
+# configuration, unchanged) in a fresh temp dir; SERVER_PID is the worker.
+start_nchan() {
+    local log=$1 port dir master worker deadline
+    command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install -y nginx libnginx-mod-nchan)" >&2; return 1; }
+    [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] || { echo "libnginx-mod-nchan is not installed" >&2; return 1; }
+    dir=$(mktemp -d /tmp/herald-perf-nchan.XXXXXX)
+    SERVER_TMP=$dir
+    port=$(free_port)
+    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" "$PERF_DIR/nchan.conf.in" >"$dir/nginx.conf"
+    # The worker runs as nobody when nginx starts as root: let it reach its files.
+    chmod 755 "$dir"
+    taskset -c "$SERVER_CPU" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log.out" 2>"$log" &
+    master=$!
+    SERVER_STOP=$master
+    wait_for_port "$port" "$master" || { cat "$dir/error.log" >&2 2>/dev/null; return 1; }
+    deadline=$((SECONDS + START_TIMEOUT))
+    worker=
+    while [[ -z $worker ]] && ((SECONDS < deadline)); do
+        worker=$(pgrep -P "$master" | head -n1 || true)
+        [[ -n $worker ]] || sleep 0.05
+    done
+    [[ -n $worker ]] || { echo "no nginx worker under master $master" >&2; return 1; }
+    SERVER_PID=$worker
+    SERVER_STOP="$master $worker"
+    SERVER_ADDR=127.0.0.1:$port
+    SUB_URL="http://$SERVER_ADDR/sub/{i}"
+    PUB_URL="http://$SERVER_ADDR/pub"
+    PUB_BODY='{payload}'
+}
+
+# stop_server: SIGTERM to the server's processes (and their children, e.g. an
+# nginx worker), SIGKILL to whatever is left after STOP_TIMEOUT.
+stop_server() {
+    local pid deadline alive pids
+    [[ -n $SERVER_STOP ]] || return 0
+    pids=$SERVER_STOP
+    for pid in $SERVER_STOP; do pids+=" $(pgrep -P "$pid" | tr '\n' ' ' || true)"; done
+    for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        alive=
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ -n $alive ]] || break
+        sleep 0.05
+    done
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in $SERVER_STOP; do wait "$pid" 2>/dev/null || true; done
+    [[ -z $SERVER_TMP ]] || rm -rf "$SERVER_TMP"
+    SERVER_STOP= SERVER_PID= SERVER_TMP=
+}
+
+# stop_all: for an EXIT trap; stops the load client (and its children) and the
+# current server.
+stop_all() {
+    local child
+    if [[ -n $CLIENT_PID ]] && kill -0 "$CLIENT_PID" 2>/dev/null; then
+        for child in $(pgrep -P "$CLIENT_PID" || true); do kill -KILL "$child" 2>/dev/null || true; done
+        kill -KILL "$CLIENT_PID" 2>/dev/null || true
+        wait "$CLIENT_PID" 2>/dev/null || true
+    fi
+    CLIENT_PID=
+    stop_server
+}
