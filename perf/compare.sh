@@ -15,9 +15,10 @@
 #   DURATION [10s]       publish window of low, mid, throughput, churn
 #   IDLE_DURATION [5s]   how long the idle connections are held
 #   SERVERS              [herald herald-prev nchan floor floor16]
-#   POINTS               [idle low mid throughput burst churn]
+#   POINTS               [idle low mid throughput burst million churn]
 #   IDLE_CONNS [10000] LOW_CONNS [1000] LOW_RATE [25] MID_CONNS [10000] MID_RATE [5]
-#   TP_CONNS [10000] (throughput and burst) BURST_PUBLISHERS [8]
+#   TP_CONNS [10000] (throughput, burst, million) BURST_PUBLISHERS [8]
+#   MILLION_RATE [100] MILLION_PUBLISHERS [16]  (10k x 100/s = 1,000,000 deliveries/s offered)
 #   CHURN_CONCURRENCY [64] PAYLOAD_BYTES [100]
 #   HERALD_BASE [HEAD~1] the commit built as herald-prev
 #   SERVER_CPU [0] CLIENT_CPU [1]   taskset CPUs of the server and the load client
@@ -41,7 +42,9 @@ else
     IDLE_DURATION=${IDLE_DURATION:-5s}
 fi
 SERVERS=${SERVERS:-herald herald-prev nchan floor floor16}
-POINTS=${POINTS:-idle low mid throughput burst churn}
+POINTS=${POINTS:-idle low mid throughput burst million churn}
+MILLION_RATE=${MILLION_RATE:-100}
+MILLION_PUBLISHERS=${MILLION_PUBLISHERS:-16}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 LOW_CONNS=${LOW_CONNS:-1000}
 LOW_RATE=${LOW_RATE:-25}
@@ -78,7 +81,7 @@ for v in RUNS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CONNS BURST_PU
 done
 ((RUNS >= 1 && RUNS <= 20)) || die "RUNS must be within 1..20"
 for p in $POINTS; do
-    case $p in idle | low | mid | throughput | burst | churn) ;; *) die "unknown point '$p'" ;; esac
+    case $p in idle | low | mid | throughput | burst | million | churn) ;; *) die "unknown point '$p'" ;; esac
 done
 for s in $SERVERS; do
     case $s in herald | herald-prev | nchan | floor | floor16) ;; *) die "unknown server '$s'" ;; esac
@@ -170,6 +173,7 @@ point_args() {
         mid) echo "fanout --connections $MID_CONNS --rate $MID_RATE --duration $DURATION" ;;
         throughput) echo "fanout --connections $TP_CONNS --rate 0 --duration $DURATION" ;;
         burst) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency $BURST_PUBLISHERS --duration $DURATION" ;;
+        million) echo "fanout --connections $TP_CONNS --rate $MILLION_RATE --pub-concurrency $MILLION_PUBLISHERS --duration $DURATION" ;;
         churn) echo "churn --concurrency $CHURN_CONCURRENCY --duration $DURATION" ;;
     esac
 }

@@ -83,6 +83,19 @@ POINTS = {
             ("client %", "client.max_thread_percent", "%", "low"),
         ],
     ),
+    "million": (
+        "million: 10k subscribers x 100 events/s = 1,000,000 deliveries/s offered",
+        "a fixed offered rate of a million deliveries per second from 16 concurrent "
+        "publishers: sustained only with zero loss and a bounded p99",
+        [
+            ("deliveries/s", "deliveries_per_sec", "", "high"),
+            ("lost", "lost", "", "low"),
+            ("p99 µs", "latency_us.p99", "µs", "low"),
+            ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
+            ("events", "events_published", "", "high"),
+            ("client %", "client.max_thread_percent", "%", "low"),
+        ],
+    ),
     "churn": (
         "churn: connect, first bytes, close",
         "connects per second with a fixed number of concurrent connect/close loops",
