@@ -16,6 +16,8 @@ use std::sync::Arc;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::conn::CloseReason;
+
 pub const CONNECTIONS_OPEN: &str = "herald_connections_open";
 pub const CONNECTIONS_OPENED: &str = "herald_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "herald_connections_closed_total";
@@ -91,6 +93,30 @@ pub fn set_pending(n: usize) {
 
 pub fn connect_rejected(reason: &'static str) {
     counter!(CONNECTS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// Handles of the per-connection counters, resolved once per shard so that a
+/// connect or a close costs an atomic add, not a registry lookup.
+pub struct ConnCounters {
+    pub opened: metrics::Counter,
+    closed: [metrics::Counter; 5],
+}
+
+impl ConnCounters {
+    pub fn new(shard: u16) -> Self {
+        ConnCounters {
+            opened: counter!(CONNECTIONS_OPENED, "shard" => shard.to_string()),
+            closed: CloseReason::ALL.map(|r| counter!(CONNECTIONS_CLOSED, "reason" => r.label())),
+        }
+    }
+
+    pub fn closed(&self, reason: CloseReason) -> &metrics::Counter {
+        let i = CloseReason::ALL
+            .iter()
+            .position(|&r| r == reason)
+            .unwrap_or(0);
+        &self.closed[i]
+    }
 }
 
 /// Counters one shard publishes for readers on other threads.

@@ -49,6 +49,7 @@ pub struct Shard {
     pub emptied: Notify,
     /// The poll of lean-stream sockets and the flush's reusable lists.
     pub io: io::IoSet,
+    pub counters: m::ConnCounters,
 }
 
 impl Shard {
@@ -114,6 +115,7 @@ async fn run(
     };
     let shard = Rc::new(Shard {
         io,
+        counters: m::ConnCounters::new(id),
         id,
         table: RefCell::new(ConnTable::new(limits)),
         stats: shared.shard_stats[id as usize].clone(),

@@ -23,7 +23,7 @@ pub fn closed(shard: &Shard, user: &str, serial: u64, reason: CloseReason) {
         // A disconnect already unregistered it.
         shard.shared.broker.closed(user, serial);
     }
-    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+    shard.counters.closed(reason).increment(1);
 }
 
 /// Ends a hyper-served stream exactly once: table entry, registry, counters.
