@@ -87,6 +87,13 @@ pub struct NewConn<'a> {
     pub last_id: u64,
 }
 
+/// Which index a target names.
+#[derive(Clone, Copy)]
+enum IndexKind {
+    Users,
+    Topics,
+}
+
 /// Slab keys under one user or topic. Most users hold one or two connections:
 /// those lists live inline, without a heap buffer.
 type Keys = SmallVec<[u32; 2]>;
@@ -243,39 +250,43 @@ impl ConnTable {
                 }
             }
             Target::Users(users) => {
-                for user in users.iter() {
-                    if let Some(keys) = self.users.get(&**user) {
-                        for &k in keys {
-                            push(
-                                &mut self.slab[k as usize],
-                                k,
-                                &mut self.dirty,
-                                ev,
-                                limits,
-                                &mut d,
-                            );
-                        }
-                    }
-                }
+                self.deliver_indexed(IndexKind::Users, users, ev, limits, &mut d)
             }
             Target::Topics(topics) => {
-                for topic in topics.iter() {
-                    if let Some(keys) = self.topics.get(&**topic) {
-                        for &k in keys {
-                            push(
-                                &mut self.slab[k as usize],
-                                k,
-                                &mut self.dirty,
-                                ev,
-                                limits,
-                                &mut d,
-                            );
-                        }
-                    }
-                }
+                self.deliver_indexed(IndexKind::Topics, topics, ev, limits, &mut d)
             }
         }
         d
+    }
+
+    /// Deliver to the connections listed under `names` in the user or topic index.
+    fn deliver_indexed(
+        &mut self,
+        kind: IndexKind,
+        names: &[Box<str>],
+        ev: &Event,
+        limits: QueueLimits,
+        d: &mut Delivery,
+    ) {
+        let index = match kind {
+            IndexKind::Users => &self.users,
+            IndexKind::Topics => &self.topics,
+        };
+        for name in names {
+            let Some(keys) = index.get(&**name) else {
+                continue;
+            };
+            for &k in keys {
+                push(
+                    &mut self.slab[k as usize],
+                    k,
+                    &mut self.dirty,
+                    ev,
+                    limits,
+                    d,
+                );
+            }
+        }
     }
 
     /// Queue one shared unnumbered frame (a heartbeat) on every open connection.
@@ -301,18 +312,6 @@ impl ConnTable {
             }
         }
         d
-    }
-
-    /// Close every open connection (shutdown); returns how many.
-    pub fn close_all(&mut self, reason: CloseReason) -> usize {
-        let mut n = 0;
-        for (k, conn) in self.slab.iter_mut() {
-            if conn.state == ConnState::Open {
-                close_conn(conn, k as u32, &mut self.dirty, reason);
-                n += 1;
-            }
-        }
-        n
     }
 }
 
