@@ -191,17 +191,12 @@ async fn events_published_while_connecting_arrive_exactly_once_in_order() {
         let mut started = Some(started_tx);
         let mut ids = Vec::with_capacity(TOTAL);
         for i in 0..TOTAL {
-            let body = json!({"data": i.to_string(), "target": {"users": ["racer"]}}).to_string();
-            let r = support::request(
+            let id = support::ops::publish_at(
                 addr,
-                "POST",
-                "/api/broadcast",
-                &[("content-type", "application/json")],
-                Some(body.as_bytes()),
+                &json!({"data": i.to_string(), "target": {"users": ["racer"]}}),
             )
             .await;
-            assert_eq!(r.status, 202, "{}", r.body);
-            ids.push(r.json()["id"].as_str().unwrap().to_string());
+            ids.push(id);
             if i == 50 {
                 let _ = started.take().map(|tx| tx.send(()));
             }

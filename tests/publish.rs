@@ -176,17 +176,12 @@ async fn concurrent_publishers_still_give_strictly_increasing_ids() {
                 } else {
                     json!({"topics": ["x"]})
                 };
-                let body = json!({"data": format!("{t}-{i}"), "target": target}).to_string();
-                let r = support::request(
+                let id = support::ops::publish_at(
                     addr,
-                    "POST",
-                    "/api/broadcast",
-                    &[("content-type", "application/json")],
-                    Some(body.as_bytes()),
+                    &json!({"data": format!("{t}-{i}"), "target": target}),
                 )
                 .await;
-                assert_eq!(r.status, 202, "{}", r.body);
-                ids.push((i % 2 == 0, r.json()["id"].as_str().unwrap().to_string()));
+                ids.push((i % 2 == 0, id));
             }
             ids
         }));

@@ -336,17 +336,10 @@ async fn resume_while_publishing_has_no_gap_and_no_duplicate() {
             } else {
                 json!({"users": ["rc"]})
             };
-            let body = json!({"data": i.to_string(), "target": target}).to_string();
-            let r = support::request(
-                addr,
-                "POST",
-                "/api/broadcast",
-                &[("content-type", "application/json")],
-                Some(body.as_bytes()),
-            )
-            .await;
-            assert_eq!(r.status, 202, "{}", r.body);
-            ids.push(r.json()["id"].as_str().unwrap().to_string());
+            let id =
+                support::ops::publish_at(addr, &json!({"data": i.to_string(), "target": target}))
+                    .await;
+            ids.push(id);
         }
         ids
     });
