@@ -20,6 +20,16 @@ SERVER_ORDER = ["herald", "herald-prev", "nchan", "floor", "floor16"]
 
 # point -> (title, what it measures, [(column, path, unit, better)]);
 # the first column is the point's main figure.
+# Columns of the points that measure deliveries per second.
+THROUGHPUT_COLUMNS = [
+    ("deliveries/s", "deliveries_per_sec", "", "high"),
+    ("lost", "lost", "", "low"),
+    ("p99 µs", "latency_us.p99", "µs", "low"),
+    ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
+    ("events", "events_published", "", "high"),
+    ("client %", "client.max_thread_percent", "%", "low"),
+]
+
 POINTS = {
     "idle": (
         "idle: memory per open stream",
@@ -60,41 +70,20 @@ POINTS = {
         "throughput: 10k subscribers, publishing as fast as the server answers",
         "deliveries per second on one server core; check the client column: at "
         "~100% the client is the bottleneck, not the server",
-        [
-            ("deliveries/s", "deliveries_per_sec", "", "high"),
-            ("lost", "lost", "", "low"),
-            ("p99 µs", "latency_us.p99", "µs", "low"),
-            ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
-            ("events", "events_published", "", "high"),
-            ("client %", "client.max_thread_percent", "%", "low"),
-        ],
+        THROUGHPUT_COLUMNS,
     ),
     "burst": (
         "burst: 10k subscribers, several publishers at once, unthrottled",
         "like throughput, with several publish requests in flight (--pub-concurrency): "
         "events arrive faster than one write per event per subscriber can go out, "
         "which is where coalescing several events per write pays",
-        [
-            ("deliveries/s", "deliveries_per_sec", "", "high"),
-            ("lost", "lost", "", "low"),
-            ("p99 µs", "latency_us.p99", "µs", "low"),
-            ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
-            ("events", "events_published", "", "high"),
-            ("client %", "client.max_thread_percent", "%", "low"),
-        ],
+        THROUGHPUT_COLUMNS,
     ),
     "million": (
         "million: 10k subscribers x 100 events/s = 1,000,000 deliveries/s offered",
         "a fixed offered rate of a million deliveries per second from 16 concurrent "
         "publishers: sustained only with zero loss and a bounded p99",
-        [
-            ("deliveries/s", "deliveries_per_sec", "", "high"),
-            ("lost", "lost", "", "low"),
-            ("p99 µs", "latency_us.p99", "µs", "low"),
-            ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
-            ("events", "events_published", "", "high"),
-            ("client %", "client.max_thread_percent", "%", "low"),
-        ],
+        THROUGHPUT_COLUMNS,
     ),
     "churn": (
         "churn: connect, first bytes, close",
