@@ -296,27 +296,20 @@ impl Conn {
     fn open(spec: &SubSpec, index: u64, registry: &Registry, token: Token) -> io::Result<Conn> {
         let mut sock = spec.connect(index)?;
         registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(Conn {
-            sock: Some(sock),
-            index,
-            state: State::Connecting,
-            head_ok: false,
-            ready: false,
-            written: 0,
-            opened: Instant::now(),
-            head: Vec::new(),
-            framing: Framing::Close,
-            sse: SseParser::default(),
-            track: Track::default(),
-        })
+        Ok(Conn::slot(index, Some(sock), State::Connecting))
     }
 
     /// A slot for a connection whose connect could not even start.
     fn dead(index: u64) -> Conn {
+        Conn::slot(index, None, State::Done)
+    }
+
+    /// A fresh slot: nothing read, nothing written yet.
+    fn slot(index: u64, sock: Option<TcpStream>, state: State) -> Conn {
         Conn {
-            sock: None,
+            sock,
             index,
-            state: State::Done,
+            state,
             head_ok: false,
             ready: false,
             written: 0,

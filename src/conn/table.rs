@@ -99,29 +99,24 @@ enum IndexKind {
 type Keys = SmallVec<[u32; 2]>;
 
 /// The slab of connections of one shard and its indexes.
-#[derive(Default)]
 pub struct ConnTable {
     slab: Slab<Conn>,
     users: HashMap<Rc<str>, Keys>,
     topics: HashMap<Rc<str>, Keys>,
     /// Keys of connections with something to write or to close.
     dirty: Vec<u32>,
-    limits: Option<QueueLimits>,
+    limits: QueueLimits,
 }
 
 impl ConnTable {
     pub fn new(limits: QueueLimits) -> Self {
         ConnTable {
-            limits: Some(limits),
-            ..Default::default()
+            slab: Slab::new(),
+            users: HashMap::new(),
+            topics: HashMap::new(),
+            dirty: Vec::new(),
+            limits,
         }
-    }
-
-    fn limits(&self) -> QueueLimits {
-        self.limits.unwrap_or(QueueLimits {
-            max_frames: 1024,
-            max_bytes: 4 << 20,
-        })
     }
 
     pub fn len(&self) -> usize {
@@ -241,7 +236,7 @@ impl ConnTable {
 
     /// Queue `ev` on every matching open connection.
     pub fn deliver(&mut self, ev: &Event) -> Delivery {
-        let limits = self.limits();
+        let limits = self.limits;
         let mut d = Delivery::default();
         match &ev.target {
             Target::All => {
@@ -291,7 +286,7 @@ impl ConnTable {
 
     /// Queue one shared unnumbered frame (a heartbeat) on every open connection.
     pub fn deliver_all_unnumbered(&mut self, frame: &Bytes) -> Delivery {
-        let limits = self.limits();
+        let limits = self.limits;
         let mut d = Delivery::default();
         for (k, conn) in self.slab.iter_mut() {
             if conn.state != ConnState::Open {

@@ -206,7 +206,20 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Response {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut all = vec![("connection", "close")];
+    all.extend_from_slice(headers);
+    raw_request(addr, &encode_request(addr, method, path, &all, body)).await
+}
+
+/// The bytes of an HTTP/1.1 request (with `content-length` when there is a body).
+pub fn encode_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n");
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -218,7 +231,7 @@ pub async fn request(
     if let Some(b) = body {
         bytes.extend_from_slice(b);
     }
-    raw_request(addr, &bytes).await
+    bytes
 }
 
 /// Send raw bytes, read until the server closes, parse the response.

@@ -181,18 +181,7 @@ impl KeepAlive {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Response {
-        let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.addr);
-        for (k, v) in headers {
-            raw.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if let Some(b) = body {
-            raw.push_str(&format!("content-length: {}\r\n", b.len()));
-        }
-        raw.push_str("\r\n");
-        let mut bytes = raw.into_bytes();
-        if let Some(b) = body {
-            bytes.extend_from_slice(b);
-        }
+        let bytes = super::encode_request(self.addr, method, path, headers, body);
         self.stream.write_all(&bytes).await.expect("write request");
         tokio::time::timeout(WAIT, self.read_response())
             .await
