@@ -40,6 +40,16 @@ pub struct OpenRequest<'a> {
     pub key: u32,
 }
 
+/// What the cluster registry answered for a connect (see [`crate::cluster`]).
+#[derive(Debug, Default)]
+pub struct Joined {
+    /// The last id of the cluster's event log when the connection was registered:
+    /// later events reach it live, earlier ones only through `pending`.
+    pub floor: u64,
+    /// The user's pending events, taken from Redis, oldest first.
+    pub pending: Vec<QueuedFrame>,
+}
+
 /// What a new stream starts with, after `retry:` and `CONNECTED`.
 #[derive(Debug)]
 pub enum Initial {
@@ -146,8 +156,15 @@ impl Broker {
         (s.registry.connections(), s.registry.users())
     }
 
-    /// Register a connection and decide what it starts with.
-    pub fn open(&self, req: &OpenRequest<'_>, serial: u64) -> Result<Opened, OpenError> {
+    /// Register a connection and decide what it starts with. `joined` is the
+    /// cluster registry's answer (cluster mode, Redis reachable); without it the
+    /// pending events come from this pod's own store.
+    pub fn open(
+        &self,
+        req: &OpenRequest<'_>,
+        serial: u64,
+        joined: Option<Joined>,
+    ) -> Result<Opened, OpenError> {
         let now = clock::now_ns();
         let mut s = self.lock();
         let replacing = s.registry.find(req.user, req.conn_id).is_some();
@@ -165,19 +182,32 @@ impl Broker {
             serial,
         };
         let replaced = s.registry.register(req.user, req.conn_id, loc);
-        let initial = match req.last_event_id {
-            Some(last) => {
-                // Resuming covers what was pending: drop it so it is not sent twice.
-                s.pending.take(req.user, now);
-                match s.history.resume(last, now, |e| {
-                    e.target.matches(req.user, req.topics.iter().map(|t| &**t))
-                }) {
-                    Resume::Replay(events) => Initial::Replay(events),
-                    Resume::Resync => Initial::Resync,
+        let wants = |e: &Event| e.target.matches(req.user, req.topics.iter().map(|t| &**t));
+        let initial =
+            match (req.last_event_id, joined) {
+                (Some(last), _) => {
+                    // Resuming covers what was pending: drop it so it is not sent twice
+                    // (the cluster registry dropped its copy already).
+                    s.pending.take(req.user, now);
+                    match s.history.resume(last, now, wants) {
+                        Resume::Replay(events) => Initial::Replay(events),
+                        Resume::Resync => Initial::Resync,
+                    }
                 }
-            }
-            None => Initial::Pending(s.pending.take(req.user, now)),
-        };
+                (None, Some(j)) => {
+                    // Registered at log position `floor`: what was pending then, and
+                    // what this pod has read of the log since, in id order.
+                    let mut frames = j.pending;
+                    frames.extend(s.history.after(j.floor, wants).into_iter().map(|e| {
+                        QueuedFrame {
+                            bytes: e.frame.clone(),
+                            published_ns: e.published_ns,
+                        }
+                    }));
+                    Initial::Pending(frames)
+                }
+                (None, None) => Initial::Pending(s.pending.take(req.user, now)),
+            };
         let floor = s.history.last_id();
         m::set_pending(s.pending.total());
         Ok(Opened {
@@ -188,9 +218,83 @@ impl Broker {
         })
     }
 
-    /// A stream ended (its writer is done): forget it unless already replaced.
-    pub fn closed(&self, user: &str, serial: u64) {
-        self.lock().registry.remove_serial(user, serial);
+    /// A stream ended (its writer is done): forget it unless already replaced or
+    /// disconnected. Returns its connection id when it was still registered.
+    pub fn closed(&self, user: &str, serial: u64) -> Option<Box<str>> {
+        self.lock().registry.remove_serial(user, serial)
+    }
+
+    /// Forget `(user, conn_id)` if it is still the connection `serial` (a close
+    /// forwarded by another pod must not end a newer connection).
+    pub fn disconnect_exact(&self, user: &str, conn_id: &str, serial: u64) -> Option<ConnLoc> {
+        self.lock().registry.remove_exact(user, conn_id, serial)
+    }
+
+    /// `(user, conn_id, serial)` of every connection registered on this pod.
+    pub fn registered(&self) -> Vec<(String, String, u64)> {
+        self.lock()
+            .registry
+            .entries()
+            .map(|(u, c, s)| (u.to_string(), c.to_string(), s))
+            .collect()
+    }
+
+    /// The last event id this pod has recorded.
+    pub fn last_id(&self) -> u64 {
+        self.lock().history.last_id()
+    }
+
+    /// Cluster mode: start the history from the cluster's log (every id up to
+    /// `trimmed` may be gone; `events` are the retained ones, oldest first).
+    pub fn join_log(&self, trimmed: u64, events: Vec<Arc<Event>>) {
+        let now = clock::now_ns();
+        let mut s = self.lock();
+        s.history = History::joined(trimmed, self.limits.history);
+        for ev in events {
+            if ev.id > s.history.last_id() {
+                s.history.push(ev, now);
+            }
+        }
+    }
+
+    /// Cluster mode: record events read from the cluster's log, in log order, and
+    /// hand them to the shards that hold a target. Pending events for offline
+    /// users are kept in Redis by the publishing pod, not here.
+    pub fn ingest(&self, events: impl IntoIterator<Item = Arc<Event>>) {
+        let shards = self.hub.shards();
+        let all = if shards >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << shards) - 1
+        };
+        let mut wake: u128 = 0;
+        {
+            let mut s = self.lock();
+            let now = clock::now_ns();
+            for ev in events {
+                if ev.id <= s.history.last_id() {
+                    continue; // read twice across a reconnect
+                }
+                let mask = match &ev.target {
+                    Target::Users(users) => {
+                        users.iter().fold(0, |m, u| m | s.registry.shard_mask(u))
+                    }
+                    Target::All | Target::Topics(_) => all,
+                };
+                for shard in 0..shards {
+                    if mask & (1u128 << shard.min(127)) != 0 {
+                        self.hub.push(shard, ShardMsg::Event(ev.clone()));
+                    }
+                }
+                wake |= mask;
+                s.history.push(ev, now);
+            }
+        }
+        for shard in 0..shards {
+            if wake & (1u128 << shard.min(127)) != 0 {
+                self.hub.wake(shard);
+            }
+        }
     }
 
     /// Forget `(user, conn_id)` and return where its stream lives, to end it.

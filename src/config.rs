@@ -19,6 +19,25 @@ pub struct Config {
     #[arg(long, env = "HERALD_SHARDS", default_value_t = 0)]
     pub shards: usize,
 
+    /// Join a cluster through this Redis (`redis://host:port/db`); without it herald
+    /// runs alone with an in-memory registry.
+    #[arg(long = "redis", env = "HERALD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key of this cluster (pods sharing a prefix form one
+    /// cluster; keys are `{prefix}:...`, one hash slot in Redis Cluster).
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
+    /// How long one Redis command may take before it counts as failed.
+    #[arg(long, env = "HERALD_REDIS_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub redis_timeout: Duration,
+
+    /// Publishes held while Redis is unreachable (sent in order when it returns;
+    /// past this, publishes get 503).
+    #[arg(long, env = "HERALD_PUBLISH_BUFFER", default_value_t = 10_000)]
+    pub publish_buffer: usize,
+
     /// This pod's id (default: hostname plus a short random suffix).
     #[arg(long, env = "HERALD_POD_ID")]
     pub pod_id: Option<String>,
@@ -158,6 +177,29 @@ impl Config {
         }
         if self.max_queue_events == 0 || self.max_queue_bytes == 0 {
             return Err("--max-queue-events and --max-queue-bytes must be greater than 0".into());
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
+                return Err(format!(
+                    "--redis {url:?}: write a URL like redis://127.0.0.1:6379/0"
+                ));
+            }
+            let ok = |c: char| c.is_ascii_alphanumeric() || "._:@-".contains(c);
+            if self.redis_prefix.is_empty()
+                || self.redis_prefix.len() > 64
+                || !self.redis_prefix.chars().all(ok)
+            {
+                return Err("--redis-prefix: 1-64 characters of [A-Za-z0-9._:@-]".into());
+            }
+            if self.stale_after() < self.heartbeat_interval {
+                return Err("--stale-after must be at least one --heartbeat-interval".into());
+            }
+        }
+        if let Some(id) = &self.pod_id {
+            let ok = |c: char| c.is_ascii_alphanumeric() || "._:@-".contains(c);
+            if id.is_empty() || id.len() > 128 || !id.chars().all(ok) {
+                return Err("--pod-id: 1-128 characters of [A-Za-z0-9._:@-]".into());
+            }
         }
         if self.max_header_bytes < 1024 {
             return Err("--max-header-bytes must be at least 1KiB".into());

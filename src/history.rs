@@ -39,20 +39,38 @@ pub struct History {
     entries: VecDeque<Arc<Event>>,
     bytes: usize,
     limits: HistoryLimits,
-    /// Ids this process issues are `> base`; anything at or below is unknown.
+    /// Ids at or below `base` are not ids of this history (a previous run's).
     base: u64,
-    /// The last id issued (`base` before the first event).
+    /// Events with ids at or below this may have been dropped (trimmed, or from
+    /// before this history started): resuming from below it is a `RESYNC`.
+    trimmed: u64,
+    /// The last id recorded (`base` before the first event).
     last: u64,
 }
 
 impl History {
+    /// A history whose ids are `base + 1, base + 2, ...` (one node).
     pub fn new(base: u64, limits: HistoryLimits) -> Self {
         History {
             entries: VecDeque::new(),
             bytes: 0,
             limits,
             base,
+            trimmed: base,
             last: base,
+        }
+    }
+
+    /// A history that joins a sequence already under way (a cluster's event log):
+    /// every id up to `trimmed` may be gone; ids only increase, with gaps.
+    pub fn joined(trimmed: u64, limits: HistoryLimits) -> Self {
+        History {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limits,
+            base: 0,
+            trimmed,
+            last: trimmed,
         }
     }
 
@@ -69,9 +87,9 @@ impl History {
         self.entries.is_empty()
     }
 
-    /// Record a newly published event (ids must be consecutive).
+    /// Record a newly published event (ids must increase).
     pub fn push(&mut self, ev: Arc<Event>, now_ns: u64) {
-        debug_assert_eq!(ev.id, self.last + 1);
+        debug_assert!(ev.id > self.last);
         self.last = ev.id;
         self.bytes += ev.frame.len();
         self.entries.push_back(ev);
@@ -87,6 +105,7 @@ impl History {
                 || too_old
             {
                 self.bytes -= front.frame.len();
+                self.trimmed = front.id;
                 self.entries.pop_front();
             } else {
                 break;
@@ -105,22 +124,21 @@ impl History {
         let Ok(after) = last_event_id.trim().parse::<u64>() else {
             return Resume::Resync;
         };
-        if after <= self.base || after > self.last {
+        if after <= self.base || after > self.last || after < self.trimmed {
             return Resume::Resync;
         }
-        let oldest = self.entries.front().map_or(self.last + 1, |e| e.id);
-        if after + 1 < oldest {
-            return Resume::Resync;
-        }
-        let skip = (after + 1 - oldest) as usize;
-        Resume::Replay(
-            self.entries
-                .iter()
-                .skip(skip)
-                .filter(|e| wants(e))
-                .cloned()
-                .collect(),
-        )
+        Resume::Replay(self.after(after, wants))
+    }
+
+    /// The retained events with ids above `after` that `wants` selects, in order.
+    pub fn after(&self, after: u64, wants: impl Fn(&Event) -> bool) -> Vec<Arc<Event>> {
+        let skip = self.entries.partition_point(|e| e.id <= after);
+        self.entries
+            .iter()
+            .skip(skip)
+            .filter(|e| wants(e))
+            .cloned()
+            .collect()
     }
 }
 
@@ -310,6 +328,31 @@ mod tests {
             "up to date, nothing missed"
         );
         assert_eq!(ids(h.resume("2", 100, |_| true)), None);
+    }
+
+    #[test]
+    fn joined_history_resumes_across_gaps() {
+        let mut h = History::joined(50, BIG);
+        h.push(ev(60, 10), 10);
+        h.push(ev(75, 10), 10);
+        h.push(ev(90, 10), 10);
+        assert_eq!(ids(h.resume("50", 10, |_| true)), Some(vec![60, 75, 90]));
+        assert_eq!(ids(h.resume("60", 10, |_| true)), Some(vec![75, 90]));
+        assert_eq!(ids(h.resume("70", 10, |_| true)), Some(vec![75, 90]));
+        assert_eq!(
+            ids(h.resume("49", 10, |_| true)),
+            None,
+            "may have lost some"
+        );
+        assert_eq!(ids(h.resume("91", 10, |_| true)), None, "from the future");
+        h.push(ev(95, 10), 10);
+        assert_eq!(
+            ids(h.resume("60", 10, |_| true)),
+            Some(vec![75, 90, 95]),
+            "60 itself trimmed, nothing after it lost"
+        );
+        assert_eq!(ids(h.resume("59", 10, |_| true)), None, "60 was lost");
+        assert_eq!(ids(h.resume("75", 10, |_| true)), Some(vec![90, 95]));
     }
 
     #[test]

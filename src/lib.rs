@@ -26,6 +26,7 @@
 pub mod admission;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -55,6 +56,8 @@ use shard::Phase;
 pub struct Shared {
     pub config: Config,
     pub broker: Broker,
+    /// Cluster mode (`--redis`): the Redis registry and event log.
+    pub cluster: Option<Arc<cluster::Cluster>>,
     pub prometheus: PrometheusHandle,
     pub shard_stats: Vec<Arc<metrics::ShardStats>>,
     pub queue_limits: QueueLimits,
@@ -105,8 +108,14 @@ impl Server {
             max_connections: config.max_connections,
             max_connections_per_user: config.max_connections_per_user,
         };
+        let pod_id = config.resolved_pod_id();
+        let cluster = match &config.redis_url {
+            Some(url) => Some(Arc::new(cluster::Cluster::new(&config, url, &pod_id)?)),
+            None => None,
+        };
         let shared = Arc::new(Shared {
-            broker: Broker::new(shards, config.resolved_pod_id(), limits),
+            broker: Broker::new(shards, pod_id, limits),
+            cluster,
             queue_limits: QueueLimits {
                 max_frames: config.max_queue_events,
                 max_bytes: config.max_queue_bytes,
@@ -115,6 +124,14 @@ impl Server {
             prometheus,
             config,
         });
+        if shared.cluster.is_some() {
+            metrics::cluster_init();
+            let ready = cluster::Cluster::spawn(shared.clone())
+                .map_err(|e| format!("cannot start the redis thread: {e}"))?;
+            // Serve once the pod has joined the log (or Redis proved unreachable:
+            // then it serves its own connections and joins later).
+            let _ = ready.recv_timeout(shared.config.redis_timeout * 2 + Duration::from_secs(1));
+        }
         let (phase, phase_rx) = watch::channel(Phase::Running);
         let (done_tx, done) = mpsc::unbounded_channel();
         let mut threads = Vec::with_capacity(shards);
@@ -158,6 +175,10 @@ impl Server {
         let deadline = Instant::now() + grace;
         self.shared.broker.start_draining();
         let _ = self.phase.send(Phase::Draining);
+        if let Some(c) = &self.shared.cluster {
+            // This pod's connections leave the registry in one batch.
+            c.drain(grace / 4);
+        }
         let mut finished = 0;
         while finished < self.threads.len() {
             let left = deadline.saturating_duration_since(Instant::now());

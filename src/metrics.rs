@@ -13,8 +13,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::conn::CloseReason;
 
@@ -29,6 +31,20 @@ pub const HEARTBEAT_BATCH: &str = "herald_heartbeat_batch_duration_seconds";
 pub const REDIS_ERRORS: &str = "herald_redis_errors_total";
 pub const PENDING_EVENTS: &str = "herald_pending_events";
 pub const PUBLISH_TO_SOCKET: &str = "herald_publish_to_socket_seconds";
+pub const REDIS_UP: &str = "herald_redis_up";
+pub const REDIS_ROUNDTRIP: &str = "herald_redis_roundtrip_seconds";
+pub const REDIS_COMMANDS: &str = "herald_redis_commands_total";
+pub const REDIS_COMMANDS_PER_BATCH: &str = "herald_redis_commands_per_batch";
+pub const REDIS_BATCH_SIZE: &str = "herald_redis_batch_size";
+pub const PUBLISH_BUFFERED: &str = "herald_publish_buffered";
+pub const PUBLISH_BUFFERED_TOTAL: &str = "herald_publish_buffered_total";
+pub const PUBLISH_BUFFER_FULL: &str = "herald_publish_buffer_full_total";
+pub const MARKED_INACTIVE: &str = "herald_connections_marked_inactive_total";
+
+/// Upper bounds of the count histograms (Redis commands and items per batch).
+pub const COUNT_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0, 20_000.0, 100_000.0,
+];
 
 /// Upper bounds (seconds) of the publish-to-socket and heartbeat histograms.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -50,7 +66,16 @@ const BUCKET_NS: [u64; 16] = {
 pub fn install() -> PrometheusHandle {
     let recorder = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
-        .expect("static bucket list is not empty")
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(REDIS_COMMANDS_PER_BATCH.into()),
+                &COUNT_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(REDIS_BATCH_SIZE.into()), &COUNT_BUCKETS)
+        })
+        .expect("static bucket lists are not empty")
         .build_recorder();
     let handle = recorder.handle();
     // A second install (several servers in one test process) keeps the first.
@@ -73,6 +98,37 @@ fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Redis commands that failed (cluster mode)");
     describe_gauge!(PENDING_EVENTS, "Events held for offline users");
+    describe_gauge!(REDIS_UP, "1 when Redis answers (cluster mode), else 0");
+    describe_histogram!(
+        REDIS_ROUNDTRIP,
+        Unit::Seconds,
+        "Round trip of one Redis batch, by operation"
+    );
+    describe_counter!(
+        REDIS_COMMANDS,
+        "Redis commands herald caused (script calls included), by operation"
+    );
+    describe_histogram!(
+        REDIS_COMMANDS_PER_BATCH,
+        "Redis commands one batch cost, by operation"
+    );
+    describe_histogram!(
+        REDIS_BATCH_SIZE,
+        "Connections carried by one Redis batch, by operation"
+    );
+    describe_gauge!(PUBLISH_BUFFERED, "Publishes waiting for Redis to return");
+    describe_counter!(
+        PUBLISH_BUFFERED_TOTAL,
+        "Publishes buffered while Redis was unreachable"
+    );
+    describe_counter!(
+        PUBLISH_BUFFER_FULL,
+        "Publishes refused (503): buffer full while Redis was unreachable"
+    );
+    describe_counter!(
+        MARKED_INACTIVE,
+        "Stale connections marked inactive by this pod's cleanup job"
+    );
     counter!(REDIS_ERRORS).absolute(0);
     gauge!(PENDING_EVENTS).set(0.0);
 }
@@ -89,6 +145,56 @@ pub fn dropped(reason: &'static str, n: u64) {
 
 pub fn set_pending(n: usize) {
     gauge!(PENDING_EVENTS).set(n as f64);
+}
+
+/// Cluster mode: start the Redis series at zero so dashboards see them.
+pub fn cluster_init() {
+    gauge!(REDIS_UP).set(0.0);
+    gauge!(PUBLISH_BUFFERED).set(0.0);
+    counter!(PUBLISH_BUFFERED_TOTAL).absolute(0);
+    counter!(PUBLISH_BUFFER_FULL).absolute(0);
+    counter!(MARKED_INACTIVE).absolute(0);
+}
+
+pub fn set_redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn redis_error(op: &'static str) {
+    counter!(REDIS_ERRORS).increment(1);
+    tracing::trace!(op, "redis error counted");
+}
+
+pub fn redis_roundtrip(op: &'static str, d: std::time::Duration) {
+    histogram!(REDIS_ROUNDTRIP, "op" => op).record(d.as_secs_f64());
+}
+
+/// `n` Redis commands executed for one batch of `op`.
+pub fn redis_commands(op: &'static str, n: u64) {
+    counter!(REDIS_COMMANDS, "op" => op).increment(n);
+    histogram!(REDIS_COMMANDS_PER_BATCH, "op" => op).record(n as f64);
+}
+
+/// A batch of `op` carrying `n` connections.
+pub fn redis_batch(op: &'static str, n: usize) {
+    histogram!(REDIS_BATCH_SIZE, "op" => op).record(n as f64);
+}
+
+pub fn publish_buffered(now_held: usize) {
+    gauge!(PUBLISH_BUFFERED).set(now_held as f64);
+}
+
+/// One more publish buffered.
+pub fn publish_buffered_one() {
+    counter!(PUBLISH_BUFFERED_TOTAL).increment(1);
+}
+
+pub fn publish_buffer_full() {
+    counter!(PUBLISH_BUFFER_FULL).increment(1);
+}
+
+pub fn marked_inactive(n: u64) {
+    counter!(MARKED_INACTIVE).increment(n);
 }
 
 pub fn connect_rejected(reason: &'static str) {

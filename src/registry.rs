@@ -75,23 +75,43 @@ impl LocalRegistry {
     /// Remove `(user, conn_id)`; returns where it was.
     pub fn remove(&mut self, user: &str, conn_id: &str) -> Option<ConnLoc> {
         self.remove_where(user, |e| &*e.conn_id == conn_id)
+            .map(|(loc, _)| loc)
+    }
+
+    /// Remove `(user, conn_id)` only if it is still the connection `serial`.
+    pub fn remove_exact(&mut self, user: &str, conn_id: &str, serial: u64) -> Option<ConnLoc> {
+        self.remove_where(user, |e| &*e.conn_id == conn_id && e.loc.serial == serial)
+            .map(|(loc, _)| loc)
     }
 
     /// Remove the connection of `user` with `serial`, if it is still registered
-    /// (a replacement or a disconnect may have removed it already).
-    pub fn remove_serial(&mut self, user: &str, serial: u64) -> Option<ConnLoc> {
+    /// (a replacement or a disconnect may have removed it already); returns its
+    /// connection id.
+    pub fn remove_serial(&mut self, user: &str, serial: u64) -> Option<Box<str>> {
         self.remove_where(user, |e| e.loc.serial == serial)
+            .map(|(_, id)| id)
     }
 
-    fn remove_where(&mut self, user: &str, pick: impl Fn(&Entry) -> bool) -> Option<ConnLoc> {
+    /// Every registered connection: `(user, conn_id, serial)`.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.users
+            .iter()
+            .flat_map(|(u, list)| list.iter().map(move |e| (&**u, &*e.conn_id, e.loc.serial)))
+    }
+
+    fn remove_where(
+        &mut self,
+        user: &str,
+        pick: impl Fn(&Entry) -> bool,
+    ) -> Option<(ConnLoc, Box<str>)> {
         let list = self.users.get_mut(user)?;
         let i = list.iter().position(pick)?;
-        let loc = list.swap_remove(i).loc;
+        let e = list.swap_remove(i);
         if list.is_empty() {
             self.users.remove(user);
         }
         self.connections -= 1;
-        Some(loc)
+        Some((e.loc, e.conn_id))
     }
 }
 
@@ -120,7 +140,7 @@ mod tests {
             None,
             "stale serial leaves the replacement"
         );
-        assert_eq!(r.remove_serial("u", 3), Some(loc(1, 3)));
+        assert_eq!(r.remove_serial("u", 3).as_deref(), Some("c1"));
         assert_eq!(r.remove("u", "c2"), Some(loc(1, 2)));
         assert_eq!((r.users(), r.connections()), (0, 0));
     }

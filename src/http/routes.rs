@@ -17,6 +17,7 @@ use super::params::{self, ConnectParams};
 use super::publish;
 use crate::broker::{Initial, OpenError, OpenRequest, Publish};
 use crate::clock;
+use crate::cluster::{PublishReq, Published};
 use crate::conn::table::NewConn;
 use crate::conn::{CloseReason, QueuedFrame};
 use crate::error::ApiError;
@@ -88,6 +89,24 @@ pub async fn open_stream(
                 .to_string()
         });
     let serial = broker.next_serial();
+    let cluster = shared.cluster.as_deref();
+    let joined = match cluster {
+        Some(c) => {
+            // Refuse before registering what would be refused anyway.
+            let (conns, _) = broker.counts();
+            if conns >= shared.config.max_connections {
+                m::connect_rejected("pod_full");
+                return Err(ApiError::new(
+                    429,
+                    "too_many_connections",
+                    "this pod holds its maximum of connections",
+                ));
+            }
+            c.register(&p.user, &conn_id, serial, last_event_id.is_some())
+                .await
+        }
+        None => None,
+    };
     // From here to the insert nothing awaits, so the reserved key stays free.
     let mut table = shard.table.borrow_mut();
     let key = table.vacant_key();
@@ -99,7 +118,11 @@ pub async fn open_stream(
         shard: shard.id,
         key: key as u32,
     };
-    let opened = broker.open(&req, serial).map_err(|e| {
+    let registered = joined.is_some();
+    let opened = broker.open(&req, serial, joined).map_err(|e| {
+        if let (Some(c), true) = (cluster, registered) {
+            c.unregister(&p.user, &conn_id, serial);
+        }
         let (reason, msg) = match e {
             OpenError::PodFull => ("pod_full", "this pod holds its maximum of connections"),
             OpenError::UserFull => ("user_full", "this user holds its maximum of connections"),
@@ -109,6 +132,8 @@ pub async fn open_stream(
     })?;
     let inserted = table.insert(NewConn {
         serial,
+        // Cluster heartbeats name each connection by user and connection id.
+        conn_id: cluster.map(|_| &*conn_id),
         user: &p.user,
         topics: &p.topics,
         last_id: opened.floor,
@@ -180,7 +205,7 @@ pub async fn handle(
     let result = match (path.as_str(), &method) {
         ("/api/user/sse/connect", &Method::GET) => connect(&shard, &req).await,
         ("/api/user/sse/disconnect", &Method::POST) => disconnect(&shard, &req).await,
-        ("/api/user/sse/stats", &Method::GET) => Ok(stats(&shard)),
+        ("/api/user/sse/stats", &Method::GET) => Ok(stats(&shard).await),
         ("/api/broadcast", &Method::POST) => broadcast(&shard, req).await,
         ("/health/live", &Method::GET) => {
             Ok(json_response(StatusCode::OK, json!({ "status": "live" })))
@@ -235,9 +260,28 @@ async fn disconnect(
 ) -> Result<Response<HeraldBody>, ApiError> {
     let p = params::disconnect(req.uri().query().unwrap_or(""))?;
     let broker = &shard.shared.broker;
+    let cluster = shard.shared.cluster.as_deref();
     let Some(loc) = broker.disconnect(&p.user, &p.conn_id) else {
-        return Err(ApiError::not_found("no such connection"));
+        // Not on this pod: in a cluster, end it on the pod that holds it.
+        return match cluster.map(|c| c.disconnect(&p.user, &p.conn_id)) {
+            None => Err(ApiError::not_found("no such connection")),
+            Some(fut) => match fut.await {
+                Ok(true) => Ok(json_response(
+                    StatusCode::OK,
+                    json!({ "disconnected": true }),
+                )),
+                Ok(false) => Err(ApiError::not_found("no such connection")),
+                Err(()) => Err(ApiError::new(
+                    503,
+                    "registry_unavailable",
+                    "the connection is not on this pod and the cluster registry is unreachable",
+                )),
+            },
+        };
     };
+    if let Some(c) = cluster {
+        c.unregister(&p.user, &p.conn_id, loc.serial);
+    }
     if loc.shard == shard.id {
         shard
             .table
@@ -256,7 +300,7 @@ async fn disconnect(
     ))
 }
 
-fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
+async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
     let shared = &shard.shared;
     let (connections, users) = shared.broker.counts();
     let shards: Vec<_> = shared
@@ -265,16 +309,26 @@ fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
         .enumerate()
         .map(|(i, s)| json!({ "shard": i, "connections": s.connections.load(Ordering::Relaxed) }))
         .collect();
-    json_response(
-        StatusCode::OK,
-        json!({
-            "podId": shared.broker.pod_id(),
-            "connections": connections,
-            "users": users,
-            "shards": shards,
-            "draining": shared.broker.is_draining(),
-        }),
-    )
+    let mut body = json!({
+        "podId": shared.broker.pod_id(),
+        "connections": connections,
+        "users": users,
+        "shards": shards,
+        "draining": shared.broker.is_draining(),
+    });
+    if let Some(c) = &shared.cluster {
+        let cluster = c.stats().await.map(|s| {
+            json!({
+                "pods": s.pods,
+                "connections": s.connections,
+                "users": s.users,
+                "inactive": s.inactive,
+            })
+        });
+        body["cluster"] = cluster.unwrap_or(serde_json::Value::Null);
+        body["redis"] = json!(if c.is_up() { "up" } else { "down" });
+    }
+    json_response(StatusCode::OK, body)
 }
 
 async fn broadcast(
@@ -308,16 +362,49 @@ async fn broadcast(
         }
     };
     let p = publish::parse(&body)?;
-    let id = shard.shared.broker.publish(Publish {
-        event: &p.event,
-        data: &p.data,
-        target: p.target,
-        ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
-    });
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        json!({ "id": id.to_string() }),
-    ))
+    let label = p.target.label();
+    let Some(c) = &shard.shared.cluster else {
+        let id = shard.shared.broker.publish(Publish {
+            event: &p.event,
+            data: &p.data,
+            target: p.target,
+            ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
+        });
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            json!({ "id": id.to_string() }),
+        ));
+    };
+    let outcome = c
+        .publish(PublishReq {
+            event: p.event,
+            data: p.data,
+            target: p.target,
+            ttl_ms: p.ttl_seconds.saturating_mul(1000),
+        })
+        .await;
+    match outcome {
+        Published::Id(id) => {
+            m::published(label);
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                json!({ "id": id.to_string() }),
+            ))
+        }
+        Published::Buffered => {
+            m::published(label);
+            // No id yet: it is assigned when Redis takes the event.
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                json!({ "id": null, "buffered": true }),
+            ))
+        }
+        Published::Full => Err(ApiError::new(
+            503,
+            "redis_unavailable",
+            "the cluster's Redis is unreachable and the publish buffer is full; retry later",
+        )),
+    }
 }
 
 fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
@@ -325,6 +412,11 @@ fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "status": "draining" }),
+        )
+    } else if shard.shared.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "degraded", "redis": "down" }),
         )
     } else {
         json_response(StatusCode::OK, json!({ "status": "ready" }))

@@ -21,7 +21,10 @@ use crate::conn::{CloseReason, ConnState};
 pub fn closed(shard: &Shard, user: &str, serial: u64, reason: CloseReason) {
     if !matches!(reason, CloseReason::Disconnected) {
         // A disconnect already unregistered it.
-        shard.shared.broker.closed(user, serial);
+        let conn_id = shard.shared.broker.closed(user, serial);
+        if let (Some(c), Some(conn_id)) = (&shard.shared.cluster, conn_id) {
+            c.unregister(user, &conn_id, serial);
+        }
     }
     shard.counters.closed(reason).increment(1);
 }

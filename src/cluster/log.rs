@@ -1,0 +1,248 @@
+//! The cluster's event log as herald reads it: Redis Stream ids as SSE ids, log
+//! entries as [`Event`]s (framed once per pod), pending entries as frames, and
+//! close requests sent to this pod. Pure, apart from the clock.
+
+use std::sync::Arc;
+
+use fred::types::Value;
+
+use crate::clock;
+use crate::conn::QueuedFrame;
+use crate::event::{Event, Target};
+use crate::sse::frame;
+
+/// Bits of an SSE id that hold the stream id's sequence number. A stream id
+/// `ms-seq` becomes `ms << 20 | seq`: strictly increasing like the stream ids, a
+/// plain decimal for clients, and good until the year 2248 (or a million events
+/// in one millisecond).
+const SEQ_BITS: u32 = 20;
+
+/// `"1700000000000-3"` → its SSE id.
+pub fn sse_id(stream_id: &str) -> Option<u64> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    let ms: u64 = ms.parse().ok()?;
+    let seq: u64 = seq.parse().ok()?;
+    if seq >= 1 << SEQ_BITS || ms >= 1 << (63 - SEQ_BITS) {
+        return None;
+    }
+    Some(ms << SEQ_BITS | seq)
+}
+
+/// The stream id of an SSE id (the inverse of [`sse_id`]).
+pub fn stream_id(id: u64) -> String {
+    format!("{}-{}", id >> SEQ_BITS, id & ((1 << SEQ_BITS) - 1))
+}
+
+/// Encode a target for a log entry: kind and comma-separated names.
+pub fn encode_target(t: &Target) -> (&'static str, String) {
+    match t {
+        Target::All => ("a", String::new()),
+        Target::Users(u) => ("u", u.join(",")),
+        Target::Topics(t) => ("t", t.join(",")),
+    }
+}
+
+fn decode_target(kind: &str, names: &str) -> Option<Target> {
+    let list = || -> Box<[Box<str>]> {
+        names
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(Box::from)
+            .collect()
+    };
+    match kind {
+        "a" => Some(Target::All),
+        "u" => Some(Target::Users(list())),
+        "t" => Some(Target::Topics(list())),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(&**s),
+        Value::Bytes(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+/// A log entry `[id, [field, value, ...]]` as an event. `None` for an entry
+/// herald did not write (it is skipped).
+pub fn event(entry: &Value) -> Option<(String, Option<Arc<Event>>)> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let sid = text(parts.first()?)?.to_string();
+    let Some(id) = sse_id(&sid) else {
+        return Some((sid, None));
+    };
+    let Some(Value::Array(fields)) = parts.get(1) else {
+        return Some((sid, None));
+    };
+    let (mut name, mut data, mut kind, mut names, mut ns) = (None, None, None, "", 0u64);
+    for pair in fields.chunks(2) {
+        let [k, v] = pair else { break };
+        match text(k) {
+            Some("e") => name = text(v),
+            Some("d") => data = text(v),
+            Some("k") => kind = text(v),
+            Some("t") => names = text(v).unwrap_or(""),
+            Some("ns") => ns = text(v).and_then(|s| s.parse().ok()).unwrap_or(0),
+            _ => {}
+        }
+    }
+    let (Some(name), Some(data), Some(target)) =
+        (name, data, kind.and_then(|k| decode_target(k, names)))
+    else {
+        return Some((sid, None));
+    };
+    Some((
+        sid,
+        Some(Arc::new(Event {
+            id,
+            target,
+            frame: frame::event(id, name, data),
+            published_ns: local_ns(ns),
+        })),
+    ))
+}
+
+/// The publisher's wall-clock publish time as this process's monotonic clock, so
+/// the publish-to-socket histogram covers the trip through Redis.
+fn local_ns(unix_ns: u64) -> u64 {
+    let now = clock::now_ns();
+    if unix_ns == 0 {
+        return now;
+    }
+    let age = (clock::unix_us().saturating_mul(1000)).saturating_sub(unix_ns);
+    now.saturating_sub(age).max(1)
+}
+
+/// A pending entry `"<stream id> <expires ms> <event>\n<data>"` as a frame;
+/// `None` when expired or malformed.
+pub fn pending(entry: &Value, now_ms: u64) -> Option<QueuedFrame> {
+    let s = text(entry)?;
+    let (head, data) = s.split_once('\n')?;
+    let mut it = head.splitn(3, ' ');
+    let id = sse_id(it.next()?)?;
+    let expires: u64 = it.next()?.parse().ok()?;
+    let name = it.next()?;
+    (expires > now_ms).then(|| QueuedFrame {
+        bytes: frame::event(id, name, data),
+        published_ns: 0,
+    })
+}
+
+/// A close request for this pod: `(member, owner "pod/serial", reason)`.
+pub struct CloseRequest {
+    pub user: String,
+    pub conn_id: String,
+    pub serial: u64,
+    pub replaced: bool,
+}
+
+/// Parse a control entry `[id, [op, close, m, user/conn, o, pod/serial, r, reason]]`.
+pub fn close_request(entry: &Value) -> Option<(String, Option<CloseRequest>)> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let sid = text(parts.first()?)?.to_string();
+    let Some(Value::Array(fields)) = parts.get(1) else {
+        return Some((sid, None));
+    };
+    let (mut member, mut owner, mut reason) = ("", "", "");
+    for pair in fields.chunks(2) {
+        let [k, v] = pair else { break };
+        match text(k) {
+            Some("m") => member = text(v).unwrap_or(""),
+            Some("o") => owner = text(v).unwrap_or(""),
+            Some("r") => reason = text(v).unwrap_or(""),
+            _ => {}
+        }
+    }
+    let req = (|| {
+        let (user, conn_id) = member.split_once('/')?;
+        let serial = owner.rsplit_once('/')?.1.parse().ok()?;
+        Some(CloseRequest {
+            user: user.to_string(),
+            conn_id: conn_id.to_string(),
+            serial,
+            replaced: reason == "replaced",
+        })
+    })();
+    Some((sid, req))
+}
+
+/// The member name of a connection in the registry: `user/connectionId` (`/` is
+/// outside the id alphabet).
+pub fn member(user: &str, conn_id: &str) -> String {
+    let mut m = String::with_capacity(user.len() + conn_id.len() + 1);
+    m.push_str(user);
+    m.push('/');
+    m.push_str(conn_id);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(b: &bytes::Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    fn st(s: &str) -> Value {
+        Value::String(s.into())
+    }
+
+    #[test]
+    fn ids_keep_the_stream_order() {
+        let a = sse_id("1700000000000-0").unwrap();
+        let b = sse_id("1700000000000-1").unwrap();
+        let c = sse_id("1700000000001-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(stream_id(b), "1700000000000-1");
+        assert_eq!(sse_id("garbage"), None);
+        assert_eq!(sse_id("1-1048576"), None, "sequence beyond 20 bits");
+    }
+
+    #[test]
+    fn log_entry_becomes_one_framed_event() {
+        let entry = Value::Array(vec![
+            st("5-2"),
+            Value::Array(vec![
+                st("e"),
+                st("news"),
+                st("d"),
+                st("a\nb"),
+                st("k"),
+                st("u"),
+                st("t"),
+                st("u1,u2"),
+                st("ns"),
+                st("0"),
+            ]),
+        ]);
+        let (sid, ev) = event(&entry).unwrap();
+        let ev = ev.unwrap();
+        assert_eq!(sid, "5-2");
+        assert_eq!(ev.id, 5 << 20 | 2);
+        assert_eq!(
+            s(&ev.frame),
+            format!("id: {}\nevent: news\ndata: a\ndata: b\n\n", ev.id)
+        );
+        assert!(ev.target.matches("u2", std::iter::empty()));
+    }
+
+    #[test]
+    fn pending_entries_expire() {
+        let e = st("7-0 1000 msg\nhello");
+        assert!(pending(&e, 999).is_some());
+        assert!(pending(&e, 1000).is_none());
+        let f = pending(&e, 0).unwrap();
+        assert_eq!(
+            s(&f.bytes),
+            format!("id: {}\nevent: msg\ndata: hello\n\n", 7 << 20)
+        );
+    }
+}
