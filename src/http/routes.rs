@@ -102,8 +102,21 @@ pub async fn open_stream(
                     "this pod holds its maximum of connections",
                 ));
             }
-            c.register(&p.user, &conn_id, serial, last_event_id.is_some())
-                .await
+            let joined = c
+                .register(&p.user, &conn_id, serial, last_event_id.is_some())
+                .await;
+            if broker.is_draining() {
+                // The drain's batch may have missed it: take it out again.
+                if joined.is_some() {
+                    c.unregister(&p.user, &conn_id, serial);
+                }
+                return Err(ApiError::new(
+                    503,
+                    "draining",
+                    "this pod is shutting down; reconnect elsewhere",
+                ));
+            }
+            joined
         }
         None => None,
     };

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod ops;
+pub mod redis;
 pub mod sse;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,383 @@
+//! Cluster mode under faults, and its cost in Redis commands: a pod that is
+//! SIGKILLed has its connections cleaned from the registry in time; pods ride
+//! out a Redis outage (degraded readiness, local service, publishes buffered)
+//! and converge back when Redis returns empty; the registry's commands per
+//! heartbeat interval do not grow with the number of connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::check::{self, assert_json_error, next_ev};
+use support::redis::{cluster_counts, wait_cluster, wait_cluster_all, Cluster, Timing};
+use support::{Herald, Response, SseClient, SseEvent, WAIT};
+use tokio::task::JoinSet;
+
+fn counts_want(pods: u64, conns: u64, users: u64) -> (Option<u64>, Option<u64>, Option<u64>) {
+    (Some(pods), Some(conns), Some(users))
+}
+
+#[tokio::test]
+async fn a_killed_pods_connections_leave_the_cluster_within_stale_after_plus_cleanup() {
+    const N: u64 = 5;
+    let cl = Cluster::shared("sigkill");
+    let t = cl.timing;
+    let mut a = cl.pod(&[]);
+    let b = cl.pod(&[]);
+    let c = cl.pod(&[]);
+    let mut on_a = Vec::new();
+    for i in 0..N {
+        on_a.push(a.subscribe_connected(&format!("userId=ka{i}")).await);
+    }
+    let mut b1 = b.subscribe_connected("userId=kb0").await;
+    let _b2 = b.subscribe_connected("userId=kb1").await;
+    let mut c1 = c.subscribe_connected("userId=kc0").await;
+    wait_cluster_all(&[&a, &b, &c], 3, N + 3, N + 3).await;
+
+    a.child.kill().expect("SIGKILL pod A");
+    let killed = Instant::now();
+    a.child.wait().expect("reap pod A");
+    let bound = t.stale_after + t.cleanup + Duration::from_secs(2);
+    for survivor in [&b, &c] {
+        wait_cluster(survivor, counts_want(2, 3, 3), bound + WAIT).await;
+    }
+    let took = killed.elapsed();
+    eprintln!(
+        "SIGKILLed pod's {N} connections left the cluster after {took:?} \
+         (stale_after {:?} + cleanup {:?}; bound {bound:?})",
+        t.stale_after, t.cleanup
+    );
+    assert!(
+        took <= bound,
+        "cleanup took {took:?}, more than stale_after + cleanup + 2 s = {bound:?}"
+    );
+    eprintln!("stats after cleanup: {}", b.stats().await);
+
+    // The survivors serve on, across pods.
+    let id = b.publish(json!({"data": "after", "target": "all"})).await;
+    assert_eq!(
+        next_ev(&mut b1, "broadcast after the kill").await.id,
+        Some(id.clone())
+    );
+    assert_eq!(
+        next_ev(&mut c1, "broadcast after the kill").await.id,
+        Some(id)
+    );
+    drop(on_a);
+}
+
+/// Take every non-heartbeat event already on `c` or arriving within `wait`,
+/// appending to `into`.
+async fn drain(c: &mut SseClient, wait: Duration, into: &mut Vec<SseEvent>) {
+    while let Some(ev) = c.next_non_heartbeat(wait).await {
+        into.push(ev);
+    }
+}
+
+async fn post_json(h: &Herald, path: &str, body: serde_json::Value) -> Response {
+    h.post(path, &body.to_string()).await
+}
+
+/// Poll `/health/ready` until it answers `status`; returns the answer.
+async fn wait_ready(h: &Herald, status: u16, within: Duration) -> Response {
+    let start = Instant::now();
+    loop {
+        let r = h.get("/health/ready").await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            start.elapsed() < within,
+            "pod {}: /health/ready never answered {status} within {within:?}; last {} {}",
+            h.pod_id,
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Poll stats until `"redis"` says `want`.
+async fn wait_redis_state(h: &Herald, want: &str) {
+    let start = Instant::now();
+    loop {
+        let s = h.stats().await;
+        if s["redis"].as_str() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "pod {}: stats never said redis {want:?}: {s}",
+            h.pod_id
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Read `c` until a HEARTBEAT arrives (within `within`); other events are kept
+/// in `into`.
+async fn expect_heartbeat(
+    c: &mut SseClient,
+    within: Duration,
+    into: &mut Vec<SseEvent>,
+    what: &str,
+) {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let ev = c.next_event(left).await.unwrap_or_else(|| {
+            panic!("{what}: no HEARTBEAT within {within:?} while Redis is down")
+        });
+        if ev.event == "HEARTBEAT" {
+            return;
+        }
+        into.push(ev);
+    }
+}
+
+#[tokio::test]
+async fn pods_ride_out_a_redis_outage_and_converge_when_it_returns() {
+    let mut cl = Cluster::own("outage");
+    let hb = cl.timing.heartbeat;
+    let extra = ["--publish-buffer", "2", "--redis-timeout", "500ms"];
+    let a = cl.pod(&extra);
+    let b = cl.pod(&extra);
+    // Subscribers to every broadcast, on both pods; `seen` keeps what each got.
+    let mut subs: Vec<(String, SseClient)> = vec![
+        ("a1".into(), a.subscribe_connected("userId=oa1").await),
+        ("b1".into(), b.subscribe_connected("userId=ob1").await),
+    ];
+    let mut seen: Vec<Vec<SseEvent>> = vec![Vec::new(), Vec::new()];
+    wait_cluster_all(&[&a, &b], 2, 2, 2).await;
+    for h in [&a, &b] {
+        wait_ready(h, 200, WAIT).await;
+        check::wait_metric(h, "herald_redis_up", |v| v == 1.0).await;
+    }
+    let errors_before: Vec<f64> = {
+        let mut v = Vec::new();
+        for h in [&a, &b] {
+            let text = check::metrics_body(h).await;
+            v.push(check::sample_sum(&text, "herald_redis_errors_total").unwrap_or(0.0));
+        }
+        v
+    };
+
+    // Redis goes away.
+    cl.server().kill();
+    let down_at = Instant::now();
+    for h in [&a, &b] {
+        let r = wait_ready(h, 503, Duration::from_secs(5)).await;
+        assert_eq!(
+            r.json()["status"].as_str(),
+            Some("degraded"),
+            "readiness body while Redis is down: {}",
+            r.body
+        );
+        wait_redis_state(h, "down").await;
+    }
+    eprintln!(
+        "both pods degraded {:?} after Redis died",
+        down_at.elapsed()
+    );
+    for (h, before) in [&a, &b].into_iter().zip(&errors_before) {
+        check::wait_metric(h, "herald_redis_up", |v| v == 0.0).await;
+        check::wait_metric(h, "herald_redis_errors_total", |v| v > *before).await;
+    }
+
+    // Open streams keep their heartbeats.
+    for ((name, c), into) in subs.iter_mut().zip(seen.iter_mut()) {
+        expect_heartbeat(c, hb * 3 + Duration::from_secs(1), into, name).await;
+    }
+    // Local connects and disconnects still work.
+    subs.push(("a2".into(), a.subscribe_connected("userId=oa2").await));
+    subs.push(("b2".into(), b.subscribe_connected("userId=ob2").await));
+    seen.extend([Vec::new(), Vec::new()]);
+    let mut gone = b.subscribe_connected("userId=ogone&connectionId=g").await;
+    let r = b
+        .post("/api/user/sse/disconnect?userId=ogone&connectionId=g", "")
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "local disconnect while Redis is down: {}",
+        r.body
+    );
+    assert_eq!(r.json(), json!({"disconnected": true}));
+    assert!(
+        gone.wait_closed(WAIT).await,
+        "the disconnected stream must end"
+    );
+
+    // Publishes are buffered, up to --publish-buffer per pod.
+    for (h, data) in [(&a, "buf-a1"), (&a, "buf-a2"), (&b, "buf-b1")] {
+        let r = post_json(h, "/api/broadcast", json!({"data": data, "target": "all"})).await;
+        assert_eq!(r.status, 202, "publish while Redis is down: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["buffered"], json!(true), "{v}");
+        assert!(v["id"].is_null(), "a buffered publish has no id yet: {v}");
+    }
+    let r = post_json(
+        &a,
+        "/api/broadcast",
+        json!({"data": "too-many", "target": "all"}),
+    )
+    .await;
+    assert_json_error(&r, 503, "third publish with --publish-buffer 2");
+    check::wait_metric(&a, "herald_publish_buffered", |v| v == 2.0).await;
+    check::wait_metric(&b, "herald_publish_buffered", |v| v == 1.0).await;
+
+    // Redis returns, empty: ready again, and the registry re-learns the truth
+    // (a1, b1, a2, b2 open; ogone disconnected) within two heartbeat intervals.
+    cl.server().restart();
+    let up_at = Instant::now();
+    for h in [&a, &b] {
+        wait_ready(h, 200, WAIT).await;
+    }
+    let ready_after = up_at.elapsed();
+    let converge_bound = hb * 2 + Duration::from_secs(2);
+    for h in [&a, &b] {
+        wait_cluster(h, counts_want(2, 4, 4), converge_bound + WAIT).await;
+    }
+    let converged = up_at.elapsed();
+    eprintln!(
+        "Redis back: both pods ready after {ready_after:?}, registry converged after \
+         {converged:?} (bound {converge_bound:?})"
+    );
+    assert!(
+        converged <= converge_bound,
+        "cluster counts took {converged:?} after Redis returned to reach the truth, more than \
+         two heartbeat intervals + 2 s = {converge_bound:?}"
+    );
+    for h in [&a, &b] {
+        wait_redis_state(h, "up").await;
+        check::wait_metric(h, "herald_redis_up", |v| v == 1.0).await;
+        check::wait_metric(h, "herald_publish_buffered", |v| v == 0.0).await;
+    }
+
+    // The buffered publishes reach every subscriber on both pods, once, in order.
+    let end = a.publish(json!({"data": "end", "target": "all"})).await;
+    for ((name, c), got) in subs.iter_mut().zip(seen.iter_mut()) {
+        loop {
+            let ev = next_ev(c, &format!("{name}: buffered events, then end")).await;
+            let done = ev.id.as_deref() == Some(end.as_str());
+            got.push(ev);
+            if done {
+                break;
+            }
+        }
+        let datas: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
+        let mut sorted = datas.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec!["buf-a1", "buf-a2", "buf-b1", "end"],
+            "{name}: every buffered publish once (and nothing else): {got:?}"
+        );
+        let pos = |d: &str| datas.iter().position(|x| *x == d).unwrap();
+        assert!(
+            pos("buf-a1") < pos("buf-a2"),
+            "{name}: buffered publishes of one pod out of order: {datas:?}"
+        );
+        assert_eq!(datas.last(), Some(&"end"));
+        let ids: Vec<u64> = got.iter().map(check::id_of).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{name}: ids must increase: {got:?}"
+        );
+    }
+    let orders: Vec<Vec<Option<String>>> = seen
+        .iter()
+        .map(|g| g.iter().map(|e| e.id.clone()).collect())
+        .collect();
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every subscriber must see the same ids in the same order: {orders:?}"
+    );
+    let mut late = Vec::new();
+    for (_, c) in subs.iter_mut() {
+        drain(c, Duration::from_millis(200), &mut late).await;
+    }
+    assert!(late.is_empty(), "nothing after the end marker: {late:?}");
+}
+
+/// Open `n` idle streams (distinct users) on `h`, a few at a time.
+async fn open_streams(h: &Herald, from: usize, n: usize) -> Vec<SseClient> {
+    let mut out = Vec::with_capacity(n);
+    let mut set = JoinSet::new();
+    for i in from..from + n {
+        let addr = h.addr;
+        set.spawn(async move {
+            let path = format!("/api/user/sse/connect?userId=idle{i}");
+            let mut c = SseClient::connect(addr, &path, &[]).await;
+            assert_eq!(c.status, 200, "connect #{i}: {} {}", c.status, c.body);
+            let ev = c.next_event(WAIT).await.expect("CONNECTED");
+            assert_eq!(ev.event, "CONNECTED");
+            c
+        });
+        if set.len() >= 100 {
+            out.push(set.join_next().await.expect("task").expect("connect task"));
+        }
+    }
+    while let Some(c) = set.join_next().await {
+        out.push(c.expect("connect task"));
+    }
+    out
+}
+
+/// Redis commands per heartbeat interval over `intervals` intervals, with
+/// nothing else talking to Redis meanwhile.
+async fn commands_per_interval(cl: &Cluster, intervals: u32) -> f64 {
+    let mut r = cl.client();
+    let interval = cl.timing.heartbeat;
+    let c0 = r.info_field("stats", "total_commands_processed");
+    let t0 = Instant::now();
+    tokio::time::sleep(interval * intervals).await;
+    let c1 = r.info_field("stats", "total_commands_processed");
+    let elapsed = t0.elapsed();
+    // Our own INFO is counted once in the window.
+    let commands = c1.saturating_sub(c0).saturating_sub(1) as f64;
+    commands / (elapsed.as_secs_f64() / interval.as_secs_f64())
+}
+
+#[tokio::test]
+async fn registry_commands_per_interval_do_not_grow_with_connections() {
+    const FEW: usize = 20;
+    const MANY: usize = 1000;
+    const WINDOW: u32 = 8;
+    let cl = Cluster::own("cmds").with_timing(Timing {
+        heartbeat: Duration::from_millis(500),
+        stale_after: Duration::from_millis(1500),
+        cleanup: Duration::from_millis(500),
+    });
+    let hb = cl.timing.heartbeat;
+    let h = cl.pod(&[]);
+    let mut streams = open_streams(&h, 0, FEW).await;
+    wait_cluster(&h, counts_want(1, FEW as u64, FEW as u64), WAIT).await;
+    let shards = h.stats().await["shards"].clone();
+    tokio::time::sleep(hb * 2).await; // let registration bursts settle
+    let few = commands_per_interval(&cl, WINDOW).await;
+
+    let t = Instant::now();
+    streams.extend(open_streams(&h, FEW, MANY - FEW).await);
+    wait_cluster(&h, counts_want(1, MANY as u64, MANY as u64), WAIT).await;
+    eprintln!("{MANY} streams open and registered in {:?}", t.elapsed());
+    let shards_many = h.stats().await["shards"].clone();
+    tokio::time::sleep(hb * 2).await;
+    let many = commands_per_interval(&cl, WINDOW).await;
+
+    eprintln!(
+        "Redis commands per heartbeat interval ({hb:?}, --shards 2): \
+         {few:.1} with {FEW} connections, {many:.1} with {MANY} connections \
+         (shards: {shards} then {shards_many})"
+    );
+    let allowed = (few * 1.25).max(few + 3.0);
+    assert!(
+        many <= allowed,
+        "commands per interval grew with connections: {few:.1} at {FEW}, {many:.1} at {MANY} \
+         (allowed {allowed:.1})"
+    );
+    assert!(few > 0.0, "no registry heartbeat commands at all?");
+    // Every stream is still open.
+    assert_eq!(cluster_counts(&h.stats().await).1, MANY as u64);
+    drop(streams);
+}
