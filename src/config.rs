@@ -132,6 +132,38 @@ pub struct Config {
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS_PUBLISH")]
     pub allow_anonymous_publish: bool,
 
+    /// A publisher bearer token (repeatable; comma-separated in the environment):
+    /// publish, disconnect and stats then need `Authorization: Bearer <token>`.
+    #[arg(
+        long = "publisher-token",
+        env = "HERALD_PUBLISHER_TOKEN",
+        value_delimiter = ','
+    )]
+    pub publisher_tokens: Vec<String>,
+
+    /// HS256 secret: subscribers need a JWT signed with it (`sub` = userId); a JWT
+    /// with `"publish": true` is a publisher credential.
+    #[arg(long, env = "HERALD_JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 public key (PEM file path, or the PEM itself): as --jwt-secret, for
+    /// tokens signed with the matching private key.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf`.
+    #[arg(long, env = "HERALD_JWT_LEEWAY", default_value = "5s", value_parser = duration)]
+    pub jwt_leeway: Duration,
+
+    /// An origin browsers may call herald from (repeatable; comma-separated in the
+    /// environment), e.g. `https://app.example.com`. None by default: no CORS.
+    #[arg(
+        long = "cors-origin",
+        env = "HERALD_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `herald=debug`.
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     pub log: String,
@@ -157,14 +189,45 @@ impl Config {
     }
 
     /// Check cross-field rules; the message says how to fix it.
+    /// Whether publishing needs a credential (a publisher token or a JWT key).
+    pub fn publisher_auth(&self) -> bool {
+        !self.publisher_tokens.is_empty()
+            || self.jwt_secret.is_some()
+            || self.jwt_public_key.is_some()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() && !self.allow_anonymous_publish {
+        if !self.listen.ip().is_loopback()
+            && !self.publisher_auth()
+            && !self.allow_anonymous_publish
+        {
             return Err(format!(
                 "refusing to listen on non-loopback address {} with no publisher credential: \
-                 anyone could publish. Listen on 127.0.0.1, or pass --allow-anonymous-publish \
-                 (HERALD_ALLOW_ANONYMOUS_PUBLISH=true) if a proxy guards /api/broadcast",
+                 anyone could publish. Set --publisher-token (HERALD_PUBLISHER_TOKEN) or \
+                 --jwt-secret / --jwt-public-key, listen on 127.0.0.1, or pass \
+                 --allow-anonymous-publish (HERALD_ALLOW_ANONYMOUS_PUBLISH=true) if a proxy \
+                 guards /api/broadcast",
                 self.listen
             ));
+        }
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err("--jwt-secret and --jwt-public-key: give one of them".into());
+        }
+        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err("--jwt-secret must be at least 16 bytes".into());
+        }
+        if self.publisher_tokens.iter().any(|t| t.len() < 16) {
+            return Err("--publisher-token must be at least 16 characters".into());
+        }
+        for o in &self.cors_origins {
+            if o == "*"
+                || !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.ends_with('/')
+            {
+                return Err(format!(
+                    "--cors-origin {o:?}: give an origin like https://app.example.com (no `*`, no path)"
+                ));
+            }
         }
         if self.heartbeat_interval.is_zero() {
             return Err("--heartbeat-interval must be greater than 0".into());
@@ -286,6 +349,14 @@ mod tests {
             "--listen",
             "0.0.0.0:8080",
             "--allow-anonymous-publish",
+        ]);
+        c.validate().unwrap();
+        let c = Config::parse_from([
+            "herald",
+            "--listen",
+            "0.0.0.0:8080",
+            "--publisher-token",
+            "0123456789abcdef-token",
         ]);
         c.validate().unwrap();
     }

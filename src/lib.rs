@@ -24,6 +24,7 @@
 //! [`Server::start`] binds and starts the shards; [`Server::shutdown`] drains them.
 
 pub mod admission;
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
@@ -56,6 +57,8 @@ use shard::Phase;
 pub struct Shared {
     pub config: Config,
     pub broker: Broker,
+    /// Subscriber and publisher credentials.
+    pub auth: auth::Auth,
     /// Cluster mode (`--redis`): the Redis registry and event log.
     pub cluster: Option<Arc<cluster::Cluster>>,
     pub prometheus: PrometheusHandle,
@@ -113,7 +116,9 @@ impl Server {
             Some(url) => Some(Arc::new(cluster::Cluster::new(&config, url, &pod_id)?)),
             None => None,
         };
+        let auth = auth::Auth::from_config(&config)?;
         let shared = Arc::new(Shared {
+            auth,
             broker: Broker::new(shards, pod_id, limits),
             cluster,
             queue_limits: QueueLimits {

@@ -31,6 +31,10 @@ pub struct Head {
     pub path: String,
     pub query: String,
     pub last_event_id: Option<String>,
+    /// The `Authorization` header (never logged).
+    pub authorization: Option<String>,
+    /// The `Origin` header (CORS).
+    pub origin: Option<String>,
 }
 
 /// Read from `io` into `buf` until a whole head is there; returns it parsed.
@@ -58,7 +62,8 @@ pub async fn read<R: AsyncRead + Unpin>(
     }
 }
 
-fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+/// Parse a request head from `buf`: `None` while incomplete. Pure (fuzzed).
+pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
@@ -66,18 +71,24 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         Ok(httparse::Status::Complete(_)) => {
             let target = req.path.unwrap_or("/");
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let last_event_id = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty());
+            let header = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            };
+            let last_event_id = header("last-event-id");
+            let authorization = header("authorization");
+            let origin = header("origin");
             Ok(Some(Head {
                 method: req.method.unwrap_or("").to_string(),
                 path: path.to_string(),
                 query: query.to_string(),
                 last_event_id,
+                authorization,
+                origin,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),

@@ -5,6 +5,7 @@
 //! hyper's HTTP/1.1 connection (keep-alive, its own header timeout) with the
 //! routes in [`routes`].
 
+pub mod cors;
 pub mod head;
 pub mod params;
 pub mod publish;
@@ -69,16 +70,15 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
             Err(e) => return Box::pin(write_error(&mut stream, &e)).await,
         };
         let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
+        let cr = routes::ConnectReq {
+            last_event_id: last_event_id.as_deref(),
+            bearer: head.authorization.as_deref().and_then(crate::auth::bearer),
+            raw_head: true,
+            cors_origin: cors::allowed(&cfg.cors_origins, head.origin.as_deref()),
+        };
         // Boxed: it lives only while a connect is admitted, and keeps the
         // per-connection task small while heads are read.
-        match Box::pin(routes::open_stream(
-            &shard,
-            &params,
-            last_event_id.as_deref(),
-            true,
-        ))
-        .await
-        {
+        match Box::pin(routes::open_stream(&shard, &params, &cr)).await {
             Ok(new) => {
                 drop(buf);
                 attach_lean(&shard, new, stream);
@@ -149,10 +149,15 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
 pub async fn write_error(stream: &mut TcpStream, err: &ApiError) {
     let body = err.body();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
         err.status,
         error::reason(err.status),
-        body.len()
+        body.len(),
+        if err.status == 401 {
+            "www-authenticate: Bearer\r\n"
+        } else {
+            ""
+        }
     );
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(body.as_bytes()).await;

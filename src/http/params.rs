@@ -26,6 +26,8 @@ pub struct ConnectParams {
     pub topics: Vec<Box<str>>,
     /// The `lastEventId` query parameter (the header, when present, wins).
     pub last_event_id: Option<String>,
+    /// The `token` query parameter (subscriber JWT; EventSource cannot set headers).
+    pub token: Option<String>,
 }
 
 /// A validated disconnect request.
@@ -40,6 +42,7 @@ struct Query {
     conn_id: Option<String>,
     topics: Option<String>,
     last_event_id: Option<String>,
+    token: Option<String>,
 }
 
 fn parse_query(query: &str) -> Query {
@@ -48,6 +51,7 @@ fn parse_query(query: &str) -> Query {
         conn_id: None,
         topics: None,
         last_event_id: None,
+        token: None,
     };
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match &*k {
@@ -55,6 +59,7 @@ fn parse_query(query: &str) -> Query {
             "connectionId" => &mut q.conn_id,
             "topics" => &mut q.topics,
             "lastEventId" => &mut q.last_event_id,
+            "token" => &mut q.token,
             _ => continue,
         };
         // The first occurrence wins.
@@ -124,6 +129,7 @@ pub fn connect(query: &str) -> Result<ConnectParams, ApiError> {
         conn_id,
         topics,
         last_event_id,
+        token: q.token.filter(|s| !s.is_empty()),
     })
 }
 

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::cors;
 use super::params::{self, ConnectParams};
 use super::publish;
 use crate::broker::{Initial, OpenError, OpenRequest, Publish};
@@ -35,17 +36,33 @@ const SSE_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
 x-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
+/// What a connect brings besides its query parameters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectReq<'a> {
+    /// `Last-Event-ID` (or `lastEventId`).
+    pub last_event_id: Option<&'a str>,
+    /// The bearer token of the `Authorization` header.
+    pub bearer: Option<&'a str>,
+    /// The lean path writes its own response head.
+    pub raw_head: bool,
+    /// The request's `Origin`, when CORS allows it (lean path head).
+    pub cors_origin: Option<&'a str>,
+}
+
 /// Register a stream on this shard and queue what it starts with: (the lean
 /// path's response head,) `retry:`, `CONNECTED`, then the replay, `RESYNC` or the
 /// pending events. Returns where it lives; the caller attaches its transport.
 pub async fn open_stream(
     shard: &Rc<Shard>,
     p: &ConnectParams,
-    last_event_id: Option<&str>,
-    raw_head: bool,
+    cr: &ConnectReq<'_>,
 ) -> Result<NewStream, ApiError> {
     let shared = &shard.shared;
     let broker = &shared.broker;
+    let last_event_id = cr.last_event_id;
+    shared
+        .auth
+        .check_subscriber(cr.bearer.or(p.token.as_deref()), &p.user, &p.topics)?;
     if broker.is_draining() {
         m::connect_rejected("draining");
         return Err(ApiError::new(
@@ -157,8 +174,16 @@ pub async fn open_stream(
     let connected =
         json!({ "userId": p.user, "connectionId": conn_id, "podId": broker.pod_id() }).to_string();
     let mut first = BytesMut::with_capacity(SSE_HEAD.len() + connected.len() + 64);
-    if raw_head {
-        first.extend_from_slice(SSE_HEAD);
+    if cr.raw_head {
+        match cr.cors_origin {
+            // The CORS lines go before the blank line that ends the head.
+            Some(origin) => {
+                first.extend_from_slice(&SSE_HEAD[..SSE_HEAD.len() - 2]);
+                first.extend_from_slice(cors::head_lines(origin).as_bytes());
+                first.extend_from_slice(b"\r\n");
+            }
+            None => first.extend_from_slice(SSE_HEAD),
+        }
     }
     first.extend_from_slice(&frame::retry(shared.retry_hint_ms()));
     first.extend_from_slice(&frame::unnumbered("CONNECTED", &connected));
@@ -208,6 +233,12 @@ pub struct NewStream {
     pub serial: u64,
 }
 
+fn authorization(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// The hyper service: route one request.
 pub async fn handle(
     shard: Rc<Shard>,
@@ -215,11 +246,32 @@ pub async fn handle(
 ) -> Result<Response<HeraldBody>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cors_origin = cors::allowed(&shard.shared.config.cors_origins, origin.as_deref());
+    if method == Method::OPTIONS {
+        return Ok(preflight(origin.as_deref(), cors_origin));
+    }
+    let auth = &shard.shared.auth;
     let result = match (path.as_str(), &method) {
         ("/api/user/sse/connect", &Method::GET) => connect(&shard, &req).await,
-        ("/api/user/sse/disconnect", &Method::POST) => disconnect(&shard, &req).await,
-        ("/api/user/sse/stats", &Method::GET) => Ok(stats(&shard).await),
-        ("/api/broadcast", &Method::POST) => broadcast(&shard, req).await,
+        ("/api/user/sse/disconnect", &Method::POST) => {
+            match auth.check_publisher(authorization(&req)) {
+                Ok(()) => disconnect(&shard, &req).await,
+                Err(e) => Err(e),
+            }
+        }
+        ("/api/user/sse/stats", &Method::GET) => match auth.check_publisher(authorization(&req)) {
+            Ok(()) => Ok(stats(&shard).await),
+            Err(e) => Err(e),
+        },
+        ("/api/broadcast", &Method::POST) => match auth.check_publisher(authorization(&req)) {
+            Ok(()) => broadcast(&shard, req).await,
+            Err(e) => Err(e),
+        },
         ("/health/live", &Method::GET) => {
             Ok(json_response(StatusCode::OK, json!({ "status": "live" })))
         }
@@ -236,7 +288,49 @@ pub async fn handle(
         ("/api/user/sse/disconnect" | "/api/broadcast", _) => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
-    Ok(result.unwrap_or_else(|e| error_response(&e)))
+    let mut resp = result.unwrap_or_else(|e| error_response(&e));
+    if let Some(origin) = cors_origin {
+        let h = resp.headers_mut();
+        if let Ok(v) = header::HeaderValue::from_str(origin) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::HeaderValue::from_static("true"),
+            );
+            h.append(header::VARY, header::HeaderValue::from_static("origin"));
+        }
+    }
+    Ok(resp)
+}
+
+/// Answer `OPTIONS`: a CORS preflight from an allowed origin gets the methods and
+/// headers herald accepts, one from any other origin `403`; without an `Origin`
+/// it is a plain `OPTIONS` (`204` with `Allow`).
+fn preflight(origin: Option<&str>, allowed: Option<&str>) -> Response<HeraldBody> {
+    if origin.is_none() {
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header(header::ALLOW, cors::ALLOW_METHODS)
+            .body(Either::Left(Full::new(Bytes::new())))
+            .expect("static response parts");
+    }
+    let Some(v) = allowed.and_then(|o| header::HeaderValue::from_str(o).ok()) else {
+        return error_response(&ApiError::new(
+            403,
+            "cors_origin_refused",
+            "this origin is not allowed (see --cors-origin)",
+        ));
+    };
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, v)
+        .header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, cors::ALLOW_METHODS)
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, cors::ALLOW_HEADERS)
+        .header(header::ACCESS_CONTROL_MAX_AGE, cors::MAX_AGE)
+        .header(header::VARY, "origin")
+        .body(Either::Left(Full::new(Bytes::new())))
+        .expect("static response parts")
 }
 
 fn method_not_allowed(allow: &str) -> ApiError {
@@ -256,7 +350,13 @@ async fn connect(
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     let last_event_id = header_id.or_else(|| p.last_event_id.clone());
-    let stream = open_stream(shard, &p, last_event_id.as_deref(), false).await?;
+    let cr = ConnectReq {
+        last_event_id: last_event_id.as_deref(),
+        bearer: authorization(req).and_then(crate::auth::bearer),
+        raw_head: false,
+        cors_origin: None,
+    };
+    let stream = open_stream(shard, &p, &cr).await?;
     let guard = StreamGuard::new(shard.clone(), stream.key, stream.serial);
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -461,6 +561,12 @@ fn error_response(e: &ApiError) -> Response<HeraldBody> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Either::Left(Full::new(Bytes::from(e.body()))))
         .expect("static response parts");
+    if e.status == 401 {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
     if e.status == 405 {
         let allow = if e.message.contains("POST") {
             "POST"
