@@ -118,10 +118,8 @@ impl Auth {
             .claims(token)
             .ok_or_else(|| unauthorized("invalid_token", "the token is not valid"))?;
         if claims.sub.as_deref() != Some(user) {
-            return Err(unauthorized(
-                "invalid_token",
-                "the token is not valid for this userId",
-            ));
+            // Same answer as a bad signature: a stolen token learns nothing here.
+            return Err(unauthorized("invalid_token", "the token is not valid"));
         }
         if let Some(allowed) = &claims.topics {
             if let Some(t) = topics.iter().find(|t| !allowed.iter().any(|a| a == &***t)) {

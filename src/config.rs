@@ -132,23 +132,24 @@ pub struct Config {
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS_PUBLISH")]
     pub allow_anonymous_publish: bool,
 
-    /// A publisher bearer token (repeatable; comma-separated in the environment):
+    /// A publisher bearer token (repeatable, or comma-separated; no commas inside):
     /// publish, disconnect and stats then need `Authorization: Bearer <token>`.
     #[arg(
         long = "publisher-token",
         env = "HERALD_PUBLISHER_TOKEN",
-        value_delimiter = ','
+        value_delimiter = ',',
+        allow_hyphen_values = true
     )]
     pub publisher_tokens: Vec<String>,
 
     /// HS256 secret: subscribers need a JWT signed with it (`sub` = userId); a JWT
     /// with `"publish": true` is a publisher credential.
-    #[arg(long, env = "HERALD_JWT_SECRET")]
+    #[arg(long, env = "HERALD_JWT_SECRET", allow_hyphen_values = true)]
     pub jwt_secret: Option<String>,
 
     /// RS256 public key (PEM file path, or the PEM itself): as --jwt-secret, for
     /// tokens signed with the matching private key.
-    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", allow_hyphen_values = true)]
     pub jwt_public_key: Option<String>,
 
     /// Clock skew allowed when checking a token's `exp` and `nbf`.

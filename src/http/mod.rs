@@ -65,16 +65,19 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
         Ok(Ok(head)) => head,
     };
     if head.method == "GET" && head.path == CONNECT_PATH {
+        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
+        // A browser app must be able to read a refusal (e.g. 401) to act on it.
+        let cors_lines = cors_origin.map(cors::head_lines).unwrap_or_default();
         let params = match params::connect(&head.query) {
             Ok(p) => p,
-            Err(e) => return Box::pin(write_error(&mut stream, &e)).await,
+            Err(e) => return Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
         };
         let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
         let cr = routes::ConnectReq {
             last_event_id: last_event_id.as_deref(),
             bearer: head.authorization.as_deref().and_then(crate::auth::bearer),
             raw_head: true,
-            cors_origin: cors::allowed(&cfg.cors_origins, head.origin.as_deref()),
+            cors_origin,
         };
         // Boxed: it lives only while a connect is admitted, and keeps the
         // per-connection task small while heads are read.
@@ -83,7 +86,7 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
                 drop(buf);
                 attach_lean(&shard, new, stream);
             }
-            Err(e) => Box::pin(write_error(&mut stream, &e)).await,
+            Err(e) => Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
         }
         return;
     }
@@ -147,9 +150,14 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
 
 /// Write a JSON error response and close the connection.
 pub async fn write_error(stream: &mut TcpStream, err: &ApiError) {
+    write_error_with(stream, err, "").await
+}
+
+/// As [`write_error`], with extra header lines (each ending in CRLF).
+pub async fn write_error_with(stream: &mut TcpStream, err: &ApiError, extra: &str) {
     let body = err.body();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}{extra}connection: close\r\n\r\n",
         err.status,
         error::reason(err.status),
         body.len(),

@@ -289,6 +289,11 @@ pub async fn handle(
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
     let mut resp = result.unwrap_or_else(|e| error_response(&e));
+    if !shard.shared.config.cors_origins.is_empty() && cors_origin.is_none() {
+        // The answer depends on Origin: caches must not reuse it across origins.
+        resp.headers_mut()
+            .append(header::VARY, header::HeaderValue::from_static("origin"));
+    }
     if let Some(origin) = cors_origin {
         let h = resp.headers_mut();
         if let Ok(v) = header::HeaderValue::from_str(origin) {

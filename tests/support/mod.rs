@@ -299,3 +299,57 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+impl Herald {
+    /// Like [`Herald::start`], but without its `--log warn` (give `--log` in `args`)
+    /// and with stderr written to the file at `stderr` (created or truncated), so a
+    /// test can read what herald logged.
+    pub fn start_with_stderr_file(args: &[&str], stderr: &std::path::Path) -> Herald {
+        let file = std::fs::File::create(stderr).expect("create the stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn herald");
+        Herald::from_started_child(child)
+    }
+
+    /// Wait for a spawned herald's listening line (stdout piped) and wrap it.
+    fn from_started_child(mut child: Child) -> Herald {
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("herald did not print its listening line");
+            }
+        };
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("address in line");
+        let pod_id = line
+            .split("pod=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("")
+            .to_string();
+        Herald {
+            child,
+            addr: addr.parse().expect("socket address"),
+            pod_id,
+        }
+    }
+}
