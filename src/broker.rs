@@ -102,6 +102,8 @@ pub struct Broker {
     limits: BrokerLimits,
     pod_id: String,
     draining: AtomicBool,
+    /// Events this pod has sequenced (embedded) or read from the log (cluster).
+    events: AtomicU64,
 }
 
 impl Broker {
@@ -120,6 +122,7 @@ impl Broker {
             limits,
             pod_id,
             draining: AtomicBool::new(false),
+            events: AtomicU64::new(0),
         }
     }
 
@@ -143,6 +146,11 @@ impl Broker {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Events this pod has handed to its shards since it started.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 
     /// A new process-unique connection serial.
@@ -288,6 +296,7 @@ impl Broker {
                 }
                 wake |= mask;
                 s.history.push(ev, now);
+                self.events.fetch_add(1, Ordering::Relaxed);
             }
         }
         for shard in 0..shards {
@@ -363,6 +372,7 @@ impl Broker {
             }
         }
         m::published(label);
+        self.events.fetch_add(1, Ordering::Relaxed);
         id
     }
 

@@ -276,9 +276,12 @@ pub async fn handle(
             Ok(json_response(StatusCode::OK, json!({ "status": "live" })))
         }
         ("/health/ready", &Method::GET) => Ok(ready(&shard)),
+        ("/" | "/index.html", &Method::GET) => Ok(page()),
         ("/metrics", &Method::GET) => Ok(metrics(&shard)),
         (
-            "/api/user/sse/connect"
+            "/"
+            | "/index.html"
+            | "/api/user/sse/connect"
             | "/api/user/sse/stats"
             | "/health/live"
             | "/health/ready"
@@ -427,12 +430,20 @@ async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
         .enumerate()
         .map(|(i, s)| json!({ "shard": i, "connections": s.connections.load(Ordering::Relaxed) }))
         .collect();
+    let delivered: u64 = shared
+        .shard_stats
+        .iter()
+        .map(|s| s.delivered.load(Ordering::Relaxed))
+        .sum();
     let mut body = json!({
         "podId": shared.broker.pod_id(),
         "connections": connections,
         "users": users,
         "shards": shards,
         "draining": shared.broker.is_draining(),
+        // Totals since start (deliveries flushed once a second): a page or a
+        // script derives rates from two readings.
+        "events": { "published": shared.broker.events(), "delivered": delivered },
     });
     if let Some(c) = &shared.cluster {
         let cluster = c.stats().await.map(|s| {
@@ -523,6 +534,25 @@ async fn broadcast(
             "the cluster's Redis is unreachable and the publish buffer is full; retry later",
         )),
     }
+}
+
+/// The built-in page (web/index.html, compiled into the binary): connect, watch
+/// events arrive, publish, live stats. Same origin only; no external resource.
+const PAGE: &str = include_str!("../../web/index.html");
+
+fn page() -> Response<HeraldBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; \
+             style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+        )
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Either::Left(Full::new(Bytes::from_static(PAGE.as_bytes()))))
+        .expect("static response parts")
 }
 
 fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
