@@ -131,6 +131,21 @@ fn describe() {
     );
     counter!(REDIS_ERRORS).absolute(0);
     gauge!(PENDING_EVENTS).set(0.0);
+    // Every labelled series a dashboard may query exists from the start, at 0.
+    for reason in [
+        "slow_consumer",
+        "pending_overflow",
+        "pending_full",
+        "pending_expired",
+    ] {
+        counter!(EVENTS_DROPPED, "reason" => reason).absolute(0);
+    }
+    for reason in ["draining", "overloaded", "pod_full", "user_full"] {
+        counter!(CONNECTS_REJECTED, "reason" => reason).absolute(0);
+    }
+    for target in ["all", "users", "topics"] {
+        counter!(EVENTS_PUBLISHED, "target" => target).absolute(0);
+    }
 }
 
 pub fn published(target: &'static str) {
