@@ -381,3 +381,41 @@ async fn registry_commands_per_interval_do_not_grow_with_connections() {
     assert_eq!(cluster_counts(&h.stats().await).1, MANY as u64);
     drop(streams);
 }
+
+#[tokio::test]
+async fn a_draining_pod_leaves_the_registry_in_one_batch() {
+    // Stale-after and cleanup far beyond the test: only the drain can remove them.
+    let cl = Cluster::shared("drain").with_timing(Timing {
+        heartbeat: Duration::from_millis(300),
+        stale_after: Duration::from_secs(60),
+        cleanup: Duration::from_secs(60),
+    });
+    let mut a = cl.pod(&["--grace-period", "2s"]);
+    let b = cl.pod(&[]);
+    let mut on_a = Vec::new();
+    for i in 0..4 {
+        on_a.push(a.subscribe_connected(&format!("userId=da{i}")).await);
+    }
+    let _on_b = b.subscribe_connected("userId=db0").await;
+    wait_cluster_all(&[&a, &b], 2, 5, 5).await;
+
+    a.signal("TERM");
+    let started = Instant::now();
+    let took = wait_cluster(&b, counts_want(1, 1, 1), WAIT).await;
+    eprintln!("drained pod left the registry {took:?} after SIGTERM");
+    // Each of A's streams ends, with a final retry hint.
+    for c in on_a.iter_mut() {
+        assert!(c.wait_closed(WAIT).await, "stream ended by the drain");
+        // The first retry: came with CONNECTED; the drain sends another.
+        assert!(
+            c.parser.retries.len() >= 2,
+            "a final retry: hint before the end"
+        );
+    }
+    let status = a.wait_exit(WAIT).expect("pod A exits");
+    assert!(status.success(), "drain exits 0: {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + WAIT,
+        "within the grace period"
+    );
+}
