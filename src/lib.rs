@@ -179,11 +179,12 @@ impl Server {
         let grace = self.shared.config.grace_period;
         let deadline = Instant::now() + grace;
         self.shared.broker.start_draining();
-        let _ = self.phase.send(Phase::Draining);
         if let Some(c) = &self.shared.cluster {
-            // This pod's connections leave the registry in one batch.
+            // New connects are refused now; before any stream ends, this pod's
+            // connections leave the registry in one batch.
             c.drain(grace / 4);
         }
+        let _ = self.phase.send(Phase::Draining);
         let mut finished = 0;
         while finished < self.threads.len() {
             let left = deadline.saturating_duration_since(Instant::now());

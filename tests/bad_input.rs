@@ -140,8 +140,8 @@ async fn body_limit(h: &Herald, max: usize) {
 
 async fn unknown_paths_and_methods(h: &Herald) {
     for path in [
-        "/",
         "/nope",
+        "/index.htm",
         "/api/user/sse/connectx",
         "/api/broadcast/x",
         "/metricsz",

@@ -334,11 +334,17 @@ impl Cluster {
         })
     }
 
-    /// A connection of this pod ended (or was refused after registering).
+    /// A connection of this pod ended.
     pub fn unregister(&self, user: &str, conn_id: &str, serial: u64) {
         if self.draining.load(Ordering::Acquire) {
-            return; // the drain removes every connection of this pod in one batch
+            return; // the drain removed every connection of this pod in one batch
         }
+        self.forget(user, conn_id, serial);
+    }
+
+    /// Take out a registration this pod's registry never took in (a connect
+    /// refused after registering), draining or not.
+    pub fn forget(&self, user: &str, conn_id: &str, serial: u64) {
         let _ = self.remove_tx.send((
             log::member(user, conn_id),
             format!("{}/{serial}", self.set.pod),
@@ -473,7 +479,9 @@ impl Cluster {
     }
 
     /// Drain: remove every connection of this pod from the registry in one batch
-    /// and send what is buffered; blocks (bounded by `within`).
+    /// and send what is buffered; blocks (bounded by `within`). Called after new
+    /// connects are refused and before the streams end, so the batch holds them
+    /// all and their ends need no command of their own.
     pub fn drain(&self, within: Duration) {
         self.draining.store(true, Ordering::Release);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -748,6 +756,9 @@ async fn heartbeat_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Heartbe
     loop {
         tokio::select! {
             _ = pod_tick.tick() => {
+                if c.draining.load(Ordering::Acquire) {
+                    continue; // the drain took this pod out of the registry
+                }
                 let started = Instant::now();
                 let now = clock::unix_ms() as f64;
                 let r: Result<i64, _> = c
@@ -873,7 +884,8 @@ async fn drain_loop(
             .into_iter()
             .map(|(u, conn, serial)| (log::member(&u, &conn), format!("{pod}/{serial}")))
             .collect();
-        if !batch.is_empty() {
+        // With Redis unreachable the cleanup job of the other pods removes them.
+        if !batch.is_empty() && c.is_up() {
             send_removals(&c, &batch).await;
         }
         let started = Instant::now();

@@ -125,7 +125,7 @@ pub async fn open_stream(
             if broker.is_draining() {
                 // The drain's batch may have missed it: take it out again.
                 if joined.is_some() {
-                    c.unregister(&p.user, &conn_id, serial);
+                    c.forget(&p.user, &conn_id, serial);
                 }
                 return Err(ApiError::new(
                     503,
@@ -151,7 +151,7 @@ pub async fn open_stream(
     let registered = joined.is_some();
     let opened = broker.open(&req, serial, joined).map_err(|e| {
         if let (Some(c), true) = (cluster, registered) {
-            c.unregister(&p.user, &conn_id, serial);
+            c.forget(&p.user, &conn_id, serial);
         }
         let (reason, msg) = match e {
             OpenError::PodFull => ("pod_full", "this pod holds its maximum of connections"),
