@@ -21,7 +21,7 @@ pub struct Config {
 
     /// Join a cluster through this Redis (`redis://host:port/db`); without it herald
     /// runs alone with an in-memory registry.
-    #[arg(long = "redis", env = "HERALD_REDIS_URL")]
+    #[arg(long = "redis", env = "HERALD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key of this cluster (pods sharing a prefix form one
@@ -138,13 +138,19 @@ pub struct Config {
         long = "publisher-token",
         env = "HERALD_PUBLISHER_TOKEN",
         value_delimiter = ',',
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        hide_env_values = true
     )]
     pub publisher_tokens: Vec<String>,
 
     /// HS256 secret: subscribers need a JWT signed with it (`sub` = userId); a JWT
     /// with `"publish": true` is a publisher credential.
-    #[arg(long, env = "HERALD_JWT_SECRET", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        allow_hyphen_values = true,
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// RS256 public key (PEM file path, or the PEM itself): as --jwt-secret, for
