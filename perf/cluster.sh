@@ -94,9 +94,11 @@ start_nchan_redis() {
     chmod 755 "$dir"
     port=$(free_port)
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" \
-        -e "s|nchan_storage_engine memory;|nchan_redis_url \"redis://127.0.0.1:$REDIS_PORT\"; nchan_storage_engine redis;|" \
+        -e "s|nchan_storage_engine memory;|upstream herald_perf_redis { nchan_redis_server \"redis://127.0.0.1:$REDIS_PORT\"; }\\n    nchan_redis_pass herald_perf_redis;|" \
         "$PERF_DIR/nchan.conf.in" >"$dir/nginx.conf"
-    grep -q "nchan_storage_engine redis" "$dir/nginx.conf" || { echo "could not switch nchan to Redis" >&2; return 1; }
+    # (The older `nchan_redis_url` + `nchan_storage_engine redis` form makes Debian's
+    # nchan 1.3.6 worker crash with SIGSEGV on the first subscriber here.)
+    grep -q "nchan_redis_pass" "$dir/nginx.conf" || { echo "could not switch nchan to Redis" >&2; return 1; }
     taskset -c "$SERVER_CPU" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log.out" 2>"$log" &
     master=$!
     wait_for_port "$port" "$master" || { cat "$dir/error.log" >&2; return 1; }
