@@ -3,10 +3,7 @@
 # bundled load test: subscribers on pod A, publishes to pod B (every event crosses
 # Redis), cross-pod latency and loss, and Redis commands per heartbeat interval
 # (idle and while publishing) at several connection counts. The same load on one
-# embedded pod (no Redis) is the reference for the latency Redis adds, and nchan in
-# its own Redis mode (two nginx+nchan servers on one Redis: the reference peer's
-# perf/nchan.conf.in with the storage switched to that Redis, nothing else changed)
-# is the peer doing the same job.
+# embedded pod (no Redis) is the reference for the latency Redis adds.
 #
 #   perf/cluster.sh                       # CONNS="1000 10000", 3 runs each
 #   CONNS="1000" RUNS=1 perf/cluster.sh    # quick
@@ -15,8 +12,7 @@
 # DURATION [10s], HB [2s] heartbeat interval (stale-after 3x, cleanup = HB),
 # IDLE [3 x HB] idle window for the Redis count, RUNS [3], SERVER_CPU [0],
 # CLIENT_CPU [1], OUT [perf/out/cluster-<date>].
-# SETUPS [cluster embedded nchan-redis] (nchan-redis needs nginx + libnginx-mod-nchan)
-# Results: $OUT/<conns>__<setup>__r<k>.json and summary.md
+# Results: $OUT/<conns>__<cluster|embedded>__r<k>.json and summary.md
 # (SUMMARY_ONLY=1 OUT=<dir> perf/cluster.sh rebuilds the summary of a past run).
 set -euo pipefail
 
@@ -31,7 +27,6 @@ DURATION=${DURATION:-10s}
 HB=${HB:-2}
 IDLE=${IDLE:-$((3 * HB))}
 RUNS=${RUNS:-3}
-SETUPS=${SETUPS:-cluster embedded nchan-redis}
 CLIENT_CPU=${CLIENT_CPU:-1}
 OUT=${OUT:-$ROOT/perf/out/cluster-$(date +%Y%m%d-%H%M%S)}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -48,16 +43,11 @@ note "building herald and loadtest (release)"
 HERALD=$TARGET/release/herald
 LOADTEST=$TARGET/release/loadtest
 
-REDIS_PID= POD_A= POD_B= REDIS_DIR= NGINX_DIRS=
+REDIS_PID= POD_A= POD_B= REDIS_DIR=
 cleanup() {
-    local p d
-    for p in $POD_A $POD_B; do
-        for d in $(pgrep -P "$p" 2>/dev/null || true); do kill -TERM "$d" 2>/dev/null || true; done
-        kill -TERM "$p" 2>/dev/null || true
-    done
+    local p
+    for p in $POD_A $POD_B; do kill -TERM "$p" 2>/dev/null || true; done
     for p in $POD_A $POD_B; do wait "$p" 2>/dev/null || true; done
-    for d in $NGINX_DIRS; do rm -rf "$d"; done
-    NGINX_DIRS=
     [[ -z $REDIS_PID ]] || { kill -KILL "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; }
     [[ -z $REDIS_DIR ]] || rm -rf "$REDIS_DIR"
     stop_all
@@ -86,32 +76,6 @@ start_pod() {
     echo "$pid $(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")"
 }
 
-# start_nchan_redis LOG: nginx+nchan with the reference config, storage moved to
-# the private Redis; prints "<master pid> <worker pid> <addr>".
-start_nchan_redis() {
-    local log=$1 dir port master worker deadline
-    dir=$(mktemp -d /tmp/herald-perf-nchan-redis.XXXXXX)
-    chmod 755 "$dir"
-    port=$(free_port)
-    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" \
-        -e "s|nchan_storage_engine memory;|upstream herald_perf_redis { nchan_redis_server \"redis://127.0.0.1:$REDIS_PORT\"; }\\n    nchan_redis_pass herald_perf_redis;|" \
-        "$PERF_DIR/nchan.conf.in" >"$dir/nginx.conf"
-    # (The older `nchan_redis_url` + `nchan_storage_engine redis` form makes Debian's
-    # nchan 1.3.6 worker crash with SIGSEGV on the first subscriber here.)
-    grep -q "nchan_redis_pass" "$dir/nginx.conf" || { echo "could not switch nchan to Redis" >&2; return 1; }
-    taskset -c "$SERVER_CPU" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log.out" 2>"$log" &
-    master=$!
-    wait_for_port "$port" "$master" || { cat "$dir/error.log" >&2; return 1; }
-    deadline=$((SECONDS + START_TIMEOUT))
-    worker=
-    while [[ -z $worker ]] && ((SECONDS < deadline)); do
-        worker=$(pgrep -P "$master" | head -n1 || true)
-        [[ -n $worker ]] || sleep 0.05
-    done
-    [[ -n $worker ]] || return 1
-    echo "$master $worker 127.0.0.1:$port $dir"
-}
-
 run_client() {
     local json=$1 log=$2
     shift 2
@@ -121,50 +85,27 @@ run_client() {
     CLIENT_PID=
 }
 
-has() { [[ " $SETUPS " == *" $1 "* ]]; }
-if has nchan-redis && { ! command -v nginx >/dev/null || [[ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; }; then
-    note "nginx + libnginx-mod-nchan not installed: skipping nchan-redis"
-    SETUPS=${SETUPS/nchan-redis/}
-fi
-
 for conns in $CONNS; do
     for ((r = 1; r <= RUNS; r++)); do
-        if has nchan-redis; then
-            tag="${conns}__nchan-redis__r$r"
-            note "$tag"
-            start_redis
-            read -r POD_A WORKER_A ADDR_A DIR_A < <(start_nchan_redis "$OUT/logs/$tag.a")
-            read -r POD_B _ ADDR_B DIR_B < <(start_nchan_redis "$OUT/logs/$tag.b")
-            NGINX_DIRS="$DIR_A $DIR_B"
-            run_client "$OUT/$tag.json" "$OUT/logs/$tag.client" cluster \
-                --sub-url "http://$ADDR_A/sub/{i}" \
-                --pub-url "http://$ADDR_B/pub" --pub-body '{payload}' \
-                --connections "$conns" --rate "$RATE" --duration "$DURATION" --server-pid "$WORKER_A" \
-                --redis-url "redis://127.0.0.1:$REDIS_PORT" --heartbeat-interval "${HB}s" --redis-idle "${IDLE}s"
-            cleanup
-        fi
-        if has cluster; then
-            tag="${conns}__cluster__r$r"
-            note "$tag"
-            start_redis
-            read -r POD_A ADDR_A < <(start_pod a "$OUT/logs/$tag.a")
-            read -r POD_B ADDR_B < <(start_pod b "$OUT/logs/$tag.b")
-            run_client "$OUT/$tag.json" "$OUT/logs/$tag.client" cluster \
-                --sub-url "http://$ADDR_A/api/user/sse/connect?userId=u{i}" \
-                --pub-url "http://$ADDR_B/api/broadcast" --pub-body '{"data":"{payload}","target":"all"}' \
-                --connections "$conns" --rate "$RATE" --duration "$DURATION" --server-pid "$POD_A" \
-                --redis-url "redis://127.0.0.1:$REDIS_PORT" --heartbeat-interval "${HB}s" --redis-idle "${IDLE}s"
-            cleanup
-        fi
-        if has embedded; then
-            tag="${conns}__embedded__r$r"
-            note "$tag"
-            start_herald "$HERALD" "$OUT/logs/$tag.server"
-            run_client "$OUT/$tag.json" "$OUT/logs/$tag.client" fanout \
-                --sub-url "$SUB_URL" --pub-url "$PUB_URL" --pub-body "$PUB_BODY" \
-                --connections "$conns" --rate "$RATE" --duration "$DURATION" --server-pid "$SERVER_PID"
-            stop_server
-        fi
+        tag="${conns}__cluster__r$r"
+        note "$tag"
+        start_redis
+        read -r POD_A ADDR_A < <(start_pod a "$OUT/logs/$tag.a")
+        read -r POD_B ADDR_B < <(start_pod b "$OUT/logs/$tag.b")
+        run_client "$OUT/$tag.json" "$OUT/logs/$tag.client" cluster \
+            --sub-url "http://$ADDR_A/api/user/sse/connect?userId=u{i}" \
+            --pub-url "http://$ADDR_B/api/broadcast" --pub-body '{"data":"{payload}","target":"all"}' \
+            --connections "$conns" --rate "$RATE" --duration "$DURATION" --server-pid "$POD_A" \
+            --redis-url "redis://127.0.0.1:$REDIS_PORT" --heartbeat-interval "${HB}s" --redis-idle "${IDLE}s"
+        cleanup
+
+        tag="${conns}__embedded__r$r"
+        note "$tag"
+        start_herald "$HERALD" "$OUT/logs/$tag.server"
+        run_client "$OUT/$tag.json" "$OUT/logs/$tag.client" fanout \
+            --sub-url "$SUB_URL" --pub-url "$PUB_URL" --pub-body "$PUB_BODY" \
+            --connections "$conns" --rate "$RATE" --duration "$DURATION" --server-pid "$SERVER_PID"
+        stop_server
     done
 done
 
