@@ -64,12 +64,7 @@ pub async fn open_stream(
         .auth
         .check_subscriber(cr.bearer.or(p.token.as_deref()), &p.user, &p.topics)?;
     if broker.is_draining() {
-        m::connect_rejected("draining");
-        return Err(ApiError::new(
-            503,
-            "draining",
-            "this pod is shutting down; reconnect elsewhere",
-        ));
+        return Err(draining());
     }
     let admitted = shard
         .admission
@@ -87,11 +82,7 @@ pub async fn open_stream(
         Ok(wait) if !wait.is_zero() => {
             tokio::time::sleep(wait).await;
             if broker.is_draining() {
-                return Err(ApiError::new(
-                    503,
-                    "draining",
-                    "this pod is shutting down; reconnect elsewhere",
-                ));
+                return Err(draining());
             }
         }
         Ok(_) => {}
@@ -127,11 +118,7 @@ pub async fn open_stream(
                 if joined.is_some() {
                     c.forget(&p.user, &conn_id, serial);
                 }
-                return Err(ApiError::new(
-                    503,
-                    "draining",
-                    "this pod is shutting down; reconnect elsewhere",
-                ));
+                return Err(draining());
             }
             joined
         }
@@ -224,6 +211,16 @@ pub async fn open_stream(
     crate::shard::io::flush(shard);
     shard.counters.opened.increment(1);
     Ok(NewStream { key, serial })
+}
+
+/// A connect refused because the pod is shutting down (counted).
+fn draining() -> ApiError {
+    m::connect_rejected("draining");
+    ApiError::new(
+        503,
+        "draining",
+        "this pod is shutting down; reconnect elsewhere",
+    )
 }
 
 /// A stream registered in its shard's table, before its transport is attached.

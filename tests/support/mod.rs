@@ -30,43 +30,14 @@ pub struct Herald {
 impl Herald {
     /// Start herald on `127.0.0.1:0` with `args` and wait for its listening line.
     pub fn start(args: &[&str]) -> Herald {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["--listen", "127.0.0.1:0", "--log", "warn"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn herald");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so herald never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(WAIT)
-            .expect("herald did not print its listening line");
-        // "herald listening on http://127.0.0.1:PORT pod=ID shards=N"
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("address in line");
-        let pod_id = line
-            .split("pod=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or("")
-            .to_string();
-        Herald {
-            child,
-            addr: addr.parse().expect("socket address"),
-            pod_id,
-        }
+        Herald::from_started_child(child)
     }
 
     pub fn pid(&self) -> i32 {
@@ -325,6 +296,7 @@ impl Herald {
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
+            // Keep draining so herald never blocks on a full pipe.
             for _ in lines {}
         });
         let line = match rx.recv_timeout(WAIT) {
@@ -335,6 +307,7 @@ impl Herald {
                 panic!("herald did not print its listening line");
             }
         };
+        // "herald listening on http://127.0.0.1:PORT pod=ID shards=N"
         let addr = line
             .split("http://")
             .nth(1)
