@@ -65,7 +65,6 @@ fn table() -> (ConnTable, Vec<usize>) {
         .map(|i| {
             let user = user_name(i);
             t.insert(NewConn {
-                conn_id: None,
                 serial: i as u64,
                 user: &user,
                 topics: &topics,

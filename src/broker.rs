@@ -238,13 +238,16 @@ impl Broker {
         self.lock().registry.remove_exact(user, conn_id, serial)
     }
 
-    /// `(user, conn_id, serial)` of every connection registered on this pod.
-    pub fn registered(&self) -> Vec<(String, String, u64)> {
-        self.lock()
-            .registry
-            .entries()
-            .map(|(u, c, s)| (u.to_string(), c.to_string(), s))
-            .collect()
+    /// `f(user, conn_id, where)` for every connection registered on this pod, or
+    /// only on `shard`: the cluster's heartbeats and drain name them from here.
+    /// One pass under the lock, once per heartbeat interval, never per event.
+    pub fn for_each_registered(&self, shard: Option<u16>, mut f: impl FnMut(&str, &str, ConnLoc)) {
+        let s = self.lock();
+        for (user, conn_id, loc) in s.registry.entries() {
+            if shard.is_none_or(|id| id == loc.shard) {
+                f(user, conn_id, loc);
+            }
+        }
     }
 
     /// The last event id this pod has recorded.

@@ -92,11 +92,11 @@ impl LocalRegistry {
             .map(|(_, id)| id)
     }
 
-    /// Every registered connection: `(user, conn_id, serial)`.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+    /// Every registered connection: `(user, conn_id, where)`.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, ConnLoc)> {
         self.users
             .iter()
-            .flat_map(|(u, list)| list.iter().map(move |e| (&**u, &*e.conn_id, e.loc.serial)))
+            .flat_map(|(u, list)| list.iter().map(move |e| (&**u, &*e.conn_id, e.loc)))
     }
 
     fn remove_where(

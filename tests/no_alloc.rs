@@ -107,7 +107,6 @@ fn table() -> (ConnTable, Vec<usize>) {
         .map(|i| {
             let topics: [Box<str>; 2] = [TOPIC.into(), format!("t{}", i % 10).into()];
             t.insert(NewConn {
-                conn_id: None,
                 serial: i as u64,
                 user: &user_name(i),
                 topics: &topics,

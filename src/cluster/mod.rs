@@ -351,8 +351,12 @@ impl Cluster {
         ));
     }
 
-    /// One shard's heartbeat: its open connections.
-    pub fn heartbeat(&self, batch: HeartbeatBatch) {
+    /// One shard's heartbeat: the connections this pod registered on `shard`.
+    pub fn heartbeat(&self, broker: &crate::broker::Broker, shard: u16) {
+        let mut batch: HeartbeatBatch = Vec::new();
+        broker.for_each_registered(Some(shard), |user, conn_id, loc| {
+            batch.push((log::member(user, conn_id), loc.serial));
+        });
         let _ = self.heartbeat_tx.send(batch);
     }
 
@@ -878,12 +882,12 @@ async fn drain_loop(
 ) {
     while let Some(done) = rx.recv().await {
         let pod = &c.set.pod;
-        let batch: Vec<Removal> = shared
+        let mut batch: Vec<Removal> = Vec::new();
+        shared
             .broker
-            .registered()
-            .into_iter()
-            .map(|(u, conn, serial)| (log::member(&u, &conn), format!("{pod}/{serial}")))
-            .collect();
+            .for_each_registered(None, |user, conn_id, loc| {
+                batch.push((log::member(user, conn_id), format!("{pod}/{}", loc.serial)));
+            });
         // With Redis unreachable the cleanup job of the other pods removes them.
         if !batch.is_empty() && c.is_up() {
             send_removals(&c, &batch).await;

@@ -37,8 +37,6 @@ pub struct Conn {
     /// Unique per process; tells a connection from a later one in the same slot.
     pub serial: u64,
     pub user: Rc<str>,
-    /// The connection id, kept only in cluster mode (heartbeats name it).
-    pub conn_id: Option<Box<str>>,
     /// Subscribed topics with this connection's position in each topic's index.
     topics: Box<[(Rc<str>, u32)]>,
     user_pos: u32,
@@ -84,7 +82,6 @@ pub struct Delivery {
 /// A new connection to add.
 pub struct NewConn<'a> {
     pub serial: u64,
-    pub conn_id: Option<&'a str>,
     pub user: &'a str,
     pub topics: &'a [Box<str>],
     pub last_id: u64,
@@ -178,7 +175,6 @@ impl ConnTable {
         entry.insert(Conn {
             serial: new.serial,
             user,
-            conn_id: new.conn_id.map(Box::from),
             topics,
             user_pos,
             last_id: new.last_id,
@@ -402,7 +398,6 @@ mod tests {
 
     fn add(t: &mut ConnTable, serial: u64, user: &str, tp: &[&str]) -> usize {
         t.insert(NewConn {
-            conn_id: None,
             serial,
             user,
             topics: &topics(tp),
@@ -480,7 +475,6 @@ mod tests {
             max_bytes: 1000,
         });
         let k = t.insert(NewConn {
-            conn_id: None,
             serial: 1,
             user: "u",
             topics: &[],

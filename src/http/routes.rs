@@ -149,8 +149,6 @@ pub async fn open_stream(
     })?;
     let inserted = table.insert(NewConn {
         serial,
-        // Cluster heartbeats name each connection by user and connection id.
-        conn_id: cluster.map(|_| &*conn_id),
         user: &p.user,
         topics: &p.topics,
         last_id: opened.floor,

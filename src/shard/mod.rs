@@ -222,22 +222,9 @@ async fn heartbeat_loop(shard: Rc<Shard>) {
         batch.record(started.elapsed().as_secs_f64());
         if let Some(c) = &shard.shared.cluster {
             // The registry heartbeat of this shard's streams: one batch.
-            c.heartbeat(registry_members(&shard.table.borrow()));
+            c.heartbeat(&shard.shared.broker, shard.id);
         }
     }
-}
-
-/// `(user/connectionId, serial)` of every open stream of a shard.
-fn registry_members(table: &ConnTable) -> Vec<(String, u64)> {
-    table
-        .keys()
-        .filter_map(|k| table.get(k))
-        .filter(|c| c.state == ConnState::Open)
-        .filter_map(|c| {
-            let id = c.conn_id.as_deref()?;
-            Some((crate::cluster::log::member(&c.user, id), c.serial))
-        })
-        .collect()
 }
 
 /// Move the shard-local counters to where `/metrics` reads them, once a second.
