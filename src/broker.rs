@@ -38,16 +38,32 @@ pub struct OpenRequest<'a> {
     pub last_event_id: Option<&'a str>,
     pub shard: u16,
     pub key: u32,
+    /// This pod's history holds every event (embedded mode): a resume without
+    /// the cluster's answer can be exact. In a cluster it holds only what was
+    /// routed here, so such a resume is answered `RESYNC`.
+    pub local_history_complete: bool,
 }
 
 /// What the cluster registry answered for a connect (see [`crate::cluster`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Joined {
     /// The last id of the cluster's event log when the connection was registered:
-    /// later events reach it live, earlier ones only through `pending`.
+    /// later events reach it through this pod's reader, earlier ones only
+    /// through `start`.
     pub floor: u64,
-    /// The user's pending events, taken from Redis, oldest first.
-    pub pending: Vec<QueuedFrame>,
+    pub start: Start,
+}
+
+/// What the cluster registry gave a new connection to start with.
+#[derive(Debug)]
+pub enum Start {
+    /// Not resuming: the user's pending events, taken from Redis, oldest first.
+    Pending(Vec<QueuedFrame>),
+    /// Resuming: the events after the client's id up to the registration, from
+    /// the cluster's log.
+    Replay(Vec<Arc<Event>>),
+    /// Resuming from a point the log does not hold.
+    Resync,
 }
 
 /// What a new stream starts with, after `retry:` and `CONNECTED`.
@@ -191,31 +207,40 @@ impl Broker {
         };
         let replaced = s.registry.register(req.user, req.conn_id, loc);
         let wants = |e: &Event| e.target.matches(req.user, req.topics.iter().map(|t| &**t));
-        let initial =
-            match (req.last_event_id, joined) {
-                (Some(last), _) => {
-                    // Resuming covers what was pending: drop it so it is not sent twice
-                    // (the cluster registry dropped its copy already).
-                    s.pending.take(req.user, now);
+        let initial = match (req.last_event_id, joined) {
+            (_, Some(j)) => {
+                // Registered at log position `floor`: what it started with then,
+                // and what this pod has read since, in id order.
+                let since = s.history.after(j.floor, wants);
+                match j.start {
+                    Start::Pending(mut frames) => {
+                        frames.extend(since.into_iter().map(|e| QueuedFrame {
+                            bytes: e.frame.clone(),
+                            published_ns: e.published_ns,
+                        }));
+                        Initial::Pending(frames)
+                    }
+                    Start::Replay(mut events) => {
+                        events.extend(since);
+                        Initial::Replay(events)
+                    }
+                    Start::Resync => Initial::Resync,
+                }
+            }
+            (Some(last), None) => {
+                // Resuming covers what was pending: drop it so it is not sent twice.
+                s.pending.take(req.user, now);
+                if !req.local_history_complete {
+                    Initial::Resync
+                } else {
                     match s.history.resume(last, now, wants) {
                         Resume::Replay(events) => Initial::Replay(events),
                         Resume::Resync => Initial::Resync,
                     }
                 }
-                (None, Some(j)) => {
-                    // Registered at log position `floor`: what was pending then, and
-                    // what this pod has read of the log since, in id order.
-                    let mut frames = j.pending;
-                    frames.extend(s.history.after(j.floor, wants).into_iter().map(|e| {
-                        QueuedFrame {
-                            bytes: e.frame.clone(),
-                            published_ns: e.published_ns,
-                        }
-                    }));
-                    Initial::Pending(frames)
-                }
-                (None, None) => Initial::Pending(s.pending.take(req.user, now)),
-            };
+            }
+            (None, None) => Initial::Pending(s.pending.take(req.user, now)),
+        };
         let floor = s.history.last_id();
         m::set_pending(s.pending.total());
         Ok(Opened {
@@ -268,7 +293,7 @@ impl Broker {
         }
     }
 
-    /// Cluster mode: record events read from the cluster's log, in log order, and
+    /// Cluster mode: record the events Redis routed to this pod, in log order, and
     /// hand them to the shards that hold a target. Pending events for offline
     /// users are kept in Redis by the publishing pod, not here.
     pub fn ingest(&self, events: impl IntoIterator<Item = Arc<Event>>) {

@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLISH_BUFFER", default_value_t = 10_000)]
     pub publish_buffer: usize,
 
+    /// How long this pod stays subscribed to a topic in Redis after its last
+    /// subscriber on the pod left (cluster mode), so that a subscriber who
+    /// reconnects does not make the pod leave and join again.
+    #[arg(long, env = "HERALD_TOPIC_LINGER", default_value = "5s", value_parser = duration)]
+    pub topic_linger: Duration,
+
     /// This pod's id (default: hostname plus a short random suffix).
     #[arg(long, env = "HERALD_POD_ID")]
     pub pod_id: Option<String>,

@@ -40,6 +40,9 @@ pub const PUBLISH_BUFFERED: &str = "herald_publish_buffered";
 pub const PUBLISH_BUFFERED_TOTAL: &str = "herald_publish_buffered_total";
 pub const PUBLISH_BUFFER_FULL: &str = "herald_publish_buffer_full_total";
 pub const MARKED_INACTIVE: &str = "herald_connections_marked_inactive_total";
+pub const DELIVERING: &str = "herald_delivery_ok";
+pub const PROBE_FAILURES: &str = "herald_delivery_probe_failures_total";
+pub const PROBE_ROUNDTRIP: &str = "herald_delivery_probe_seconds";
 
 /// Upper bounds of the count histograms (Redis commands and items per batch).
 pub const COUNT_BUCKETS: [f64; 12] = [
@@ -129,6 +132,19 @@ fn describe() {
         MARKED_INACTIVE,
         "Stale connections marked inactive by this pod's cleanup job"
     );
+    describe_gauge!(
+        DELIVERING,
+        "1 while this pod's delivery probe comes back through Redis in time (cluster mode)"
+    );
+    describe_counter!(
+        PROBE_FAILURES,
+        "Delivery probes that did not come back through Redis in time (cluster mode)"
+    );
+    describe_histogram!(
+        PROBE_ROUNDTRIP,
+        Unit::Seconds,
+        "Time for a delivery probe to come back through this pod's inbox"
+    );
     counter!(REDIS_ERRORS).absolute(0);
     gauge!(PENDING_EVENTS).set(0.0);
     // Every labelled series a dashboard may query exists from the start, at 0.
@@ -137,6 +153,7 @@ fn describe() {
         "pending_overflow",
         "pending_full",
         "pending_expired",
+        "broadcast_gap",
     ] {
         counter!(EVENTS_DROPPED, "reason" => reason).absolute(0);
     }
@@ -169,6 +186,20 @@ pub fn cluster_init() {
     counter!(PUBLISH_BUFFERED_TOTAL).absolute(0);
     counter!(PUBLISH_BUFFER_FULL).absolute(0);
     counter!(MARKED_INACTIVE).absolute(0);
+    gauge!(DELIVERING).set(1.0);
+    counter!(PROBE_FAILURES).absolute(0);
+}
+
+pub fn set_delivering(ok: bool) {
+    gauge!(DELIVERING).set(if ok { 1.0 } else { 0.0 });
+}
+
+pub fn probe_failed() {
+    counter!(PROBE_FAILURES).increment(1);
+}
+
+pub fn probe_roundtrip(d: std::time::Duration) {
+    histogram!(PROBE_ROUNDTRIP).record(d.as_secs_f64());
 }
 
 pub fn set_redis_up(up: bool) {

@@ -66,19 +66,23 @@ fn text(v: &Value) -> Option<&str> {
     }
 }
 
-/// A log entry `[id, [field, value, ...]]` as an event. `None` for an entry
-/// herald did not write (it is skipped).
+/// A log or broadcast-stream entry `[id, [field, value, ...]]` as an event (its
+/// stream id is its log id). `None` for an entry herald did not write (it is
+/// skipped).
 pub fn event(entry: &Value) -> Option<(String, Option<Arc<Event>>)> {
     let Value::Array(parts) = entry else {
         return None;
     };
     let sid = text(parts.first()?)?.to_string();
-    let Some(id) = sse_id(&sid) else {
-        return Some((sid, None));
+    let ev = match (sse_id(&sid), parts.get(1)) {
+        (Some(id), Some(Value::Array(fields))) => fields_event(id, fields),
+        _ => None,
     };
-    let Some(Value::Array(fields)) = parts.get(1) else {
-        return Some((sid, None));
-    };
+    Some((sid, ev))
+}
+
+/// The event fields `e`, `d`, `k`, `t`, `ns` as an event with id `id`.
+fn fields_event(id: u64, fields: &[Value]) -> Option<Arc<Event>> {
     let (mut name, mut data, mut kind, mut names, mut ns) = (None, None, None, "", 0u64);
     for pair in fields.chunks(2) {
         let [k, v] = pair else { break };
@@ -91,20 +95,88 @@ pub fn event(entry: &Value) -> Option<(String, Option<Arc<Event>>)> {
             _ => {}
         }
     }
-    let (Some(name), Some(data), Some(target)) =
-        (name, data, kind.and_then(|k| decode_target(k, names)))
-    else {
-        return Some((sid, None));
+    let (name, data, target) = (name?, data?, decode_target(kind?, names)?);
+    Some(Arc::new(Event {
+        id,
+        target,
+        frame: frame::event(id, name, data),
+        published_ns: local_ns(ns),
+    }))
+}
+
+/// One entry of a pod's inbox.
+#[derive(Debug)]
+pub enum Inbox {
+    /// An event routed to this pod; `after` is the last broadcast id before it
+    /// (every broadcast up to `after` comes first, none between it and `id`).
+    Event {
+        id: u64,
+        after: u64,
+        event: Option<Arc<Event>>,
+    },
+    /// A registration's marker: everything routed to this pod up to log id
+    /// `upto` is before it; `after` as for an event.
+    Sync { upto: u64, after: u64 },
+    /// End a connection of this pod.
+    Close(CloseRequest),
+    /// This pod's delivery probe number `n`.
+    Probe(u64),
+    /// Not herald's, or malformed: skipped.
+    Other,
+}
+
+impl Inbox {
+    /// The last broadcast id that must be handled before this entry, for the
+    /// entries that take part in the log order.
+    pub fn after(&self) -> Option<u64> {
+        match self {
+            Inbox::Event { after, .. } | Inbox::Sync { after, .. } => Some(*after),
+            _ => None,
+        }
+    }
+}
+
+/// An inbox entry `[stream id, [o|i, ..., ...]]`.
+pub fn inbox(entry: &Value) -> Option<(String, Inbox)> {
+    let Value::Array(parts) = entry else {
+        return None;
     };
-    Some((
-        sid,
-        Some(Arc::new(Event {
-            id,
-            target,
-            frame: frame::event(id, name, data),
-            published_ns: local_ns(ns),
-        })),
-    ))
+    let sid = text(parts.first()?)?.to_string();
+    let Some(Value::Array(fields)) = parts.get(1) else {
+        return Some((sid, Inbox::Other));
+    };
+    let field = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|p| p.len() == 2 && text(&p[0]) == Some(name))
+            .and_then(|p| text(&p[1]))
+    };
+    let id_of = |name: &str| field(name).and_then(sse_id);
+    let entry = match (field("i"), field("o")) {
+        (Some(i), _) => match (sse_id(i), id_of("p")) {
+            (Some(id), Some(after)) => Inbox::Event {
+                id,
+                after,
+                event: fields_event(id, fields),
+            },
+            _ => Inbox::Other,
+        },
+        (None, Some("sync")) => match (id_of("l"), id_of("p")) {
+            (Some(upto), Some(after)) => Inbox::Sync { upto, after },
+            _ => Inbox::Other,
+        },
+        (None, Some("close")) => close_request(
+            field("m").unwrap_or(""),
+            field("w").unwrap_or(""),
+            field("r").unwrap_or(""),
+        )
+        .map_or(Inbox::Other, Inbox::Close),
+        (None, Some("probe")) => field("n")
+            .and_then(|n| n.parse().ok())
+            .map_or(Inbox::Other, Inbox::Probe),
+        _ => Inbox::Other,
+    };
+    Some((sid, entry))
 }
 
 /// The publisher's wall-clock publish time as this process's monotonic clock, so
@@ -133,7 +205,9 @@ pub fn pending(entry: &Value, now_ms: u64) -> Option<QueuedFrame> {
     })
 }
 
-/// A close request for this pod: `(member, owner "pod/serial", reason)`.
+/// A close request for this pod: end `(user, conn_id)` if it is still the
+/// connection `serial`.
+#[derive(Debug)]
 pub struct CloseRequest {
     pub user: String,
     pub conn_id: String,
@@ -141,36 +215,16 @@ pub struct CloseRequest {
     pub replaced: bool,
 }
 
-/// Parse a control entry `[id, [op, close, m, user/conn, o, pod/serial, r, reason]]`.
-pub fn close_request(entry: &Value) -> Option<(String, Option<CloseRequest>)> {
-    let Value::Array(parts) = entry else {
-        return None;
-    };
-    let sid = text(parts.first()?)?.to_string();
-    let Some(Value::Array(fields)) = parts.get(1) else {
-        return Some((sid, None));
-    };
-    let (mut member, mut owner, mut reason) = ("", "", "");
-    for pair in fields.chunks(2) {
-        let [k, v] = pair else { break };
-        match text(k) {
-            Some("m") => member = text(v).unwrap_or(""),
-            Some("o") => owner = text(v).unwrap_or(""),
-            Some("r") => reason = text(v).unwrap_or(""),
-            _ => {}
-        }
-    }
-    let req = (|| {
-        let (user, conn_id) = member.split_once('/')?;
-        let serial = owner.rsplit_once('/')?.1.parse().ok()?;
-        Some(CloseRequest {
-            user: user.to_string(),
-            conn_id: conn_id.to_string(),
-            serial,
-            replaced: reason == "replaced",
-        })
-    })();
-    Some((sid, req))
+/// A close request from its member `user/conn`, owner `pod/serial` and reason.
+fn close_request(member: &str, owner: &str, reason: &str) -> Option<CloseRequest> {
+    let (user, conn_id) = member.split_once('/')?;
+    let serial = owner.rsplit_once('/')?.1.parse().ok()?;
+    Some(CloseRequest {
+        user: user.to_string(),
+        conn_id: conn_id.to_string(),
+        serial,
+        replaced: reason == "replaced",
+    })
 }
 
 /// The member name of a connection in the registry: `user/connectionId` (`/` is

@@ -1,12 +1,13 @@
 //! The Lua scripts that keep the cluster's Redis state consistent. Each one runs
-//! atomically in Redis, so a publish deciding "pending or live" and a connect
-//! registering and taking pending events can never interleave (see the module
-//! doc of [`super`] for why that matters).
+//! atomically in Redis, so a publish deciding "pending, or which pods" and a
+//! connect registering and taking pending events can never interleave (see the
+//! module doc of [`super`] for why that matters).
 //!
 //! Every key a script touches carries the cluster's hash tag (`{prefix}`), so
 //! all of them live in one slot and the scripts work on Redis Cluster too; the
 //! log key is passed as `KEYS[1]` for routing, the others are derived from the
-//! tag in `ARGV[1]`.
+//! tag in `ARGV[1]`. `ARGV[2]` is the length bound of the pod inboxes and of the
+//! broadcast stream (`MAXLEN ~`).
 //!
 //! Redis counts every `redis.call` of a script as a command, so each script
 //! counts its own calls (`rc`) and returns the figure: herald reports how many
@@ -36,13 +37,21 @@ local function chunked(cmd, key, list, step)
 end
 local function user_of(m) return string.match(m, '^([^/]*)/') end
 local function pod_of(o) return string.match(o, '^([^/]*)/') end
-local T = ARGV[1]
+local T, IMAX = ARGV[1], ARGV[2]
 local conns, ucount, hb, inactive, pods =
   T .. ':conns', T .. ':ucount', T .. ':hb', T .. ':inactive', T .. ':pods'
+local alast = T .. ':alast'
+local function inbox(pod) return T .. ':inbox:' .. pod end
+local function upods(u) return T .. ':upods:' .. u end
+local function to_inbox(pod, ...)
+  return rc('XADD', inbox(pod), 'MAXLEN', '~', IMAX, '*', ...)
+end
 local function close_on(owner, m, reason)
-  local ctl = T .. ':ctl:' .. pod_of(owner)
-  rc('XADD', ctl, 'MAXLEN', '~', 1000, '*', 'op', 'close', 'm', m, 'o', owner, 'r', reason)
-  rc('PEXPIRE', ctl, 3600000)
+  to_inbox(pod_of(owner), 'o', 'close', 'm', m, 'w', owner, 'r', reason)
+end
+-- One connection of user u on pod p is gone: p's interest in u drops with the last.
+local function user_leaves(u, p)
+  if rc('HINCRBY', upods(u), p, -1) <= 0 then rc('HDEL', upods(u), p) end
 end
 local function forget(list, owners, now)
   if #list == 0 then return end
@@ -58,100 +67,219 @@ local function forget(list, owners, now)
     if owners[j] then
       local u = user_of(m)
       if rc('HINCRBY', ucount, u, -1) <= 0 then rc('HDEL', ucount, u) end
+      user_leaves(u, pod_of(owners[j]))
     end
   end
 end
+local function join_topics(pod, list)
+  for _, t in ipairs(list) do
+    rc('SADD', T .. ':tpods:' .. t, pod)
+    rc('SADD', T .. ':ptopics:' .. pod, t)
+  end
+end
+local function leave_topics(pod, list)
+  for _, t in ipairs(list) do
+    rc('SREM', T .. ':tpods:' .. t, pod)
+    rc('SREM', T .. ':ptopics:' .. pod, t)
+  end
+end
+-- A pod is gone (drained, or dead): its topic interest and inbox go with it.
+local function drop_pod(pod)
+  local pt = T .. ':ptopics:' .. pod
+  local ts = rc('SMEMBERS', pt)
+  for _, t in ipairs(ts) do rc('SREM', T .. ':tpods:' .. t, pod) end
+  rc('DEL', pt, inbox(pod))
+  rc('ZREM', pods, pod)
+end
+local function last_all()
+  local a = rc('GET', alast)
+  if a then return a end
+  return '0-0'
+end
 "#;
 
-/// Register a batch of new connections.
-/// ARGV: tag, now_ms, pod, then (member, serial, resume 0/1) per connection.
-/// Returns `{last log id, calls, {pending entries per connection}}`.
+/// Register a batch of new connections, and this pod's topic interest changes.
+/// ARGV: tag, imax, now_ms, pod, minid ('0' for none), history max, n, n topics
+/// to leave, m, m topics to join, then per connection (member, serial, mode,
+/// resume stream id, topics comma separated); mode `n` new (take pending), `r`
+/// resume after the stream id, `x` resume from an unknown point (drop pending).
+/// A connection batch ends with a sync marker in this pod's inbox: once the pod
+/// has read it, it has read everything routed to it up to the registration.
+/// Returns `{last log id, calls, {pending or replay entries per connection},
+/// first retained log id}`.
 const REGISTER: &str = r#"
-local now, pod = ARGV[2], ARGV[3]
-local members, owner_args, hb_args, resume, serials = {}, {}, {}, {}, {}
-for i = 4, #ARGV, 3 do
-  local m = ARGV[i]
+local now, pod = ARGV[3], ARGV[4]
+local i = 7
+local nleave = tonumber(ARGV[i])
+local leaves = {}
+for j = 1, nleave do leaves[j] = ARGV[i + j] end
+i = i + nleave + 1
+local njoin = tonumber(ARGV[i])
+local joins = {}
+for j = 1, njoin do joins[j] = ARGV[i + j] end
+i = i + njoin + 1
+leave_topics(pod, leaves)
+join_topics(pod, joins)
+local members, owner_args, hb_args, modes, sids, tops = {}, {}, {}, {}, {}, {}
+for k = i, #ARGV, 5 do
+  local m = ARGV[k]
   members[#members + 1] = m
-  serials[#serials + 1] = ARGV[i + 1]
-  resume[#resume + 1] = ARGV[i + 2]
+  modes[#modes + 1] = ARGV[k + 2]
+  sids[#sids + 1] = ARGV[k + 3]
+  tops[#tops + 1] = ARGV[k + 4]
   owner_args[#owner_args + 1] = m
-  owner_args[#owner_args + 1] = pod .. '/' .. ARGV[i + 1]
+  owner_args[#owner_args + 1] = pod .. '/' .. ARGV[k + 1]
   hb_args[#hb_args + 1] = now
   hb_args[#hb_args + 1] = m
 end
+if #members == 0 then return {'0-0', calls, {}, '0-0'} end
 local old = chunked('HMGET', conns, members, 1)
 chunked('HSET', conns, owner_args, 2)
 chunked('ZADD', hb, hb_args, 2)
 chunked('ZREM', inactive, members, 1)
-local out = {}
+local resumes = false
 for j, m in ipairs(members) do
   local u = user_of(m)
   local o = old[j]
   if not o then
     rc('HINCRBY', ucount, u, 1)
+    rc('HINCRBY', upods(u), pod, 1)
   elseif pod_of(o) ~= pod then
     -- The same user and connection id on another pod: that stream is replaced.
     close_on(o, m, 'replaced')
+    user_leaves(u, pod_of(o))
+    rc('HINCRBY', upods(u), pod, 1)
   end
+  if modes[j] == 'r' then resumes = true end
+end
+-- The log's true last id and first retained entry (after the exact age trim a
+-- resume needs), from one XINFO.
+if resumes and ARGV[5] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', ARGV[5]) end
+local last_id, first_id = '0-0', '0-0'
+if rc('EXISTS', KEYS[1]) == 1 then
+  local info = rc('XINFO', 'STREAM', KEYS[1])
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' then last_id = info[k + 1]
+    elseif info[k] == 'first-entry' and type(info[k + 1]) == 'table' then
+      first_id = info[k + 1][1]
+    end
+  end
+end
+local function sid_gt(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local rows = nil
+if resumes then
+  local from = nil
+  for j = 1, #members do
+    if modes[j] == 'r' and (from == nil or sid_gt(from, sids[j])) then from = sids[j] end
+  end
+  rows = rc('XRANGE', KEYS[1], '(' .. from, '+', 'COUNT', ARGV[6])
+end
+local function wants(f, u, tset)
+  local k, t
+  for x = 1, #f, 2 do
+    if f[x] == 'k' then k = f[x + 1] elseif f[x] == 't' then t = f[x + 1] end
+  end
+  if k == 'a' then return true end
+  if not t then return false end
+  for x in string.gmatch(t, '[^,]+') do
+    if (k == 'u' and x == u) or (k == 't' and tset[x]) then return true end
+  end
+  return false
+end
+local out = {}
+for j, m in ipairs(members) do
+  local u = user_of(m)
   local pk = T .. ':pending:' .. u
-  if resume[j] == '1' then
-    rc('DEL', pk)
-    out[j] = {}
-  else
+  if modes[j] == 'n' then
     out[j] = rc('LRANGE', pk, 0, -1)
     if #out[j] > 0 then rc('DEL', pk) end
-  end
-end
-local last = rc('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local last_id = '0-0'
-if #last > 0 then last_id = last[1][1] end
-return {last_id, calls, out}
-"#;
-
-/// Append one event to the log; keep it pending for targeted users with no
-/// connection anywhere. ARGV: tag, event, data, kind (a/u/t), targets (comma
-/// separated), ttl_ms, max_pending, maxlen, minid ('0' for none), now_ms,
-/// publish unix ns. Returns `{id, calls, dropped, pended}`.
-const PUBLISH: &str = r#"
-local id = rc('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*',
-  'e', ARGV[2], 'd', ARGV[3], 'k', ARGV[4], 't', ARGV[5], 'ns', ARGV[11])
-if ARGV[9] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[9]) end
-local ttl, maxp = tonumber(ARGV[6]), tonumber(ARGV[7])
-local dropped, pended = 0, 0
-if ARGV[4] == 'u' and ttl > 0 and maxp > 0 then
-  local users, seen = {}, {}
-  for u in string.gmatch(ARGV[5], '[^,]+') do
-    if not seen[u] then
-      seen[u] = true
-      users[#users + 1] = u
-    end
-  end
-  local online = chunked('HMGET', ucount, users, 1)
-  local entry = id .. ' ' .. (tonumber(ARGV[10]) + ttl) .. ' ' .. ARGV[2] .. '\n' .. ARGV[3]
-  for i, u in ipairs(users) do
-    if not online[i] or tonumber(online[i]) <= 0 then
-      local k = T .. ':pending:' .. u
-      local n = rc('RPUSH', k, entry)
-      if n > maxp then
-        rc('LTRIM', k, -maxp, -1)
-        dropped = dropped + n - maxp
+  else
+    rc('DEL', pk)
+    out[j] = {}
+    if modes[j] == 'r' then
+      local tset = {}
+      for x in string.gmatch(tops[j], '[^,]+') do tset[x] = true end
+      for _, row in ipairs(rows) do
+        if sid_gt(row[1], sids[j]) and wants(row[2], u, tset) then
+          out[j][#out[j] + 1] = row
+        end
       end
-      if rc('PTTL', k) < ttl then rc('PEXPIRE', k, ttl) end
-      pended = pended + 1
     end
   end
 end
-return {id, calls, dropped, pended}
+to_inbox(pod, 'o', 'sync', 'p', last_all(), 'l', last_id)
+return {last_id, calls, out, first_id}
 "#;
 
-/// Forget connections that ended. ARGV: tag, now_ms, then (member, expected
-/// owner `pod/serial`) pairs: an entry is removed only while it still names that
-/// exact connection (a newer one with the same ids is left alone).
+/// Append one event to the log (the history, and the source of its id) and
+/// route it: `all` to the broadcast stream every pod reads; users and topics to
+/// the inbox of each pod with a connection for them (once per pod); a targeted
+/// user with no connection anywhere keeps it as pending. An inbox entry carries
+/// `p`, the broadcast stream's last id, so the pod merges its two sources in log
+/// order. ARGV: tag, imax, event, data, kind (a/u/t), targets (comma separated),
+/// ttl_ms, max_pending, maxlen, minid ('0' for none), now_ms, publish unix ns.
+/// Returns `{id, calls, dropped, pended, pods sent to (-1 for all)}`.
+const PUBLISH: &str = r#"
+local e, d, kind, names, ns = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[12]
+local id = rc('XADD', KEYS[1], 'MAXLEN', '~', ARGV[9], '*',
+  'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+if ARGV[10] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[10]) end
+local dropped, pended, sent = 0, 0, -1
+if kind == 'a' then
+  rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, id, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+  rc('SET', alast, id)
+else
+  local ttl, maxp = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local seen, found, order = {}, {}, {}
+  local entry = nil
+  for x in string.gmatch(names, '[^,]+') do
+    if not seen[x] then
+      seen[x] = true
+      local ps
+      if kind == 'u' then ps = rc('HKEYS', upods(x)) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
+      if #ps == 0 and kind == 'u' and ttl > 0 and maxp > 0 then
+        entry = entry or (id .. ' ' .. (tonumber(ARGV[11]) + ttl) .. ' ' .. e .. '\n' .. d)
+        local k = T .. ':pending:' .. x
+        local n = rc('RPUSH', k, entry)
+        if n > maxp then
+          rc('LTRIM', k, -maxp, -1)
+          dropped = dropped + n - maxp
+        end
+        if rc('PTTL', k) < ttl then rc('PEXPIRE', k, ttl) end
+        pended = pended + 1
+      end
+      for _, p in ipairs(ps) do
+        if not found[p] then
+          found[p] = true
+          order[#order + 1] = p
+        end
+      end
+    end
+  end
+  if #order > 0 then
+    local pa = last_all()
+    for _, p in ipairs(order) do
+      to_inbox(p, 'i', id, 'p', pa, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+    end
+  end
+  sent = #order
+end
+return {id, calls, dropped, pended, sent}
+"#;
+
+/// Forget connections that ended. ARGV: tag, imax, now_ms, then (member,
+/// expected owner `pod/serial`) pairs: an entry is removed only while it still
+/// names that exact connection (a newer one with the same ids is left alone).
 /// Returns `{calls, removed}`.
 const REMOVE: &str = r#"
-local now = ARGV[2]
+local now = ARGV[3]
 local members, expect, seen = {}, {}, {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if not seen[ARGV[i]] then
     seen[ARGV[i]] = true
     members[#members + 1] = ARGV[i]
@@ -171,9 +299,9 @@ return {calls, #gone}
 "#;
 
 /// End a connection wherever it lives (a disconnect sent to another pod).
-/// ARGV: tag, now_ms, member. Returns `{calls, owner or nil}`.
+/// ARGV: tag, imax, now_ms, member. Returns `{calls, owner or nil}`.
 const DISCONNECT: &str = r#"
-local now, m = ARGV[2], ARGV[3]
+local now, m = ARGV[3], ARGV[4]
 local o = rc('HGET', conns, m)
 if not o then return {calls, false} end
 forget({m}, {o}, now)
@@ -182,13 +310,13 @@ return {calls, o}
 "#;
 
 /// Put back connections a heartbeat found missing (cleaned while this pod could
-/// not reach Redis, or Redis restarted empty). ARGV: tag, now_ms, pod, then
-/// (member, serial) pairs. Entries another pod owns are left alone.
-/// Returns `{calls, restored}`.
+/// not reach Redis, or Redis restarted empty), with this pod's interest in their
+/// users. ARGV: tag, imax, now_ms, pod, then (member, serial) pairs. Entries
+/// another pod owns are left alone. Returns `{calls, restored}`.
 const REREGISTER: &str = r#"
-local now, pod = ARGV[2], ARGV[3]
+local now, pod = ARGV[3], ARGV[4]
 local members, serials = {}, {}
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   members[#members + 1] = ARGV[i]
   serials[#serials + 1] = ARGV[i + 1]
 end
@@ -200,6 +328,7 @@ for j, m in ipairs(members) do
     set[#set + 1] = pod .. '/' .. serials[j]
     fixed[#fixed + 1] = m
     rc('HINCRBY', ucount, user_of(m), 1)
+    rc('HINCRBY', upods(user_of(m)), pod, 1)
   end
 end
 if #fixed > 0 then
@@ -210,30 +339,68 @@ return {calls, #fixed}
 "#;
 
 /// The cleanup job: mark connections whose heartbeat is older than the cutoff
-/// inactive, forget dead pods, bound the inactive set. Safe to run on every pod
-/// at once. ARGV: tag, now_ms, cutoff_ms, limit, inactive_keep_ms, inactive_cap.
-/// Returns `{calls, marked}`.
+/// inactive, drop dead pods (their topic interest and inbox), bound the inactive
+/// set. Safe to run on every pod at once. ARGV: tag, imax, now_ms, cutoff_ms,
+/// limit, inactive_keep_ms, inactive_cap. Returns `{calls, marked, pods dropped}`.
 const CLEANUP: &str = r#"
-local now, cutoff = tonumber(ARGV[2]), ARGV[3]
-local stale = rc('ZRANGEBYSCORE', hb, '-inf', cutoff, 'LIMIT', 0, ARGV[4])
+local now, cutoff = tonumber(ARGV[3]), ARGV[4]
+local stale = rc('ZRANGEBYSCORE', hb, '-inf', cutoff, 'LIMIT', 0, ARGV[5])
 if #stale > 0 then
   local owners = chunked('HMGET', conns, stale, 1)
   forget(stale, owners, now)
 end
-rc('ZREMRANGEBYSCORE', pods, '-inf', cutoff)
-rc('ZREMRANGEBYSCORE', inactive, '-inf', now - tonumber(ARGV[5]))
-rc('ZREMRANGEBYRANK', inactive, 0, -(tonumber(ARGV[6]) + 1))
-return {calls, #stale}
+local dead = rc('ZRANGEBYSCORE', pods, '-inf', cutoff, 'LIMIT', 0, 100)
+for _, p in ipairs(dead) do drop_pod(p) end
+rc('ZREMRANGEBYSCORE', inactive, '-inf', now - tonumber(ARGV[6]))
+rc('ZREMRANGEBYRANK', inactive, 0, -(tonumber(ARGV[7]) + 1))
+return {calls, #stale, #dead}
 "#;
 
-/// Cluster-wide counts. ARGV: tag, live-pod cutoff_ms.
+/// Cluster-wide counts. ARGV: tag, imax, live-pod cutoff_ms.
 /// Returns `{calls, connections, users, pods, inactive}`.
 const STATS: &str = r#"
 local c = rc('HLEN', conns)
 local u = rc('HLEN', ucount)
-local p = rc('ZCOUNT', pods, ARGV[2], '+inf')
+local p = rc('ZCOUNT', pods, ARGV[3], '+inf')
 local i = rc('ZCARD', inactive)
 return {calls, c, u, p, i}
+"#;
+
+/// The pod's heartbeat and delivery probe: its entry in the pod set, and a
+/// probe into its own inbox that its reader must see come back. ARGV: tag, imax,
+/// now_ms, pod, probe number, inbox ttl_ms.
+/// Returns `{calls, 1 when the pod was missing from the set, probe stream id}`.
+const PROBE: &str = r#"
+local added = rc('ZADD', pods, ARGV[3], ARGV[4])
+local id = to_inbox(ARGV[4], 'o', 'probe', 'n', ARGV[5])
+rc('PEXPIRE', inbox(ARGV[4]), ARGV[6])
+return {calls, added, id}
+"#;
+
+/// A draining pod leaves: its topic interest, inbox and pod entry.
+/// ARGV: tag, imax, pod. Returns `{calls}`.
+const LEAVE: &str = r#"
+drop_pod(ARGV[3])
+return {calls}
+"#;
+
+/// Where a starting pod begins to read: the last ids of its inbox and of the
+/// broadcast stream, and the log's last generated id. ARGV: tag, imax, pod.
+/// Returns `{calls, inbox last, broadcast last, log last}`.
+const BOOT: &str = r#"
+local function last_of(k)
+  local r = rc('XREVRANGE', k, '+', '-', 'COUNT', 1)
+  if #r > 0 then return r[1][1] end
+  return '0-0'
+end
+local l = '0-0'
+if rc('EXISTS', KEYS[1]) == 1 then
+  local info = rc('XINFO', 'STREAM', KEYS[1])
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' then l = info[k + 1] end
+  end
+end
+return {calls, last_of(inbox(ARGV[3])), last_of(T .. ':all'), l}
 "#;
 
 /// The loaded scripts (their SHA1s; bodies are sent again on `NOSCRIPT`, e.g.
@@ -246,6 +413,9 @@ pub struct Scripts {
     pub reregister: Script,
     pub cleanup: Script,
     pub stats: Script,
+    pub probe: Script,
+    pub leave: Script,
+    pub boot: Script,
 }
 
 impl Scripts {
@@ -259,6 +429,9 @@ impl Scripts {
             reregister: s(REREGISTER),
             cleanup: s(CLEANUP),
             stats: s(STATS),
+            probe: s(PROBE),
+            leave: s(LEAVE),
+            boot: s(BOOT),
         }
     }
 }

@@ -141,7 +141,13 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
     } else if let Some(conn) = table.remove(new.key) {
         shard.table_changed(&table);
         drop(table);
-        crate::shard::stream::closed(shard, &conn.user, conn.serial, CloseReason::ClientClosed);
+        crate::shard::stream::closed(
+            shard,
+            &conn.user,
+            conn.serial,
+            conn.topics(),
+            CloseReason::ClientClosed,
+        );
         return;
     }
     drop(table);

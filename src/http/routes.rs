@@ -18,7 +18,7 @@ use super::params::{self, ConnectParams};
 use super::publish;
 use crate::broker::{Initial, OpenError, OpenRequest, Publish};
 use crate::clock;
-use crate::cluster::{PublishReq, Published};
+use crate::cluster::{PublishReq, Published, ResumeFrom};
 use crate::conn::table::NewConn;
 use crate::conn::{CloseReason, QueuedFrame};
 use crate::error::ApiError;
@@ -110,14 +110,16 @@ pub async fn open_stream(
                     "this pod holds its maximum of connections",
                 ));
             }
+            let resume = last_event_id.map(|last| match last.trim().parse::<u64>() {
+                Ok(id) => ResumeFrom::Id(id),
+                Err(_) => ResumeFrom::Unknown,
+            });
             let joined = c
-                .register(&p.user, &conn_id, serial, last_event_id.is_some())
+                .register(&p.user, &conn_id, serial, &p.topics, resume)
                 .await;
             if broker.is_draining() {
                 // The drain's batch may have missed it: take it out again.
-                if joined.is_some() {
-                    c.forget(&p.user, &conn_id, serial);
-                }
+                c.forget(&p.user, &conn_id, serial, &p.topics);
                 return Err(draining());
             }
             joined
@@ -134,11 +136,11 @@ pub async fn open_stream(
         last_event_id,
         shard: shard.id,
         key: key as u32,
+        local_history_complete: cluster.is_none(),
     };
-    let registered = joined.is_some();
     let opened = broker.open(&req, serial, joined).map_err(|e| {
-        if let (Some(c), true) = (cluster, registered) {
-            c.forget(&p.user, &conn_id, serial);
+        if let Some(c) = cluster {
+            c.forget(&p.user, &conn_id, serial, &p.topics);
         }
         let (reason, msg) = match e {
             OpenError::PodFull => ("pod_full", "this pod holds its maximum of connections"),
@@ -560,6 +562,16 @@ fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "status": "degraded", "redis": "down" }),
+        )
+    } else if shard
+        .shared
+        .cluster
+        .as_ref()
+        .is_some_and(|c| !c.is_delivering())
+    {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "degraded", "redis": "up", "delivery": "stalled" }),
         )
     } else {
         json_response(StatusCode::OK, json!({ "status": "ready" }))

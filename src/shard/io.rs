@@ -240,7 +240,7 @@ fn close_pending(shard: &Shard, table: &mut ConnTable) {
                 // dropping the socket closes it and takes it out of the poll.
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             }
-            super::stream::closed(shard, &conn.user, conn.serial, reason);
+            super::stream::closed(shard, &conn.user, conn.serial, conn.topics(), reason);
         }
     }
     shard.table_changed(table);

@@ -18,13 +18,20 @@ use crate::clock;
 use crate::conn::{CloseReason, ConnState};
 
 /// A stream has ended (its entry is out of the table): unregister it, count it.
-pub fn closed(shard: &Shard, user: &str, serial: u64, reason: CloseReason) {
-    if !matches!(reason, CloseReason::Disconnected) {
-        // A disconnect already unregistered it.
-        let conn_id = shard.shared.broker.closed(user, serial);
-        if let (Some(c), Some(conn_id)) = (&shard.shared.cluster, conn_id) {
-            c.unregister(user, &conn_id, serial);
-        }
+pub fn closed<'a>(
+    shard: &Shard,
+    user: &str,
+    serial: u64,
+    topics: impl IntoIterator<Item = &'a str>,
+    reason: CloseReason,
+) {
+    // A disconnect already unregistered it.
+    let conn_id = match reason {
+        CloseReason::Disconnected => None,
+        _ => shard.shared.broker.closed(user, serial),
+    };
+    if let Some(c) = &shard.shared.cluster {
+        c.ended(user, conn_id.as_deref(), serial, topics);
     }
     shard.counters.closed(reason).increment(1);
 }
@@ -62,7 +69,7 @@ impl StreamGuard {
         if let Some(conn) = table.remove(self.key) {
             self.shard.table_changed(&table);
             drop(table);
-            closed(&self.shard, &conn.user, conn.serial, reason);
+            closed(&self.shard, &conn.user, conn.serial, conn.topics(), reason);
         }
     }
 }

@@ -1,0 +1,114 @@
+//! Publishing into the cluster: one script appends the event to the log and
+//! routes it (see [`super`]); while Redis is unreachable publishes wait in a
+//! bounded buffer and are sent in order when it returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::types::Value;
+
+use super::{log, Cluster};
+use crate::clock;
+use crate::event::Target;
+use crate::metrics as m;
+
+/// A publish waiting for Redis.
+#[derive(Clone)]
+pub struct PublishReq {
+    pub event: String,
+    pub data: String,
+    pub target: Target,
+    pub ttl_ms: u64,
+}
+
+/// What became of a publish.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// In the log with this id.
+    Id(u64),
+    /// Redis is unreachable: held, sent when it returns.
+    Buffered,
+    /// Redis is unreachable and the buffer is full.
+    Full,
+}
+
+impl Cluster {
+    /// Publish into the cluster's log, or buffer while Redis is unreachable.
+    pub async fn publish(&self, p: PublishReq) -> Published {
+        let empty = self
+            .buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if self.is_up() && empty {
+            if let Some(id) = self.send_publish(&p).await {
+                return Published::Id(id);
+            }
+        }
+        let mut buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() >= self.set.publish_buffer {
+            m::publish_buffer_full();
+            return Published::Full;
+        }
+        buf.push_back(p);
+        m::publish_buffered_one();
+        m::publish_buffered(buf.len());
+        drop(buf);
+        self.buffered.notify_one();
+        Published::Buffered
+    }
+
+    async fn send_publish(&self, p: &PublishReq) -> Option<u64> {
+        let (kind, names) = log::encode_target(&p.target);
+        let now = clock::unix_ms();
+        let minid = if self.set.history_seconds == 0 {
+            "0".to_string()
+        } else {
+            let cut = now.saturating_sub(self.set.history_seconds.saturating_mul(1000));
+            format!("{cut}-0")
+        };
+        let mut args = self.args(10);
+        args.extend([
+            Value::from(p.event.as_str()),
+            Value::from(p.data.as_str()),
+            Value::from(kind),
+            Value::from(names),
+            Value::from(p.ttl_ms.min(i64::MAX as u64) as i64),
+            Value::from(self.set.max_pending as i64),
+            Value::from(self.set.history_events.max(1) as i64),
+            Value::from(minid),
+            Value::from(now as i64),
+            Value::from((clock::unix_us().saturating_mul(1000)).to_string()),
+        ]);
+        let v = self.script("publish", &self.scripts.publish, args).await?;
+        let id = v
+            .first()
+            .and_then(|x| x.as_str())
+            .and_then(|s| log::sse_id(&s))?;
+        let n = |i: usize| v.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
+        m::dropped("pending_overflow", n(2));
+        Some(id)
+    }
+}
+
+/// Send buffered publishes, in order, whenever Redis is reachable.
+pub(super) async fn flush_loop(c: Arc<Cluster>) {
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(250), c.buffered.notified()).await;
+        loop {
+            let front = c
+                .buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .cloned();
+            let Some(p) = front else { break };
+            if c.send_publish(&p).await.is_none() {
+                break;
+            }
+            let mut buf = c.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            buf.pop_front();
+            m::publish_buffered(buf.len());
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The pod's reader: it reads the two streams Redis routes to this pod — its
+//! inbox (events for its users and topics, registration markers, close requests,
+//! its own delivery probes) and the broadcast stream (`all` events, read by
+//! every pod) — and merges them into the log order before the broker sees them.
+//!
+//! ## The merge
+//! Both carry log ids: a broadcast entry's stream id is its log id; an inbox
+//! event carries its log id and `after`, the last broadcast id when it was
+//! published (so no broadcast lies between the two). Hence:
+//! * inbox entry before broadcast `b` iff `b > after`;
+//! * an inbox entry whose `after` has not been read waits for the broadcast
+//!   stream (read it without blocking);
+//! * a broadcast entry goes first only when the inbox is known to hold nothing
+//!   older: an `XREAD` reply that shows both streams is one snapshot, and so is a
+//!   non-blocking read of the inbox alone. A blocking `XREAD` that Redis serves
+//!   when a key becomes ready may show only that key (Redis before 7.2 serves
+//!   the first ready key alone), so a reply with broadcasts only is confirmed by
+//!   a non-blocking inbox read on such a Redis.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::{ClientLike, StreamsInterface};
+use fred::types::Value;
+use tracing::{info, warn};
+
+use super::log::{self, Inbox};
+use super::{redis_err, Cluster};
+use crate::conn::CloseReason;
+use crate::event::Event;
+use crate::metrics as m;
+use crate::Shared;
+
+/// How long one blocking `XREAD` waits for new entries.
+pub(super) const READ_BLOCK: Duration = Duration::from_millis(1000);
+/// Entries read per stream per `XREAD`.
+const READ_COUNT: u64 = 512;
+
+/// What the merge does with what it takes, in log order.
+pub(super) trait Sink {
+    fn event(&mut self, ev: Arc<Event>);
+    fn sync(&mut self, upto: u64);
+    fn close(&mut self, req: log::CloseRequest);
+    fn probe(&mut self, n: u64);
+}
+
+/// What the merge needs before it can go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Need {
+    /// Nothing held back: wait for new entries.
+    Idle,
+    /// An inbox entry waits for the broadcasts up to this id.
+    Broadcasts(u64),
+    /// Broadcasts wait for proof that the inbox holds nothing older.
+    InboxCheck,
+}
+
+/// The two queues and what is known of them. See the module doc.
+#[derive(Debug, Default)]
+pub(super) struct Merge {
+    inbox: VecDeque<Inbox>,
+    all: VecDeque<(u64, Option<Arc<Event>>)>,
+    /// The last broadcast id handled.
+    all_done: u64,
+    /// The last broadcast id received.
+    all_received: u64,
+    /// Broadcasts up to this id may go without looking at the inbox.
+    all_safe: u64,
+}
+
+impl Merge {
+    /// Start after broadcast id `all`.
+    pub fn new(all: u64) -> Merge {
+        Merge {
+            all_done: all,
+            all_received: all,
+            all_safe: all,
+            ..Merge::default()
+        }
+    }
+
+    pub fn push_inbox(&mut self, entry: Inbox) {
+        self.inbox.push_back(entry);
+    }
+
+    pub fn push_all(&mut self, id: u64, ev: Option<Arc<Event>>) {
+        if id > self.all_received {
+            self.all_received = id;
+            self.all.push_back((id, ev));
+        }
+    }
+
+    /// The inbox was seen holding nothing beyond what was received, at a moment
+    /// when every broadcast received so far existed.
+    pub fn inbox_clear(&mut self) {
+        self.all_safe = self.all_received;
+    }
+
+    /// Broadcasts up to `after` cannot be read (trimmed, or lost with Redis's
+    /// data): stop waiting for them.
+    pub fn skip_broadcasts(&mut self, after: u64) {
+        self.all_done = self.all_done.max(after);
+        self.all_received = self.all_received.max(after);
+        self.all_safe = self.all_safe.max(self.all_done);
+    }
+
+    /// Held entries.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.inbox.len() + self.all.len()
+    }
+
+    /// Hand everything that can go, in log order, to `sink`.
+    pub fn run(&mut self, sink: &mut impl Sink) -> Need {
+        loop {
+            if self.inbox.front().is_some_and(|e| e.after().is_none()) {
+                match self.inbox.pop_front() {
+                    Some(Inbox::Close(req)) => sink.close(req),
+                    Some(Inbox::Probe(n)) => sink.probe(n),
+                    _ => {}
+                }
+                continue;
+            }
+            let take_all = match (self.inbox.front().and_then(Inbox::after), self.all.front()) {
+                (Some(after), Some(&(id, _))) => id <= after,
+                (Some(after), None) if self.all_done >= after => false,
+                (Some(after), None) => return Need::Broadcasts(after),
+                (None, Some(&(id, _))) if id <= self.all_safe => true,
+                (None, Some(_)) => return Need::InboxCheck,
+                (None, None) => return Need::Idle,
+            };
+            if take_all {
+                let Some((id, ev)) = self.all.pop_front() else {
+                    continue;
+                };
+                self.all_done = id;
+                if let Some(ev) = ev {
+                    sink.event(ev);
+                }
+            } else {
+                match self.inbox.pop_front() {
+                    Some(Inbox::Event {
+                        event: Some(ev), ..
+                    }) => sink.event(ev),
+                    Some(Inbox::Sync { upto, .. }) => sink.sync(upto),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Where this pod reads from.
+pub(super) struct Positions {
+    pub inbox: String,
+    pub all: String,
+}
+
+/// Find where to read from (the ends of this pod's inbox and of the broadcast
+/// stream) and start the broker's history at the log's last id: this pod
+/// answers resumes from Redis, and live events from here on.
+pub(super) async fn bootstrap(shared: &Shared, c: &Cluster) -> Option<Positions> {
+    let v = c
+        .script(
+            "boot",
+            &c.scripts.boot,
+            vec![c.tag(), c.imax(), c.pod_value()],
+        )
+        .await?;
+    let s = |i: usize| {
+        v.get(i)
+            .and_then(|x| x.as_str().map(|s| s.to_string()))
+            .unwrap_or_else(|| "0-0".to_string())
+    };
+    let (inbox, all, last) = (s(1), s(2), s(3));
+    let last_id = log::sse_id(&last).unwrap_or(0);
+    shared.broker.join_log(last_id, Vec::new());
+    c.inbox_read
+        .store(log::sse_id(&inbox).unwrap_or(0), Ordering::Release);
+    info!(log = %last, "joined the cluster's event log");
+    Some(Positions { inbox, all })
+}
+
+/// Delivers what the merge hands out: events to the broker in batches (flushed
+/// before a marker moves the pod's read position), closes, probes.
+struct Deliver<'a> {
+    shared: &'a Shared,
+    c: &'a Cluster,
+    events: Vec<Arc<Event>>,
+}
+
+impl Deliver<'_> {
+    fn flush(&mut self) {
+        if !self.events.is_empty() {
+            self.shared.broker.ingest(self.events.drain(..));
+        }
+    }
+}
+
+impl Sink for Deliver<'_> {
+    fn event(&mut self, ev: Arc<Event>) {
+        self.events.push(ev);
+    }
+
+    fn sync(&mut self, upto: u64) {
+        self.flush();
+        self.c.read_to.send_if_modified(|v| {
+            let moved = upto > *v;
+            *v = (*v).max(upto);
+            moved
+        });
+    }
+
+    fn close(&mut self, req: log::CloseRequest) {
+        let broker = &self.shared.broker;
+        if let Some(loc) = broker.disconnect_exact(&req.user, &req.conn_id, req.serial) {
+            let reason = if req.replaced {
+                CloseReason::Replaced
+            } else {
+                CloseReason::Disconnected
+            };
+            broker.close_remote(loc, reason, None);
+        }
+    }
+
+    fn probe(&mut self, n: u64) {
+        self.c.probe_returned(n);
+    }
+}
+
+/// One `XREAD` of `keys` from `ids`: `None` when it failed (counted; the caller
+/// backs off), else the entries per key, in the order of `keys`.
+async fn xread(
+    c: &Cluster,
+    keys: &[&str],
+    ids: &[&str],
+    block: Option<Duration>,
+) -> Option<Vec<Option<Vec<Value>>>> {
+    let started = Instant::now();
+    let r: Result<Value, _> = c
+        .reader
+        .xread(
+            Some(READ_COUNT),
+            block.map(|b| b.as_millis() as u64),
+            keys.to_vec(),
+            ids.to_vec(),
+        )
+        .await;
+    match r {
+        Ok(v) => {
+            c.set_up(true);
+            m::redis_commands("read", 1);
+            let mut out = vec![None; keys.len()];
+            for stream in v.into_array() {
+                let mut parts = stream.into_array().into_iter();
+                let (Some(key), Some(entries)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let key = key.as_str().map(|k| k.to_string()).unwrap_or_default();
+                if let Some(i) = keys.iter().position(|k| **k == key) {
+                    out[i] = Some(entries.into_array());
+                }
+            }
+            Some(out)
+        }
+        Err(e) => {
+            m::redis_roundtrip("read", started.elapsed());
+            redis_err("read", &e);
+            c.set_up(false);
+            None
+        }
+    }
+}
+
+/// Read this pod's inbox and the broadcast stream; hand events to the broker in
+/// log order. See the module doc.
+pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Option<Positions>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut merge = Merge::default();
+    let mut need = Need::Idle;
+    let mut started = false;
+    loop {
+        let Some(p) = pos.as_mut() else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            pos = bootstrap(&shared, &c).await;
+            continue;
+        };
+        if !started {
+            merge = Merge::new(log::sse_id(&p.all).unwrap_or(0));
+            started = true;
+        }
+        if c.reset_requested.swap(false, Ordering::AcqRel) {
+            reset(&c, p, &mut merge).await;
+        }
+        let inbox_key = c.inbox_key.as_str();
+        let all_key = c.all_key.as_str();
+        let (got_inbox, got_all, trusted) = match need {
+            Need::Idle => {
+                let Some(r) = xread(
+                    &c,
+                    &[inbox_key, all_key],
+                    &[&p.inbox, &p.all],
+                    Some(READ_BLOCK),
+                )
+                .await
+                else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                };
+                let mut r = r.into_iter();
+                let (i, a) = (r.next().flatten(), r.next().flatten());
+                // Both streams in one reply, no reply at all, or a Redis that
+                // re-runs a woken XREAD: one snapshot of both.
+                let trusted = (i.is_some() && a.is_some())
+                    || (i.is_none() && a.is_none())
+                    || c.full_wakeups.load(Ordering::Relaxed);
+                (i, a, trusted)
+            }
+            Need::InboxCheck => {
+                let Some(r) = xread(&c, &[inbox_key], &[&p.inbox], None).await else {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                };
+                (r.into_iter().next().flatten(), None, true)
+            }
+            Need::Broadcasts(after) => {
+                let Some(r) = xread(&c, &[all_key], &[&p.all], None).await else {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                };
+                let a = r.into_iter().next().flatten();
+                if a.as_ref().is_none_or(|a| a.is_empty()) {
+                    // What the inbox entry waits for is not in the stream.
+                    warn!(
+                        after,
+                        "broadcasts missing from the stream; going on without them"
+                    );
+                    m::dropped("broadcast_gap", 1);
+                    merge.skip_broadcasts(after);
+                }
+                (None, a, false)
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let inbox_n = got_inbox.as_ref().map_or(0, Vec::len);
+        for e in got_inbox.iter().flatten() {
+            if let Some((sid, entry)) = log::inbox(e) {
+                p.inbox = sid;
+                merge.push_inbox(entry);
+            }
+        }
+        if let Some(id) = log::sse_id(&p.inbox) {
+            c.inbox_read.store(id, Ordering::Release);
+        }
+        for e in got_all.iter().flatten() {
+            if let Some((sid, ev)) = log::event(e) {
+                if let Some(id) = log::sse_id(&sid) {
+                    merge.push_all(id, ev);
+                }
+                p.all = sid;
+            }
+        }
+        if trusted && (inbox_n as u64) < READ_COUNT {
+            merge.inbox_clear();
+        }
+        let mut sink = Deliver {
+            shared: &shared,
+            c: &c,
+            events: Vec::new(),
+        };
+        need = merge.run(&mut sink);
+        sink.flush();
+    }
+}
+
+/// The probe did not come back: reconnect the reader, and start a stream over
+/// when it is behind the position read (it was recreated with lower ids, as
+/// after a failover to a replica that lacked its tail). Duplicates that a
+/// re-read brings are dropped by id in the broker.
+async fn reset(c: &Cluster, p: &mut Positions, merge: &mut Merge) {
+    warn!("delivery probe lost: reconnecting this pod's reader");
+    let _ = c.reader.force_reconnection().await;
+    let Some(v) = c
+        .script(
+            "boot",
+            &c.scripts.boot,
+            vec![c.tag(), c.imax(), c.pod_value()],
+        )
+        .await
+    else {
+        return;
+    };
+    let last = |i: usize| {
+        v.get(i)
+            .and_then(|x| x.as_str())
+            .and_then(|s| log::sse_id(&s))
+    };
+    let behind = |pos: &str, last: Option<u64>| last.unwrap_or(0) < log::sse_id(pos).unwrap_or(0);
+    if behind(&p.inbox, last(1)) {
+        info!("this pod's inbox was recreated; reading it from its start");
+        p.inbox = "0-0".into();
+    }
+    if behind(&p.all, last(2)) {
+        info!("the broadcast stream was recreated; reading it from its start");
+        p.all = "0-0".into();
+        *merge = Merge::new(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Target;
+
+    #[derive(Default)]
+    struct Seen {
+        out: Vec<String>,
+    }
+
+    impl Sink for Seen {
+        fn event(&mut self, ev: Arc<Event>) {
+            self.out.push(format!("e{}", ev.id));
+        }
+        fn sync(&mut self, upto: u64) {
+            self.out.push(format!("s{upto}"));
+        }
+        fn close(&mut self, req: log::CloseRequest) {
+            self.out.push(format!("c{}", req.serial));
+        }
+        fn probe(&mut self, n: u64) {
+            self.out.push(format!("p{n}"));
+        }
+    }
+
+    fn ev(id: u64) -> Option<Arc<Event>> {
+        Some(Arc::new(Event {
+            id,
+            target: Target::All,
+            frame: bytes::Bytes::new(),
+            published_ns: 0,
+        }))
+    }
+
+    fn user(id: u64, after: u64) -> Inbox {
+        Inbox::Event {
+            id,
+            after,
+            event: ev(id),
+        }
+    }
+
+    #[test]
+    fn both_streams_merge_in_log_order() {
+        let mut m = Merge::new(0);
+        m.push_all(2, ev(2));
+        m.push_all(5, ev(5));
+        m.push_inbox(user(1, 0));
+        m.push_inbox(user(3, 2));
+        m.push_inbox(user(4, 2));
+        m.push_inbox(user(6, 5));
+        m.inbox_clear();
+        let mut s = Seen::default();
+        assert_eq!(m.run(&mut s), Need::Idle);
+        assert_eq!(s.out, ["e1", "e2", "e3", "e4", "e5", "e6"]);
+    }
+
+    #[test]
+    fn an_inbox_entry_waits_for_the_broadcasts_before_it() {
+        let mut m = Merge::new(0);
+        m.push_inbox(user(3, 2));
+        let mut s = Seen::default();
+        assert_eq!(m.run(&mut s), Need::Broadcasts(2));
+        assert!(s.out.is_empty());
+        m.push_all(2, ev(2));
+        m.push_all(4, ev(4));
+        assert_eq!(
+            m.run(&mut s),
+            Need::InboxCheck,
+            "4 may follow an unread inbox entry"
+        );
+        assert_eq!(s.out, ["e2", "e3"]);
+        m.inbox_clear();
+        assert_eq!(m.run(&mut s), Need::Idle);
+        assert_eq!(s.out, ["e2", "e3", "e4"]);
+    }
+
+    #[test]
+    fn broadcasts_alone_wait_for_an_inbox_check() {
+        let mut m = Merge::new(0);
+        m.push_all(7, ev(7));
+        let mut s = Seen::default();
+        assert_eq!(m.run(&mut s), Need::InboxCheck);
+        // The check finds an older inbox event: it goes first.
+        m.push_inbox(user(6, 0));
+        m.inbox_clear();
+        assert_eq!(m.run(&mut s), Need::Idle);
+        assert_eq!(s.out, ["e6", "e7"]);
+    }
+
+    #[test]
+    fn markers_closes_and_probes_pass_in_inbox_order() {
+        let mut m = Merge::new(0);
+        m.push_inbox(Inbox::Probe(1));
+        m.push_inbox(user(2, 0));
+        m.push_inbox(Inbox::Sync { upto: 3, after: 1 });
+        m.push_inbox(Inbox::Close(log::CloseRequest {
+            user: "u".into(),
+            conn_id: "c".into(),
+            serial: 9,
+            replaced: false,
+        }));
+        m.push_all(1, ev(1));
+        m.inbox_clear();
+        let mut s = Seen::default();
+        assert_eq!(m.run(&mut s), Need::Idle);
+        assert_eq!(s.out, ["p1", "e1", "e2", "s3", "c9"]);
+    }
+
+    #[test]
+    fn missing_broadcasts_are_skipped_not_waited_for_forever() {
+        let mut m = Merge::new(0);
+        m.push_inbox(user(5, 4));
+        let mut s = Seen::default();
+        assert_eq!(m.run(&mut s), Need::Broadcasts(4));
+        m.skip_broadcasts(4);
+        assert_eq!(m.run(&mut s), Need::Idle);
+        assert_eq!(s.out, ["e5"]);
+        assert_eq!(m.held(), 0);
+    }
+}

@@ -1,0 +1,501 @@
+//! The cluster registry: connections registered in batches (with this pod's
+//! interest in their users and topics, and their pending events or the events a
+//! resume missed), removed in batches, heartbeated per shard in one variadic
+//! command, cleaned by the stale-connection job, forwarded disconnects, cluster
+//! stats, and the drain that takes this pod out in one batch.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::SortedSetsInterface;
+use fred::types::Value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{log, Cluster};
+use crate::broker::{Joined, Start};
+use crate::clock;
+use crate::metrics as m;
+use crate::Shared;
+
+/// Where a resuming connect starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// After this event id.
+    Id(u64),
+    /// From an id herald does not know (answered `RESYNC`).
+    Unknown,
+}
+
+/// A connect waiting to be registered.
+pub(super) struct RegisterReq {
+    member: String,
+    serial: u64,
+    resume: Option<ResumeFrom>,
+    topics: String,
+    joins: Vec<String>,
+    reply: oneshot::Sender<Option<Registered>>,
+}
+
+/// The register script's answer for one connection.
+struct Registered {
+    /// The log's last id at registration.
+    floor: u64,
+    /// The log's first retained id.
+    first: u64,
+    entries: Vec<Value>,
+}
+
+/// A connection of this pod that ended: `(member, expected owner)`.
+pub(super) type Removal = (String, String);
+
+/// One shard's connections for one heartbeat: `(member, serial)`.
+pub(super) type HeartbeatBatch = Vec<(String, u64)>;
+
+/// Cluster-wide counts for the stats endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterStats {
+    pub connections: u64,
+    pub users: u64,
+    pub pods: u64,
+    pub inactive: u64,
+}
+
+/// Connects registered per script call, ends removed per script call.
+const REGISTER_BATCH: usize = 512;
+const REMOVE_BATCH: usize = 4096;
+/// Ends kept for retry while Redis is unreachable (beyond, the cleanup job
+/// catches them once their heartbeat is stale).
+const REMOVE_RETRY_CAP: usize = 100_000;
+
+impl Cluster {
+    /// Register a new connection; returns what its stream starts with, once this
+    /// pod has read everything routed to it up to the registration. `None` when
+    /// Redis could not be reached in time (the connection then runs locally
+    /// only and the next heartbeat registers it). Its topics count towards this
+    /// pod's interest from here on: every connect that calls this must end with
+    /// [`Cluster::unregister`] or [`Cluster::forget`].
+    pub async fn register(
+        &self,
+        user: &str,
+        conn_id: &str,
+        serial: u64,
+        topics: &[Box<str>],
+        resume: Option<ResumeFrom>,
+    ) -> Option<Joined> {
+        let joins = self.topics.subscribe(topics.iter().map(|t| &**t));
+        if !self.is_up() {
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.register_tx
+            .send(RegisterReq {
+                member: log::member(user, conn_id),
+                serial,
+                resume,
+                topics: topics.join(","),
+                joins,
+                reply,
+            })
+            .ok()?;
+        let r = tokio::time::timeout(self.set.timeout, rx)
+            .await
+            .ok()?
+            .ok()??;
+        let mut read_to = self.read_to.subscribe();
+        let caught_up =
+            tokio::time::timeout(self.set.timeout, read_to.wait_for(|&v| v >= r.floor)).await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            warn!("this pod's reader is behind; a new stream may miss events");
+        }
+        let start = match resume {
+            None => {
+                let now = clock::unix_ms();
+                Start::Pending(
+                    r.entries
+                        .iter()
+                        .filter_map(|e| log::pending(e, now))
+                        .collect(),
+                )
+            }
+            Some(ResumeFrom::Unknown) => Start::Resync,
+            // From the future, or from before the retained log (ids between it
+            // and the first retained one may be gone).
+            Some(ResumeFrom::Id(after))
+                if after > r.floor || (after < r.floor && after < r.first.saturating_sub(1)) =>
+            {
+                Start::Resync
+            }
+            Some(ResumeFrom::Id(_)) => Start::Replay(
+                r.entries
+                    .iter()
+                    .filter_map(|e| log::event(e).and_then(|(_, ev)| ev))
+                    .collect(),
+            ),
+        };
+        Some(Joined {
+            floor: r.floor,
+            start,
+        })
+    }
+
+    /// A stream of this pod ended, whatever the reason: its topics stop counting
+    /// towards this pod's interest; `conn_id` is given when it was still in this
+    /// pod's registry (so it leaves Redis's too).
+    pub fn ended<'a>(
+        &self,
+        user: &str,
+        conn_id: Option<&str>,
+        serial: u64,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.topics.unsubscribe(topics);
+        if let Some(conn_id) = conn_id {
+            self.unregister(user, conn_id, serial);
+        }
+    }
+
+    /// A connection of this pod left its registry (its stream ends next).
+    pub fn unregister(&self, user: &str, conn_id: &str, serial: u64) {
+        if self.draining.load(Ordering::Acquire) {
+            return; // the drain removed every connection of this pod in one batch
+        }
+        self.remove(user, conn_id, serial);
+    }
+
+    /// Take back a registration whose connect was refused afterwards, draining
+    /// or not.
+    pub fn forget(&self, user: &str, conn_id: &str, serial: u64, topics: &[Box<str>]) {
+        self.topics.unsubscribe(topics.iter().map(|t| &**t));
+        self.remove(user, conn_id, serial);
+    }
+
+    fn remove(&self, user: &str, conn_id: &str, serial: u64) {
+        let _ = self.remove_tx.send((
+            log::member(user, conn_id),
+            format!("{}/{serial}", self.set.pod),
+        ));
+    }
+
+    /// One shard's heartbeat: the connections this pod registered on `shard`.
+    pub fn heartbeat(&self, broker: &crate::broker::Broker, shard: u16) {
+        let mut batch: HeartbeatBatch = Vec::new();
+        broker.for_each_registered(Some(shard), |user, conn_id, loc| {
+            batch.push((log::member(user, conn_id), loc.serial));
+        });
+        let _ = self.heartbeat_tx.send(batch);
+    }
+
+    /// End `(user, conn_id)` on whichever pod holds it. `Ok(false)`: no such
+    /// connection anywhere; `Err`: Redis unreachable.
+    pub async fn disconnect(&self, user: &str, conn_id: &str) -> Result<bool, ()> {
+        let mut args = self.args(2);
+        args.push(Value::from(clock::unix_ms() as i64));
+        args.push(Value::from(log::member(user, conn_id)));
+        let v = self
+            .script("disconnect", &self.scripts.disconnect, args)
+            .await
+            .ok_or(())?;
+        Ok(v.get(1).is_some_and(|o| !o.is_null()))
+    }
+
+    /// Cluster-wide counts, `None` when Redis is unreachable.
+    pub async fn stats(&self) -> Option<ClusterStats> {
+        if !self.is_up() {
+            return None;
+        }
+        let cutoff = clock::unix_ms().saturating_sub(self.set.stale_after.as_millis() as u64);
+        let mut args = self.args(1);
+        args.push(Value::from(cutoff as i64));
+        let v = self.script("stats", &self.scripts.stats, args).await?;
+        let n = |i: usize| v.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
+        Some(ClusterStats {
+            connections: n(1),
+            users: n(2),
+            pods: n(3),
+            inactive: n(4),
+        })
+    }
+
+    /// Topic joins and leaves with no connection to register: the linger's
+    /// leaves, joins that failed before, or all joins again after Redis lost them.
+    pub(super) async fn topic_changes(&self, rejoin_all: bool) {
+        let leaves = self.topics.due_leaves(self.set.topic_linger);
+        let joins = self.topics.to_rejoin(rejoin_all);
+        if leaves.is_empty() && joins.is_empty() {
+            return;
+        }
+        let args = self.register_args(&leaves, &joins, 0);
+        if self
+            .script("register", &self.scripts.register, args)
+            .await
+            .is_some()
+        {
+            self.topics.joined(&joins);
+        }
+    }
+
+    /// The register script's arguments up to the connections.
+    fn register_args(&self, leaves: &[String], joins: &[String], conns: usize) -> Vec<Value> {
+        let now = clock::unix_ms();
+        let minid = if self.set.history_seconds == 0 {
+            "0".to_string()
+        } else {
+            let cut = now.saturating_sub(self.set.history_seconds.saturating_mul(1000));
+            format!("{cut}-0")
+        };
+        let mut args = self.args(6 + leaves.len() + joins.len() + conns * 5);
+        args.push(Value::from(now as i64));
+        args.push(self.pod_value());
+        args.push(Value::from(minid));
+        args.push(Value::from(
+            (self.set.history_events.max(1) * 2 + 100) as i64,
+        ));
+        args.push(Value::from(leaves.len() as i64));
+        args.extend(leaves.iter().map(|t| Value::from(t.as_str())));
+        args.push(Value::from(joins.len() as i64));
+        args.extend(joins.iter().map(|t| Value::from(t.as_str())));
+        args
+    }
+}
+
+/// Register connects in batches: whatever arrived while the last batch ran,
+/// with the topic leaves that are due (in order with the joins). Between
+/// connects, leaves and failed joins go out every linger period.
+pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<RegisterReq>) {
+    let mut batch = Vec::with_capacity(REGISTER_BATCH);
+    let tick = c.set.topic_linger.max(Duration::from_millis(100));
+    loop {
+        let first = match tokio::time::timeout(tick, rx.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(_) => {
+                if c.is_up() {
+                    c.topic_changes(false).await;
+                }
+                continue;
+            }
+        };
+        batch.push(first);
+        while batch.len() < REGISTER_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let leaves = c.topics.due_leaves(c.set.topic_linger);
+        let mut joins: Vec<String> = batch.iter().flat_map(|r| r.joins.iter().cloned()).collect();
+        joins.sort_unstable();
+        joins.dedup();
+        let mut args = c.register_args(&leaves, &joins, batch.len());
+        for r in &batch {
+            args.push(Value::from(r.member.as_str()));
+            args.push(Value::from(r.serial.to_string()));
+            let (mode, sid) = match r.resume {
+                None => ("n", String::new()),
+                Some(ResumeFrom::Unknown) => ("x", String::new()),
+                Some(ResumeFrom::Id(id)) => ("r", log::stream_id(id)),
+            };
+            args.push(Value::from(mode));
+            args.push(Value::from(sid));
+            args.push(Value::from(r.topics.as_str()));
+        }
+        m::redis_batch("register", batch.len());
+        let reply = c.script("register", &c.scripts.register, args).await;
+        let (floor, first, mut lists) = match reply {
+            Some(v) => {
+                c.topics.joined(&joins);
+                let id =
+                    |x: Option<&Value>| x.and_then(|x| x.as_str().and_then(|s| log::sse_id(&s)));
+                let floor = id(v.first());
+                let first = id(v.get(3)).unwrap_or(0);
+                let lists = v
+                    .into_iter()
+                    .nth(2)
+                    .map(Value::into_array)
+                    .unwrap_or_default();
+                (floor, first, lists.into_iter())
+            }
+            None => (None, 0, Vec::new().into_iter()),
+        };
+        for r in batch.drain(..) {
+            let entries = lists.next().map(Value::into_array).unwrap_or_default();
+            let _ = r.reply.send(floor.map(|floor| Registered {
+                floor,
+                first,
+                entries,
+            }));
+        }
+    }
+}
+
+/// Remove ended connections in batches; keep failed ones for a retry.
+pub(super) async fn remove_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Removal>) {
+    let mut retry: Vec<Removal> = Vec::new();
+    loop {
+        let first = if retry.is_empty() {
+            match rx.recv().await {
+                Some(r) => Some(r),
+                None => return,
+            }
+        } else {
+            tokio::time::timeout(Duration::from_millis(500), rx.recv())
+                .await
+                .ok()
+                .flatten()
+        };
+        let mut batch: Vec<Removal> = std::mem::take(&mut retry);
+        batch.extend(first);
+        while batch.len() < REMOVE_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() || !c.is_up() {
+            retry = batch;
+            retry.truncate(REMOVE_RETRY_CAP);
+            continue;
+        }
+        if send_removals(&c, &batch).await.is_none() {
+            retry = batch;
+            retry.truncate(REMOVE_RETRY_CAP);
+        }
+    }
+}
+
+async fn send_removals(c: &Cluster, batch: &[Removal]) -> Option<Vec<Value>> {
+    let mut args = c.args(1 + batch.len() * 2);
+    args.push(Value::from(clock::unix_ms() as i64));
+    for (member, owner) in batch {
+        args.push(Value::from(member.as_str()));
+        args.push(Value::from(owner.as_str()));
+    }
+    m::redis_batch("remove", batch.len());
+    c.script("remove", &c.scripts.remove, args).await
+}
+
+/// Per shard batch: one variadic `ZADD` of every connection's heartbeat; the
+/// rare batch that finds connections the registry lost puts them back. (The
+/// pod's own heartbeat rides on its delivery probe.)
+pub(super) async fn heartbeat_loop(
+    c: Arc<Cluster>,
+    mut rx: mpsc::UnboundedReceiver<HeartbeatBatch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        if batch.is_empty() || c.draining.load(Ordering::Acquire) {
+            continue;
+        }
+        heartbeat_batch(&c, batch).await;
+    }
+}
+
+async fn heartbeat_batch(c: &Cluster, batch: HeartbeatBatch) {
+    let now = clock::unix_ms();
+    let values: Vec<(f64, Value)> = batch
+        .iter()
+        .map(|(member, _)| (now as f64, Value::from(member.as_str())))
+        .collect();
+    m::redis_batch("heartbeat", batch.len());
+    let started = Instant::now();
+    let r: Result<i64, _> = c
+        .cmd
+        .zadd(&c.hb_key, None, None, false, false, values)
+        .await;
+    let Some(added) = c.done("heartbeat", started, r) else {
+        return;
+    };
+    m::redis_commands("heartbeat", 1);
+    if added > 0 {
+        // Some connections were not in the registry: cleaned while this pod could
+        // not reach Redis, or Redis lost its data. Put them back.
+        let mut args = c.args(2 + batch.len() * 2);
+        args.push(Value::from(now as i64));
+        args.push(c.pod_value());
+        for (member, serial) in &batch {
+            args.push(Value::from(member.as_str()));
+            args.push(Value::from(serial.to_string()));
+        }
+        if let Some(v) = c.script("reregister", &c.scripts.reregister, args).await {
+            let restored = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
+            if restored > 0 {
+                info!(restored, "re-registered connections the registry had lost");
+            }
+        }
+    }
+}
+
+/// The cleanup job: every pod runs it every cleanup interval; it is idempotent.
+pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
+    let mut tick = tokio::time::interval(c.set.cleanup);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let keep_ms = (c.set.stale_after * 20)
+        .max(Duration::from_secs(3600))
+        .as_millis() as i64;
+    loop {
+        tick.tick().await;
+        if !c.is_up() {
+            continue;
+        }
+        let now = clock::unix_ms();
+        let cutoff = now.saturating_sub(c.set.stale_after.as_millis() as u64);
+        let mut args = c.args(5);
+        args.extend([
+            Value::from(now as i64),
+            Value::from(cutoff as i64),
+            Value::from(10_000i64),
+            Value::from(keep_ms),
+            Value::from(100_000i64),
+        ]);
+        if let Some(v) = c.script("cleanup", &c.scripts.cleanup, args).await {
+            let marked = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
+            if marked > 0 {
+                m::marked_inactive(marked);
+                info!(marked, "marked stale connections inactive");
+            }
+            let pods = v.get(2).and_then(|x| x.as_u64()).unwrap_or(0);
+            if pods > 0 {
+                info!(pods, "dropped dead pods' topic interest and inboxes");
+            }
+        }
+    }
+}
+
+/// Remove this pod from the registry in one batch when it drains.
+pub(super) async fn drain_loop(
+    shared: Arc<Shared>,
+    c: Arc<Cluster>,
+    mut rx: mpsc::UnboundedReceiver<std::sync::mpsc::Sender<()>>,
+) {
+    while let Some(done) = rx.recv().await {
+        let pod = &c.set.pod;
+        let mut batch: Vec<Removal> = Vec::new();
+        shared
+            .broker
+            .for_each_registered(None, |user, conn_id, loc| {
+                batch.push((log::member(user, conn_id), format!("{pod}/{}", loc.serial)));
+            });
+        // With Redis unreachable the cleanup job of the other pods removes them.
+        if !batch.is_empty() && c.is_up() {
+            send_removals(&c, &batch).await;
+        }
+        let mut args = c.args(1);
+        args.push(c.pod_value());
+        c.script("drain", &c.scripts.leave, args).await;
+        // Publishes still buffered get one more chance.
+        for _ in 0..20 {
+            if c.buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+                || !c.is_up()
+            {
+                break;
+            }
+            c.buffered.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = done.send(());
+    }
+}
