@@ -352,7 +352,6 @@ impl Broker {
 
     /// Sequence, frame, record and hand out one event; returns its id.
     pub fn publish(&self, p: Publish<'_>) -> u64 {
-        let label = p.target.label();
         let mut wake: u128 = 0;
         let id;
         {
@@ -399,7 +398,6 @@ impl Broker {
                 self.hub.wake(shard);
             }
         }
-        m::published(label);
         self.events.fetch_add(1, Ordering::Relaxed);
         id
     }

@@ -37,6 +37,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod seam;
 pub mod shard;
 pub mod sse;
 
@@ -59,8 +60,10 @@ pub struct Shared {
     pub broker: Broker,
     /// Subscriber and publisher credentials.
     pub auth: auth::Auth,
-    /// Cluster mode (`--redis`): the Redis registry and event log.
-    pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Where connections are registered and events published: this pod alone
+    /// (embedded) or the cluster's Redis (`--redis`).
+    pub registry: Arc<dyn seam::ConnectionRegistry>,
+    pub bus: Arc<dyn seam::EventBus>,
     pub prometheus: PrometheusHandle,
     pub shard_stats: Vec<Arc<metrics::ShardStats>>,
     pub queue_limits: QueueLimits,
@@ -117,10 +120,16 @@ impl Server {
             None => None,
         };
         let auth = auth::Auth::from_config(&config)?;
+        let (registry, bus): (Arc<dyn seam::ConnectionRegistry>, Arc<dyn seam::EventBus>) =
+            match &cluster {
+                Some(c) => (c.clone(), c.clone()),
+                None => (Arc::new(seam::Local), Arc::new(seam::Local)),
+            };
         let shared = Arc::new(Shared {
             auth,
             broker: Broker::new(shards, pod_id, limits),
-            cluster,
+            registry,
+            bus,
             queue_limits: QueueLimits {
                 max_frames: config.max_queue_events,
                 max_bytes: config.max_queue_bytes,
@@ -129,9 +138,10 @@ impl Server {
             prometheus,
             config,
         });
-        if shared.cluster.is_some() {
+        if let Some(c) = &cluster {
             metrics::cluster_init();
-            let ready = cluster::Cluster::spawn(shared.clone())
+            let ready = c
+                .spawn(shared.clone())
                 .map_err(|e| format!("cannot start the redis thread: {e}"))?;
             // Serve once the pod has joined the log (or Redis proved unreachable:
             // then it serves its own connections and joins later).
@@ -179,11 +189,9 @@ impl Server {
         let grace = self.shared.config.grace_period;
         let deadline = Instant::now() + grace;
         self.shared.broker.start_draining();
-        if let Some(c) = &self.shared.cluster {
-            // New connects are refused now; before any stream ends, this pod's
-            // connections leave the registry in one batch.
-            c.drain(grace / 4);
-        }
+        // New connects are refused now; before any stream ends, this pod's
+        // connections leave the shared registry in one batch.
+        self.shared.registry.drain(grace / 4);
         let _ = self.phase.send(Phase::Draining);
         let mut finished = 0;
         while finished < self.threads.len() {

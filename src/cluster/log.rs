@@ -28,6 +28,12 @@ pub fn sse_id(stream_id: &str) -> Option<u64> {
     Some(ms << SEQ_BITS | seq)
 }
 
+/// A stream id `ms-seq` as a pair that orders like it; `None` when malformed.
+pub fn sid_order(stream_id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// The stream id of an SSE id (the inverse of [`sse_id`]).
 pub fn stream_id(id: u64) -> String {
     format!("{}-{}", id >> SEQ_BITS, id & ((1 << SEQ_BITS) - 1))

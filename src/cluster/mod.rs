@@ -65,6 +65,7 @@ mod publish;
 pub mod reader;
 mod registry;
 pub mod scripts;
+mod seam;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,10 +79,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use crate::metrics as m;
+use crate::seam::PublishReq;
 use crate::Shared;
 use interest::TopicInterest;
-pub use publish::{PublishReq, Published};
-pub use registry::{ClusterStats, ResumeFrom};
 use registry::{HeartbeatBatch, RegisterReq, Removal};
 use scripts::Scripts;
 
@@ -327,7 +327,11 @@ impl Cluster {
     /// heartbeats, probe delivery, run the cleanup job and send buffered
     /// publishes. Returns a receiver that fires once the first bootstrap is done
     /// (or could not be, Redis down).
-    pub fn spawn(shared: Arc<Shared>) -> std::io::Result<std::sync::mpsc::Receiver<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<std::sync::mpsc::Receiver<()>> {
+        let c = self.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("herald-redis".into())
@@ -342,7 +346,7 @@ impl Cluster {
                         return;
                     }
                 };
-                rt.block_on(run(shared, ready_tx));
+                rt.block_on(run(shared, c, ready_tx));
             })?;
         Ok(ready_rx)
     }
@@ -351,7 +355,7 @@ impl Cluster {
     /// and send what is buffered; blocks (bounded by `within`). Called after new
     /// connects are refused and before the streams end, so the batch holds them
     /// all and their ends need no command of their own.
-    pub fn drain(&self, within: Duration) {
+    fn drain(&self, within: Duration) {
         self.draining.store(true, Ordering::Release);
         let (tx, rx) = std::sync::mpsc::channel();
         if self.drain_tx.send(tx).is_ok() {
@@ -377,8 +381,7 @@ impl Cluster {
     }
 }
 
-async fn run(shared: Arc<Shared>, ready: std::sync::mpsc::Sender<()>) {
-    let c = shared.cluster.as_ref().expect("cluster mode").clone();
+async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sender<()>) {
     let Some(rx) = c.receivers.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };

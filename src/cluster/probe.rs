@@ -56,23 +56,15 @@ pub(super) async fn probe_loop(c: Arc<Cluster>) {
         if c.draining.load(Ordering::Acquire) {
             continue; // the drain took this pod out of the registry
         }
+        // The oldest probe not seen back yet decides; a new one goes out every
+        // interval all the same, since it carries the pod's own heartbeat.
         if let Some((k, sent)) = outstanding {
             if c.probe_seen.load(Ordering::Acquire) >= k {
                 m::probe_roundtrip(sent.elapsed());
                 outstanding = None;
             } else if sent.elapsed() >= c.probe_bound() {
-                if c.delivering.swap(false, Ordering::AcqRel) {
-                    warn!(
-                        probe = k,
-                        "delivery probe did not come back: readiness degraded, reconnecting the reader"
-                    );
-                    m::set_delivering(false);
-                }
-                m::probe_failed();
-                c.reset_requested.store(true, Ordering::Release);
+                failed(&c, k);
                 outstanding = None;
-            } else {
-                continue; // still within its bound: one probe in flight at a time
             }
         }
         n += 1;
@@ -88,9 +80,11 @@ pub(super) async fn probe_loop(c: Arc<Cluster>) {
         // Read before the probe exists: a new entry's id must be above it.
         let read_before = c.inbox_read.load(Ordering::Acquire);
         let Some(v) = c.script("heartbeat", &c.scripts.probe, args).await else {
-            continue; // Redis unreachable: readiness says so already
+            // A probe that cannot even be sent does not come back either.
+            failed(&c, n);
+            continue;
         };
-        outstanding = Some((n, sent));
+        outstanding.get_or_insert((n, sent));
         let added = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
         let probe_id = v
             .get(2)
@@ -105,4 +99,17 @@ pub(super) async fn probe_loop(c: Arc<Cluster>) {
         // reach Redis, or Redis lost its data: join its topics again.
         c.topic_changes(added > 0).await;
     }
+}
+
+/// Probe `n` did not come back in time.
+fn failed(c: &Cluster, n: u64) {
+    if c.delivering.swap(false, Ordering::AcqRel) {
+        warn!(
+            probe = n,
+            "delivery probe did not come back: readiness degraded, reconnecting the reader"
+        );
+        m::set_delivering(false);
+    }
+    m::probe_failed();
+    c.reset_requested.store(true, Ordering::Release);
 }

@@ -9,28 +9,8 @@ use fred::types::Value;
 
 use super::{log, Cluster};
 use crate::clock;
-use crate::event::Target;
 use crate::metrics as m;
-
-/// A publish waiting for Redis.
-#[derive(Clone)]
-pub struct PublishReq {
-    pub event: String,
-    pub data: String,
-    pub target: Target,
-    pub ttl_ms: u64,
-}
-
-/// What became of a publish.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Published {
-    /// In the log with this id.
-    Id(u64),
-    /// Redis is unreachable: held, sent when it returns.
-    Buffered,
-    /// Redis is unreachable and the buffer is full.
-    Full,
-}
+use crate::seam::{PublishReq, Published};
 
 impl Cluster {
     /// Publish into the cluster's log, or buffer while Redis is unreachable.
@@ -61,22 +41,15 @@ impl Cluster {
     async fn send_publish(&self, p: &PublishReq) -> Option<u64> {
         let (kind, names) = log::encode_target(&p.target);
         let now = clock::unix_ms();
-        let minid = if self.set.history_seconds == 0 {
-            "0".to_string()
-        } else {
-            let cut = now.saturating_sub(self.set.history_seconds.saturating_mul(1000));
-            format!("{cut}-0")
-        };
-        let mut args = self.args(10);
+        let mut args = self.args(9);
         args.extend([
             Value::from(p.event.as_str()),
             Value::from(p.data.as_str()),
             Value::from(kind),
             Value::from(names),
-            Value::from(p.ttl_ms.min(i64::MAX as u64) as i64),
+            Value::from(p.ttl_seconds.saturating_mul(1000).min(i64::MAX as u64) as i64),
             Value::from(self.set.max_pending as i64),
             Value::from(self.set.history_events.max(1) as i64),
-            Value::from(minid),
             Value::from(now as i64),
             Value::from((clock::unix_us().saturating_mul(1000)).to_string()),
         ]);

@@ -353,9 +353,11 @@ pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Opt
                 merge.push_inbox(entry);
             }
         }
-        if let Some(id) = log::sse_id(&p.inbox) {
-            c.inbox_read.store(id, Ordering::Release);
-        }
+        // An id beyond the SSE range (a clock far ahead) reads as the largest.
+        let read = log::sse_id(&p.inbox)
+            .or_else(|| log::sid_order(&p.inbox).map(|_| u64::MAX))
+            .unwrap_or(0);
+        c.inbox_read.store(read, Ordering::Release);
         for e in got_all.iter().flatten() {
             if let Some((sid, ev)) = log::event(e) {
                 if let Some(id) = log::sse_id(&sid) {
@@ -505,7 +507,7 @@ mod tests {
     fn markers_closes_and_probes_pass_in_inbox_order() {
         let mut m = Merge::new(0);
         m.push_inbox(Inbox::Probe(1));
-        m.push_inbox(user(2, 0));
+        m.push_inbox(user(2, 1));
         m.push_inbox(Inbox::Sync { upto: 3, after: 1 });
         m.push_inbox(Inbox::Close(log::CloseRequest {
             user: "u".into(),

@@ -17,16 +17,8 @@ use super::{log, Cluster};
 use crate::broker::{Joined, Start};
 use crate::clock;
 use crate::metrics as m;
+use crate::seam::{ClusterStats, Registration, ResumeFrom};
 use crate::Shared;
-
-/// Where a resuming connect starts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeFrom {
-    /// After this event id.
-    Id(u64),
-    /// From an id herald does not know (answered `RESYNC`).
-    Unknown,
-}
 
 /// A connect waiting to be registered.
 pub(super) struct RegisterReq {
@@ -53,15 +45,6 @@ pub(super) type Removal = (String, String);
 /// One shard's connections for one heartbeat: `(member, serial)`.
 pub(super) type HeartbeatBatch = Vec<(String, u64)>;
 
-/// Cluster-wide counts for the stats endpoint.
-#[derive(Debug, Clone, Copy)]
-pub struct ClusterStats {
-    pub connections: u64,
-    pub users: u64,
-    pub pods: u64,
-    pub inactive: u64,
-}
-
 /// Connects registered per script call, ends removed per script call.
 const REGISTER_BATCH: usize = 512;
 const REMOVE_BATCH: usize = 4096;
@@ -76,14 +59,14 @@ impl Cluster {
     /// only and the next heartbeat registers it). Its topics count towards this
     /// pod's interest from here on: every connect that calls this must end with
     /// [`Cluster::unregister`] or [`Cluster::forget`].
-    pub async fn register(
-        &self,
-        user: &str,
-        conn_id: &str,
-        serial: u64,
-        topics: &[Box<str>],
-        resume: Option<ResumeFrom>,
-    ) -> Option<Joined> {
+    pub async fn register(&self, reg: Registration<'_>) -> Option<Joined> {
+        let Registration {
+            user,
+            conn_id,
+            serial,
+            topics,
+            resume,
+        } = reg;
         let joins = self.topics.subscribe(topics.iter().map(|t| &**t));
         if !self.is_up() {
             return None;
@@ -121,9 +104,10 @@ impl Cluster {
             }
             Some(ResumeFrom::Unknown) => Start::Resync,
             // From the future, or from before the retained log (ids between it
-            // and the first retained one may be gone).
+            // and the first retained one may be gone, or the log is empty).
             Some(ResumeFrom::Id(after))
-                if after > r.floor || (after < r.floor && after < r.first.saturating_sub(1)) =>
+                if after > r.floor
+                    || (after < r.floor && (r.first == 0 || after < r.first - 1)) =>
             {
                 Start::Resync
             }
@@ -143,14 +127,8 @@ impl Cluster {
     /// A stream of this pod ended, whatever the reason: its topics stop counting
     /// towards this pod's interest; `conn_id` is given when it was still in this
     /// pod's registry (so it leaves Redis's too).
-    pub fn ended<'a>(
-        &self,
-        user: &str,
-        conn_id: Option<&str>,
-        serial: u64,
-        topics: impl IntoIterator<Item = &'a str>,
-    ) {
-        self.topics.unsubscribe(topics);
+    pub fn ended(&self, user: &str, conn_id: Option<&str>, serial: u64, topics: &[&str]) {
+        self.topics.unsubscribe(topics.iter().copied());
         if let Some(conn_id) = conn_id {
             self.unregister(user, conn_id, serial);
         }
@@ -236,19 +214,22 @@ impl Cluster {
         }
     }
 
+    /// The oldest log id the history keeps at `now_ms` (`"0"`: no age bound).
+    fn minid(&self, now_ms: u64) -> String {
+        if self.set.history_seconds == 0 {
+            return "0".to_string();
+        }
+        let cut = now_ms.saturating_sub(self.set.history_seconds.saturating_mul(1000));
+        format!("{cut}-0")
+    }
+
     /// The register script's arguments up to the connections.
     fn register_args(&self, leaves: &[String], joins: &[String], conns: usize) -> Vec<Value> {
         let now = clock::unix_ms();
-        let minid = if self.set.history_seconds == 0 {
-            "0".to_string()
-        } else {
-            let cut = now.saturating_sub(self.set.history_seconds.saturating_mul(1000));
-            format!("{cut}-0")
-        };
         let mut args = self.args(6 + leaves.len() + joins.len() + conns * 5);
         args.push(Value::from(now as i64));
         args.push(self.pod_value());
-        args.push(Value::from(minid));
+        args.push(Value::from(self.minid(now)));
         args.push(Value::from(
             (self.set.history_events.max(1) * 2 + 100) as i64,
         ));
@@ -447,6 +428,7 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
             Value::from(10_000i64),
             Value::from(keep_ms),
             Value::from(100_000i64),
+            Value::from(c.minid(now)),
         ]);
         if let Some(v) = c.script("cleanup", &c.scripts.cleanup, args).await {
             let marked = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);

@@ -156,7 +156,12 @@ end
 -- resume needs), from one XINFO.
 if resumes and ARGV[5] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', ARGV[5]) end
 local last_id, first_id = '0-0', '0-0'
-if rc('EXISTS', KEYS[1]) == 1 then
+if rc('EXISTS', KEYS[1]) == 0 then
+  -- No log (Redis lost its data): every later event gets an id from Redis's
+  -- clock from now on, every event this pod read before is older.
+  local t = rc('TIME')
+  last_id = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-1048575'
+else
   local info = rc('XINFO', 'STREAM', KEYS[1])
   for k = 1, #info, 2 do
     if info[k] == 'last-generated-id' then last_id = info[k + 1]
@@ -222,13 +227,13 @@ return {last_id, calls, out, first_id}
 /// user with no connection anywhere keeps it as pending. An inbox entry carries
 /// `p`, the broadcast stream's last id, so the pod merges its two sources in log
 /// order. ARGV: tag, imax, event, data, kind (a/u/t), targets (comma separated),
-/// ttl_ms, max_pending, maxlen, minid ('0' for none), now_ms, publish unix ns.
+/// ttl_ms, max_pending, maxlen, now_ms, publish unix ns. (The age trim of the
+/// log runs with the cleanup job, not per event.)
 /// Returns `{id, calls, dropped, pended, pods sent to (-1 for all)}`.
 const PUBLISH: &str = r#"
-local e, d, kind, names, ns = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[12]
+local e, d, kind, names, ns = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
 local id = rc('XADD', KEYS[1], 'MAXLEN', '~', ARGV[9], '*',
   'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
-if ARGV[10] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[10]) end
 local dropped, pended, sent = 0, 0, -1
 if kind == 'a' then
   rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, id, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
@@ -243,7 +248,7 @@ else
       local ps
       if kind == 'u' then ps = rc('HKEYS', upods(x)) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
       if #ps == 0 and kind == 'u' and ttl > 0 and maxp > 0 then
-        entry = entry or (id .. ' ' .. (tonumber(ARGV[11]) + ttl) .. ' ' .. e .. '\n' .. d)
+        entry = entry or (id .. ' ' .. (tonumber(ARGV[10]) + ttl) .. ' ' .. e .. '\n' .. d)
         local k = T .. ':pending:' .. x
         local n = rc('RPUSH', k, entry)
         if n > maxp then
@@ -340,10 +345,12 @@ return {calls, #fixed}
 
 /// The cleanup job: mark connections whose heartbeat is older than the cutoff
 /// inactive, drop dead pods (their topic interest and inbox), bound the inactive
-/// set. Safe to run on every pod at once. ARGV: tag, imax, now_ms, cutoff_ms,
-/// limit, inactive_keep_ms, inactive_cap. Returns `{calls, marked, pods dropped}`.
+/// set, trim the log to the history's age. Safe to run on every pod at once.
+/// ARGV: tag, imax, now_ms, cutoff_ms, limit, inactive_keep_ms, inactive_cap,
+/// minid ('0' for none). Returns `{calls, marked, pods dropped}`.
 const CLEANUP: &str = r#"
 local now, cutoff = tonumber(ARGV[3]), ARGV[4]
+if ARGV[8] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[8]) end
 local stale = rc('ZRANGEBYSCORE', hb, '-inf', cutoff, 'LIMIT', 0, ARGV[5])
 if #stale > 0 then
   local owners = chunked('HMGET', conns, stale, 1)

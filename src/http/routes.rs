@@ -16,13 +16,13 @@ use serde_json::json;
 use super::cors;
 use super::params::{self, ConnectParams};
 use super::publish;
-use crate::broker::{Initial, OpenError, OpenRequest, Publish};
+use crate::broker::{Initial, OpenError, OpenRequest};
 use crate::clock;
-use crate::cluster::{PublishReq, Published, ResumeFrom};
 use crate::conn::table::NewConn;
 use crate::conn::{CloseReason, QueuedFrame};
 use crate::error::ApiError;
 use crate::metrics as m;
+use crate::seam::{Elsewhere, Health, PublishReq, Published, Registration, ResumeFrom};
 use crate::shard::stream::{QueueBody, StreamGuard};
 use crate::shard::Shard;
 use crate::sse::frame;
@@ -97,35 +97,30 @@ pub async fn open_stream(
                 .to_string()
         });
     let serial = broker.next_serial();
-    let cluster = shared.cluster.as_deref();
-    let joined = match cluster {
-        Some(c) => {
-            // Refuse before registering what would be refused anyway.
-            let (conns, _) = broker.counts();
-            if conns >= shared.config.max_connections {
-                m::connect_rejected("pod_full");
-                return Err(ApiError::new(
-                    429,
-                    "too_many_connections",
-                    "this pod holds its maximum of connections",
-                ));
-            }
-            let resume = last_event_id.map(|last| match last.trim().parse::<u64>() {
-                Ok(id) => ResumeFrom::Id(id),
-                Err(_) => ResumeFrom::Unknown,
-            });
-            let joined = c
-                .register(&p.user, &conn_id, serial, &p.topics, resume)
-                .await;
-            if broker.is_draining() {
-                // The drain's batch may have missed it: take it out again.
-                c.forget(&p.user, &conn_id, serial, &p.topics);
-                return Err(draining());
-            }
-            joined
-        }
-        None => None,
-    };
+    let registry = &shared.registry;
+    // Refuse before registering what would be refused anyway.
+    if registry.is_shared() && broker.counts().0 >= shared.config.max_connections {
+        m::connect_rejected("pod_full");
+        return Err(ApiError::new(
+            429,
+            "too_many_connections",
+            "this pod holds its maximum of connections",
+        ));
+    }
+    let joined = registry
+        .register(Registration {
+            user: &p.user,
+            conn_id: &conn_id,
+            serial,
+            topics: &p.topics,
+            resume: last_event_id.map(ResumeFrom::parse),
+        })
+        .await;
+    if broker.is_draining() {
+        // The drain's batch may have missed it: take it out again.
+        registry.abandon(&p.user, &conn_id, serial, &p.topics);
+        return Err(draining());
+    }
     // From here to the insert nothing awaits, so the reserved key stays free.
     let mut table = shard.table.borrow_mut();
     let key = table.vacant_key();
@@ -136,12 +131,10 @@ pub async fn open_stream(
         last_event_id,
         shard: shard.id,
         key: key as u32,
-        local_history_complete: cluster.is_none(),
+        local_history_complete: !registry.is_shared(),
     };
     let opened = broker.open(&req, serial, joined).map_err(|e| {
-        if let Some(c) = cluster {
-            c.forget(&p.user, &conn_id, serial, &p.topics);
-        }
+        registry.abandon(&p.user, &conn_id, serial, &p.topics);
         let (reason, msg) = match e {
             OpenError::PodFull => ("pod_full", "this pod holds its maximum of connections"),
             OpenError::UserFull => ("user_full", "this user holds its maximum of connections"),
@@ -378,28 +371,23 @@ async fn disconnect(
 ) -> Result<Response<HeraldBody>, ApiError> {
     let p = params::disconnect(req.uri().query().unwrap_or(""))?;
     let broker = &shard.shared.broker;
-    let cluster = shard.shared.cluster.as_deref();
+    let registry = &shard.shared.registry;
     let Some(loc) = broker.disconnect(&p.user, &p.conn_id) else {
         // Not on this pod: in a cluster, end it on the pod that holds it.
-        return match cluster.map(|c| c.disconnect(&p.user, &p.conn_id)) {
-            None => Err(ApiError::not_found("no such connection")),
-            Some(fut) => match fut.await {
-                Ok(true) => Ok(json_response(
-                    StatusCode::OK,
-                    json!({ "disconnected": true }),
-                )),
-                Ok(false) => Err(ApiError::not_found("no such connection")),
-                Err(()) => Err(ApiError::new(
-                    503,
-                    "registry_unavailable",
-                    "the connection is not on this pod and the cluster registry is unreachable",
-                )),
-            },
+        return match registry.disconnect_elsewhere(&p.user, &p.conn_id).await {
+            Elsewhere::Ended => Ok(json_response(
+                StatusCode::OK,
+                json!({ "disconnected": true }),
+            )),
+            Elsewhere::NotFound => Err(ApiError::not_found("no such connection")),
+            Elsewhere::Unreachable => Err(ApiError::new(
+                503,
+                "registry_unavailable",
+                "the connection is not on this pod and the cluster registry is unreachable",
+            )),
         };
     };
-    if let Some(c) = cluster {
-        c.unregister(&p.user, &p.conn_id, loc.serial);
-    }
+    registry.unregister(&p.user, &p.conn_id, loc.serial);
     if loc.shard == shard.id {
         shard
             .table
@@ -442,8 +430,8 @@ async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
         // script derives rates from two readings.
         "events": { "published": shared.broker.events(), "delivered": delivered },
     });
-    if let Some(c) = &shared.cluster {
-        let cluster = c.stats().await.map(|s| {
+    if shared.registry.is_shared() {
+        let cluster = shared.registry.stats().await.map(|s| {
             json!({
                 "pods": s.pods,
                 "connections": s.connections,
@@ -452,7 +440,8 @@ async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
             })
         });
         body["cluster"] = cluster.unwrap_or(serde_json::Value::Null);
-        body["redis"] = json!(if c.is_up() { "up" } else { "down" });
+        let up = shared.registry.health() != Health::Down;
+        body["redis"] = json!(if up { "up" } else { "down" });
     }
     json_response(StatusCode::OK, body)
 }
@@ -489,25 +478,18 @@ async fn broadcast(
     };
     let p = publish::parse(&body)?;
     let label = p.target.label();
-    let Some(c) = &shard.shared.cluster else {
-        let id = shard.shared.broker.publish(Publish {
-            event: &p.event,
-            data: &p.data,
-            target: p.target,
-            ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
-        });
-        return Ok(json_response(
-            StatusCode::ACCEPTED,
-            json!({ "id": id.to_string() }),
-        ));
-    };
-    let outcome = c
-        .publish(PublishReq {
-            event: p.event,
-            data: p.data,
-            target: p.target,
-            ttl_ms: p.ttl_seconds.saturating_mul(1000),
-        })
+    let outcome = shard
+        .shared
+        .bus
+        .publish(
+            &shard.shared.broker,
+            PublishReq {
+                event: p.event,
+                data: p.data,
+                target: p.target,
+                ttl_seconds: p.ttl_seconds,
+            },
+        )
         .await;
     match outcome {
         Published::Id(id) => {
@@ -558,23 +540,18 @@ fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "status": "draining" }),
         )
-    } else if shard.shared.cluster.as_ref().is_some_and(|c| !c.is_up()) {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "degraded", "redis": "down" }),
-        )
-    } else if shard
-        .shared
-        .cluster
-        .as_ref()
-        .is_some_and(|c| !c.is_delivering())
-    {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "degraded", "redis": "up", "delivery": "stalled" }),
-        )
     } else {
-        json_response(StatusCode::OK, json!({ "status": "ready" }))
+        match shard.shared.registry.health() {
+            Health::Ok => json_response(StatusCode::OK, json!({ "status": "ready" })),
+            Health::Down => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "status": "degraded", "redis": "down" }),
+            ),
+            Health::Stalled => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "status": "degraded", "redis": "up", "delivery": "stalled" }),
+            ),
+        }
     }
 }
 

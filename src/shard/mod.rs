@@ -220,10 +220,11 @@ async fn heartbeat_loop(shard: Rc<Shard>) {
         }
         io::flush(&shard);
         batch.record(started.elapsed().as_secs_f64());
-        if let Some(c) = &shard.shared.cluster {
-            // The registry heartbeat of this shard's streams: one batch.
-            c.heartbeat(&shard.shared.broker, shard.id);
-        }
+        // The registry heartbeat of this shard's streams: one batch.
+        shard
+            .shared
+            .registry
+            .heartbeat(&shard.shared.broker, shard.id);
     }
 }
 

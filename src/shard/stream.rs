@@ -30,9 +30,11 @@ pub fn closed<'a>(
         CloseReason::Disconnected => None,
         _ => shard.shared.broker.closed(user, serial),
     };
-    if let Some(c) = &shard.shared.cluster {
-        c.ended(user, conn_id.as_deref(), serial, topics);
-    }
+    let topics: smallvec::SmallVec<[&str; 4]> = topics.into_iter().collect();
+    shard
+        .shared
+        .registry
+        .ended(user, conn_id.as_deref(), serial, &topics);
     shard.counters.closed(reason).increment(1);
 }
 

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod ops;
 pub mod redis;
+pub mod redis_cluster;
 pub mod sse;
 
 use std::io::{BufRead, BufReader};

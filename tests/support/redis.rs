@@ -2,11 +2,12 @@
 //! loopback port (started, SIGKILLed, restarted empty on the same port), a
 //! minimal blocking RESP client (`PING`, `INFO`, `FLUSHALL`, `SCAN`/`DEL`), and a
 //! [`Cluster`]: a unique key prefix on one Redis plus the flags that start pods
-//! of that cluster. Everything is cleaned up on drop.
+//! of that cluster ([`unique_prefix`], [`start_pod`], shared with the Redis
+//! Cluster of `super::redis_cluster`). Everything is cleaned up on drop.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -173,11 +174,23 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Arguments after the standard ones (see [`RedisServer::start_with`]).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Start on a free loopback port (retrying on another port if it was taken).
     pub fn start() -> RedisServer {
+        RedisServer::start_with(free_port, |_, _| Vec::new())
+    }
+
+    /// Like [`RedisServer::start`], on a port from `port` and with more
+    /// `redis-server` arguments, made for each port tried from that port and the
+    /// server's own directory; a restart uses the same ones.
+    pub fn start_with(
+        port: impl Fn() -> u16,
+        extra: impl Fn(u16, &Path) -> Vec<String>,
+    ) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "herald-test-redis-{}-{:016x}",
             std::process::id(),
@@ -188,9 +201,11 @@ impl RedisServer {
             child: None,
             port: 0,
             dir,
+            extra: Vec::new(),
         };
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = port();
+            server.extra = extra(server.port, &server.dir);
             if server.spawn().is_ok() {
                 return server;
             }
@@ -216,6 +231,7 @@ impl RedisServer {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -267,7 +283,13 @@ impl RedisServer {
         self.child.is_some()
     }
 
-    fn log(&self) -> String {
+    /// The server's own directory (its `--dir`), removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
 }
@@ -339,15 +361,8 @@ impl Cluster {
     }
 
     fn on(test: &str, port: u16, own: Option<RedisServer>) -> Cluster {
-        // 1-64 bytes of the userId alphabet, unique per test run.
-        let mut name: String = test
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        name.truncate(32);
-        let prefix = format!("t-{name}-{}-{:08x}", std::process::id(), fastrand::u32(..));
         Cluster {
-            prefix,
+            prefix: unique_prefix(test),
             port,
             timing: Timing::FAST,
             own,
@@ -381,38 +396,54 @@ impl Cluster {
     pub fn pod(&self, extra: &[&str]) -> Herald {
         let n = self.pods_started.get();
         self.pods_started.set(n + 1);
-        let pod_id = format!("pod{n}-{:08x}", fastrand::u32(..));
-        let url = self.redis_url();
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let (hb, stale, cleanup) = (
-            ms(self.timing.heartbeat),
-            ms(self.timing.stale_after),
-            ms(self.timing.cleanup),
-        );
-        let mut args: Vec<&str> = vec![
-            "--redis",
-            &url,
-            "--redis-prefix",
-            &self.prefix,
-            "--pod-id",
-            &pod_id,
-            "--shards",
-            "2",
-            "--heartbeat-interval",
-            &hb,
-            "--stale-after",
-            &stale,
-            "--cleanup-interval",
-            &cleanup,
-        ];
-        args.extend_from_slice(extra);
-        let h = Herald::start(&args);
-        assert_eq!(
-            h.pod_id, pod_id,
-            "the pod must announce the --pod-id it was given"
-        );
-        h
+        start_pod(&self.redis_url(), &self.prefix, self.timing, n, extra)
     }
+}
+
+/// A `--redis-prefix` unique to this test run: 1-64 bytes of the userId alphabet
+/// starting with `t-` and the test's name.
+pub fn unique_prefix(test: &str) -> String {
+    let mut name: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name.truncate(32);
+    format!("t-{name}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Start pod number `n` of a cluster on the Redis at `url` under `prefix`:
+/// `--shards 2`, the timings, a pod id unique to the test, then `extra`.
+pub fn start_pod(url: &str, prefix: &str, timing: Timing, n: u32, extra: &[&str]) -> Herald {
+    let pod_id = format!("pod{n}-{:08x}", fastrand::u32(..));
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let (hb, stale, cleanup) = (
+        ms(timing.heartbeat),
+        ms(timing.stale_after),
+        ms(timing.cleanup),
+    );
+    let mut args: Vec<&str> = vec![
+        "--redis",
+        url,
+        "--redis-prefix",
+        prefix,
+        "--pod-id",
+        &pod_id,
+        "--shards",
+        "2",
+        "--heartbeat-interval",
+        &hb,
+        "--stale-after",
+        &stale,
+        "--cleanup-interval",
+        &cleanup,
+    ];
+    args.extend_from_slice(extra);
+    let h = Herald::start(&args);
+    assert_eq!(
+        h.pod_id, pod_id,
+        "the pod must announce the --pod-id it was given"
+    );
+    h
 }
 
 impl Drop for Cluster {

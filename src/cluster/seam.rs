@@ -1,0 +1,75 @@
+//! Cluster mode behind the seam: [`Cluster`] is the Redis [`ConnectionRegistry`]
+//! and [`EventBus`].
+
+use std::time::Duration;
+
+use super::Cluster;
+use crate::broker::{Broker, Joined};
+use crate::seam::{
+    ClusterStats, ConnectionRegistry, Elsewhere, EventBus, Health, Pending, PublishReq, Published,
+    Registration,
+};
+
+impl ConnectionRegistry for Cluster {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn register<'a>(&'a self, r: Registration<'a>) -> Pending<'a, Option<Joined>> {
+        Box::pin(Cluster::register(self, r))
+    }
+
+    fn abandon(&self, user: &str, conn_id: &str, serial: u64, topics: &[Box<str>]) {
+        self.forget(user, conn_id, serial, topics);
+    }
+
+    fn ended(&self, user: &str, conn_id: Option<&str>, serial: u64, topics: &[&str]) {
+        Cluster::ended(self, user, conn_id, serial, topics);
+    }
+
+    fn unregister(&self, user: &str, conn_id: &str, serial: u64) {
+        Cluster::unregister(self, user, conn_id, serial);
+    }
+
+    fn disconnect_elsewhere<'a>(
+        &'a self,
+        user: &'a str,
+        conn_id: &'a str,
+    ) -> Pending<'a, Elsewhere> {
+        Box::pin(async move {
+            match self.disconnect(user, conn_id).await {
+                Ok(true) => Elsewhere::Ended,
+                Ok(false) => Elsewhere::NotFound,
+                Err(()) => Elsewhere::Unreachable,
+            }
+        })
+    }
+
+    fn stats(&self) -> Pending<'_, Option<ClusterStats>> {
+        Box::pin(Cluster::stats(self))
+    }
+
+    fn heartbeat(&self, broker: &Broker, shard: u16) {
+        Cluster::heartbeat(self, broker, shard);
+    }
+
+    fn health(&self) -> Health {
+        if !self.is_up() {
+            Health::Down
+        } else if !self.is_delivering() {
+            Health::Stalled
+        } else {
+            Health::Ok
+        }
+    }
+
+    fn drain(&self, within: Duration) {
+        Cluster::drain(self, within);
+    }
+}
+
+impl EventBus for Cluster {
+    fn publish<'a>(&'a self, _: &'a Broker, p: PublishReq) -> Pending<'a, Published> {
+        Box::pin(Cluster::publish(self, p))
+    }
+}

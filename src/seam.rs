@@ -1,0 +1,188 @@
+//! The seam between the endpoints and where connections and events are shared:
+//! a [`ConnectionRegistry`] (what the seed calls DistributedConnectionManager:
+//! register, remove, heartbeat, locate a connection on another pod, cluster
+//! stats, drain) and an [`EventBus`] (publish). [`Local`] is the embedded
+//! default: the pod's broker is the whole registry and bus. Cluster mode
+//! implements both over Redis ([`crate::cluster::Cluster`]). The endpoints and
+//! the shards only see the two traits; neither is on the delivery path.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::broker::{Broker, Joined, Publish};
+use crate::event::Target;
+
+/// A boxed future of a seam method (per connect or publish, never per delivery).
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Where a resuming connect starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// After this event id.
+    Id(u64),
+    /// From an id herald does not know (answered `RESYNC`).
+    Unknown,
+}
+
+impl ResumeFrom {
+    /// The resume point a client sent (`Last-Event-ID` or `lastEventId`).
+    pub fn parse(last_event_id: &str) -> ResumeFrom {
+        match last_event_id.trim().parse::<u64>() {
+            Ok(id) => ResumeFrom::Id(id),
+            Err(_) => ResumeFrom::Unknown,
+        }
+    }
+}
+
+/// A connect to register.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub user: &'a str,
+    pub conn_id: &'a str,
+    pub serial: u64,
+    pub topics: &'a [Box<str>],
+    pub resume: Option<ResumeFrom>,
+}
+
+/// A connection that is not on this pod, looked up elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// Ended on the pod that holds it.
+    Ended,
+    /// No such connection anywhere.
+    NotFound,
+    /// The shared registry is unreachable.
+    Unreachable,
+}
+
+/// Counts of the whole cluster, for the stats endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterStats {
+    pub connections: u64,
+    pub users: u64,
+    pub pods: u64,
+    pub inactive: u64,
+}
+
+/// Whether the shared registry and bus work, for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// The shared store does not answer.
+    Down,
+    /// It answers, but this pod's delivery probe does not come back.
+    Stalled,
+}
+
+/// See the module doc.
+pub trait ConnectionRegistry: Send + Sync {
+    /// Whether connections are shared with other pods (the stats say so).
+    fn is_shared(&self) -> bool;
+
+    /// Register a connect before its stream starts. `None`: the stream starts from
+    /// this pod's own state (embedded, or the shared registry unreachable). Every
+    /// call ends with [`ConnectionRegistry::ended`] or
+    /// [`ConnectionRegistry::abandon`].
+    fn register<'a>(&'a self, r: Registration<'a>) -> Pending<'a, Option<Joined>>;
+
+    /// Undo a registration whose connect was refused afterwards.
+    fn abandon(&self, user: &str, conn_id: &str, serial: u64, topics: &[Box<str>]);
+
+    /// A stream ended; `conn_id` is given when it was still registered.
+    fn ended(&self, user: &str, conn_id: Option<&str>, serial: u64, topics: &[&str]);
+
+    /// A connection of this pod was disconnected (its stream ends next).
+    fn unregister(&self, user: &str, conn_id: &str, serial: u64);
+
+    /// End a connection this pod does not hold, wherever it is.
+    fn disconnect_elsewhere<'a>(
+        &'a self,
+        user: &'a str,
+        conn_id: &'a str,
+    ) -> Pending<'a, Elsewhere>;
+
+    /// Cluster-wide counts (`None`: not shared, or unreachable).
+    fn stats(&self) -> Pending<'_, Option<ClusterStats>>;
+
+    /// One shard's heartbeat of its registered connections.
+    fn heartbeat(&self, broker: &Broker, shard: u16);
+
+    fn health(&self) -> Health;
+
+    /// Take this pod out of the shared registry in one batch (bounded wait).
+    fn drain(&self, within: Duration);
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Sequenced with this id.
+    Id(u64),
+    /// The shared store is unreachable: held, sent when it returns.
+    Buffered,
+    /// The shared store is unreachable and the buffer is full.
+    Full,
+}
+
+/// A validated publish, owned (it may wait for the shared store).
+#[derive(Debug, Clone)]
+pub struct PublishReq {
+    pub event: String,
+    pub data: String,
+    pub target: Target,
+    pub ttl_seconds: u64,
+}
+
+/// See the module doc.
+pub trait EventBus: Send + Sync {
+    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishReq) -> Pending<'a, Published>;
+}
+
+/// The embedded registry and bus: everything is in this pod's broker.
+#[derive(Debug, Default)]
+pub struct Local;
+
+impl ConnectionRegistry for Local {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn register<'a>(&'a self, _: Registration<'a>) -> Pending<'a, Option<Joined>> {
+        Box::pin(std::future::ready(None))
+    }
+
+    fn abandon(&self, _: &str, _: &str, _: u64, _: &[Box<str>]) {}
+
+    fn ended(&self, _: &str, _: Option<&str>, _: u64, _: &[&str]) {}
+
+    fn unregister(&self, _: &str, _: &str, _: u64) {}
+
+    fn disconnect_elsewhere<'a>(&'a self, _: &'a str, _: &'a str) -> Pending<'a, Elsewhere> {
+        Box::pin(std::future::ready(Elsewhere::NotFound))
+    }
+
+    fn stats(&self) -> Pending<'_, Option<ClusterStats>> {
+        Box::pin(std::future::ready(None))
+    }
+
+    fn heartbeat(&self, _: &Broker, _: u16) {}
+
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
+    fn drain(&self, _: Duration) {}
+}
+
+impl EventBus for Local {
+    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishReq) -> Pending<'a, Published> {
+        let id = broker.publish(Publish {
+            event: &p.event,
+            data: &p.data,
+            target: p.target,
+            ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
+        });
+        Box::pin(std::future::ready(Published::Id(id)))
+    }
+}

@@ -1,0 +1,412 @@
+//! Cluster at scale: a pod receives from Redis only what its connections need
+//! (route by interest), so what Redis sends per user or topic event does not
+//! grow with the number of pods; topic interest follows subscribers with a
+//! linger; the pod's inbox and the broadcast stream merge in log order; the
+//! delivery probe notices a delivery path that stopped and restores it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::check::{self, id_of, next_ev};
+use support::redis::{Cluster, Resp, Timing};
+use support::{Herald, SseClient, WAIT};
+
+/// Slow background (heartbeats, probes, cleanup), so that Redis's counters move
+/// with the events a test publishes, not with time.
+const QUIET: Timing = Timing {
+    heartbeat: Duration::from_secs(10),
+    stale_after: Duration::from_secs(30),
+    cleanup: Duration::from_secs(10),
+};
+
+fn info(r: &mut Resp, field: &str) -> u64 {
+    r.info_field("stats", field)
+}
+
+async fn stats_events(h: &Herald) -> u64 {
+    h.stats().await["events"]["published"]
+        .as_u64()
+        .expect("stats.events.published")
+}
+
+/// Redis's bytes sent and commands run per event, for `n` events of `body`
+/// published on `on` and all received by `sub`.
+async fn cost_per_event(
+    cl: &Cluster,
+    on: &Herald,
+    sub: &mut SseClient,
+    body: serde_json::Value,
+    n: usize,
+) -> (f64, f64) {
+    let mut r = cl.client();
+    let (bytes0, cmds0) = (
+        info(&mut r, "total_net_output_bytes"),
+        info(&mut r, "total_commands_processed"),
+    );
+    let mut last = String::new();
+    for _ in 0..n {
+        last = on.publish(body.clone()).await;
+    }
+    loop {
+        let ev = next_ev(sub, "the measured events").await;
+        if ev.id.as_deref() == Some(last.as_str()) {
+            break;
+        }
+    }
+    let (bytes1, cmds1) = (
+        info(&mut r, "total_net_output_bytes"),
+        info(&mut r, "total_commands_processed"),
+    );
+    // The first INFO reply and the second INFO command are ours, not herald's.
+    (
+        (bytes1 - bytes0) as f64 / n as f64,
+        (cmds1 - cmds0).saturating_sub(1) as f64 / n as f64,
+    )
+}
+
+#[tokio::test]
+async fn redis_bytes_and_commands_per_user_and_topic_event_do_not_grow_with_pods() {
+    const EVENTS: usize = 300;
+    let mut figures = Vec::new();
+    for pods in [1usize, 2, 4] {
+        let cl = Cluster::own("flat").with_timing(QUIET);
+        let hs: Vec<Herald> = (0..pods).map(|_| cl.pod(&[])).collect();
+        // One user (and one topic subscriber) on the first pod; publishes come in
+        // on the last pod, so with more than one pod every event crosses Redis.
+        let mut sub = hs[0]
+            .subscribe_connected("userId=flat-u&topics=flat-t")
+            .await;
+        let on = &hs[pods - 1];
+        let user = cost_per_event(
+            &cl,
+            on,
+            &mut sub,
+            json!({"data": "x".repeat(100), "target": {"users": ["flat-u"]}}),
+            EVENTS,
+        )
+        .await;
+        let topic = cost_per_event(
+            &cl,
+            on,
+            &mut sub,
+            json!({"data": "x".repeat(100), "target": {"topics": ["flat-t"]}}),
+            EVENTS,
+        )
+        .await;
+        // Pods without the user or topic received none of it.
+        for h in &hs[1..] {
+            assert_eq!(stats_events(h).await, 0, "pod {} read events", h.pod_id);
+        }
+        eprintln!("{pods} pods: user event {user:?}, topic event {topic:?} (bytes, commands)");
+        figures.push((pods, user, topic));
+        drop(sub);
+        drop(hs);
+    }
+    let (_, user1, topic1) = figures[0];
+    for &(pods, user, topic) in &figures[1..] {
+        for (what, one, now) in [("user", user1, user), ("topic", topic1, topic)] {
+            assert!(
+                now.0 <= one.0 * 1.1 && now.1 <= one.1 * 1.1,
+                "a {what} event costs Redis {now:?} (bytes, commands) with {pods} pods vs {one:?} \
+                 with 1: must stay within 10%; all figures: {figures:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pod_reads_only_events_for_its_own_users_and_topics_and_every_broadcast() {
+    let cl = Cluster::shared("interest");
+    let a = cl.pod(&[]);
+    let b = cl.pod(&[]);
+    let mut ua = a.subscribe_connected("userId=i-a&topics=i-ta").await;
+    let mut ub = b.subscribe_connected("userId=i-b").await;
+    let to_a = a
+        .publish(json!({"data": "for a", "target": {"users": ["i-a"]}}))
+        .await;
+    let topic_a = b
+        .publish(json!({"data": "topic a", "target": {"topics": ["i-ta"]}}))
+        .await;
+    let everyone = b.publish(json!({"data": "all", "target": "all"})).await;
+    for (c, want) in [
+        (
+            &mut ua,
+            vec![to_a.as_str(), topic_a.as_str(), everyone.as_str()],
+        ),
+        (&mut ub, vec![everyone.as_str()]),
+    ] {
+        for id in want {
+            let ev = next_ev(c, "routed event").await;
+            assert_eq!(ev.id.as_deref(), Some(id), "{ev:?}");
+        }
+    }
+    assert_eq!(
+        stats_events(&a).await,
+        3,
+        "pod a: its user, its topic, the broadcast"
+    );
+    assert_eq!(stats_events(&b).await, 1, "pod b: only the broadcast");
+}
+
+fn topic_pods(r: &mut Resp, prefix: &str, topic: &str) -> Vec<String> {
+    let key = format!("{{{prefix}}}:tpods:{topic}");
+    match r.cmd(&["SMEMBERS", &key]).expect("SMEMBERS") {
+        support::redis::Reply::Array(Some(items)) => {
+            let mut v: Vec<String> = items.iter().filter_map(|i| i.text()).collect();
+            v.sort();
+            v
+        }
+        other => panic!("SMEMBERS {key}: {other:?}"),
+    }
+}
+
+async fn wait_topic_pods(r: &mut Resp, prefix: &str, topic: &str, want: &[&str], what: &str) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let now = topic_pods(r, prefix, topic);
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: pods of topic {topic} are {now:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn topic_interest_joins_with_the_first_subscriber_and_leaves_after_the_linger() {
+    let cl = Cluster::shared("linger");
+    let a = cl.pod(&["--topic-linger", "600ms"]);
+    let b = cl.pod(&[]);
+    let mut r = cl.client();
+    assert!(topic_pods(&mut r, &cl.prefix, "lt").is_empty());
+    let first = a.subscribe_connected("userId=l1&topics=lt").await;
+    // Joined by the connect itself: a publish right after it reaches it.
+    assert_eq!(topic_pods(&mut r, &cl.prefix, "lt"), vec![a.pod_id.clone()]);
+    let second = a.subscribe_connected("userId=l2&topics=lt").await;
+    drop(first);
+    drop(second);
+    a.wait_connections(0).await;
+    // A subscriber back within the linger: the pod never left.
+    assert_eq!(
+        topic_pods(&mut r, &cl.prefix, "lt"),
+        vec![a.pod_id.clone()],
+        "left before the linger"
+    );
+    let mut back = a.subscribe_connected("userId=l1&topics=lt").await;
+    let id = b
+        .publish(json!({"data": "t", "target": {"topics": ["lt"]}}))
+        .await;
+    let ev = next_ev(&mut back, "topic event after reconnect").await;
+    assert_eq!(ev.id.as_deref(), Some(id.as_str()));
+    drop(back);
+    a.wait_connections(0).await;
+    let left_at = Instant::now();
+    wait_topic_pods(&mut r, &cl.prefix, "lt", &[], "after the last subscriber").await;
+    assert!(
+        left_at.elapsed() >= Duration::from_millis(400),
+        "left {:?} after the last subscriber: the linger is 600ms",
+        left_at.elapsed()
+    );
+    // With nobody subscribed anywhere, a topic event reaches no pod.
+    let before = stats_events(&a).await;
+    b.publish(json!({"data": "t", "target": {"topics": ["lt"]}}))
+        .await;
+    let c = a.subscribe_connected("userId=l3&topics=lt").await;
+    assert_eq!(
+        stats_events(&a).await,
+        before,
+        "pod a read an event for no one"
+    );
+    drop(c);
+}
+
+/// A mix of broadcasts, user and topic events from a third pod must reach each
+/// connection in publish order (pods merge their inbox and the broadcast stream
+/// by log id), and a resume on another pod replays exactly what was missed.
+#[tokio::test]
+async fn mixed_broadcast_user_and_topic_events_arrive_in_publish_order_and_resume_exactly() {
+    let cl = Cluster::shared("merge");
+    let a = cl.pod(&[]);
+    let b = cl.pod(&[]);
+    let c = cl.pod(&[]);
+    let mut on_a = a
+        .subscribe_connected("userId=m-u&connectionId=ca&topics=m-t")
+        .await;
+    let mut on_b = b.subscribe_connected("userId=m-u&connectionId=cb").await;
+    let mut other = b.subscribe_connected("userId=m-other&topics=m-t").await;
+    let targets = [
+        json!("all"),
+        json!({"users": ["m-u"]}),
+        json!({"topics": ["m-t"]}),
+        json!({"users": ["m-nobody"]}),
+        json!({"users": ["m-other", "m-u"]}),
+    ];
+    let mut published = Vec::new();
+    for i in 0..60 {
+        let t = targets[fastrand::usize(..targets.len())].clone();
+        let on = [&a, &b, &c][i % 3];
+        let id = on
+            .publish(json!({"data": format!("e{i}"), "target": t}))
+            .await;
+        published.push((id, t));
+    }
+    let wants = |user: &str, topic: bool| -> Vec<String> {
+        published
+            .iter()
+            .filter(|(_, t)| {
+                t == "all"
+                    || t["users"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|x| x == user))
+                    || (topic && t["topics"].is_array())
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for (client, want, what) in [
+        (&mut on_a, wants("m-u", true), "m-u on a (topic)"),
+        (&mut on_b, wants("m-u", false), "m-u on b"),
+        (&mut other, wants("m-other", true), "m-other on b (topic)"),
+    ] {
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(next_ev(client, what).await.id.expect("id"));
+        }
+        assert_eq!(got, want, "{what}: events or their order differ");
+    }
+    // Resume m-u/ca on pod c from the middle: exactly the rest, in order.
+    let mine = wants("m-u", true);
+    let from = &mine[mine.len() / 2];
+    drop(on_a);
+    a.wait_connections(0).await;
+    let extra = c
+        .publish(json!({"data": "after", "target": {"topics": ["m-t"]}}))
+        .await;
+    let path = "/api/user/sse/connect?userId=m-u&connectionId=ca&topics=m-t";
+    let mut resumed = SseClient::connect(c.addr, path, &[("Last-Event-ID", from)]).await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    assert_eq!(next_ev(&mut resumed, "CONNECTED").await.event, "CONNECTED");
+    let mut want: Vec<String> = mine[mine.len() / 2 + 1..].to_vec();
+    want.push(extra);
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        got.push(next_ev(&mut resumed, "replay").await.id.expect("id"));
+    }
+    assert_eq!(got, want, "resume on another pod");
+    let ids: Vec<u64> = got.iter().map(|s| s.parse().expect("numeric id")).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids must increase: {ids:?}"
+    );
+}
+
+async fn wait_ready(h: &Herald, want: u16, within: Duration) -> String {
+    let until = Instant::now() + within;
+    loop {
+        let r = h.get("/health/ready").await;
+        if r.status == want {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < until,
+            "readiness stayed {} ({}), want {want}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_redis_fails_the_delivery_probe_and_delivery_recovers() {
+    let cl = Cluster::own("probe-stall");
+    let a = cl.pod(&["--redis-timeout", "300ms"]);
+    let b = cl.pod(&["--redis-timeout", "300ms"]);
+    let mut sub = a.subscribe_connected("userId=p-u").await;
+    wait_ready(&a, 200, WAIT).await;
+    let pid = cl.client().info_field("server", "process_id");
+    assert!(pid > 0, "redis process id");
+    {
+        let _stopped = Stopped::new(pid);
+        wait_ready(&a, 503, Duration::from_secs(5)).await;
+        check::wait_metric(&a, "herald_delivery_probe_failures_total", |v| v >= 1.0).await;
+    }
+    wait_ready(&a, 200, Duration::from_secs(10)).await;
+    check::wait_metric(&a, "herald_delivery_ok", |v| v == 1.0).await;
+    let id = b
+        .publish(json!({"data": "back", "target": {"users": ["p-u"]}}))
+        .await;
+    loop {
+        let ev = next_ev(&mut sub, "event after the stall").await;
+        if ev.id.as_deref() == Some(id.as_str()) {
+            break;
+        }
+    }
+}
+
+/// A process stopped with SIGSTOP until dropped (then SIGCONT), so that a
+/// failing assertion does not leave Redis frozen.
+struct Stopped(u64);
+
+impl Stopped {
+    fn new(pid: u64) -> Stopped {
+        signal("-STOP", pid);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(sig: &str, pid: u64) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn an_inbox_recreated_behind_the_reader_is_found_by_the_probe() {
+    let cl = Cluster::shared("probe-behind");
+    let a = cl.pod(&[]);
+    let b = cl.pod(&[]);
+    let mut sub = a.subscribe_connected("userId=pb-u").await;
+    let inbox = format!("{{{}}}:inbox:{}", cl.prefix, a.pod_id);
+    let mut r = cl.client();
+    // An entry from far in the future moves the reader there; then the stream
+    // is lost (a failover to a replica that never had it): new entries get
+    // lower ids than the reader's position.
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 3_600_000;
+    let ahead = format!("{ahead}-0");
+    r.cmd(&["XADD", &inbox, &ahead, "o", "probe", "n", "0"])
+        .expect("XADD");
+    let first = b
+        .publish(json!({"data": "1", "target": {"users": ["pb-u"]}}))
+        .await;
+    assert_eq!(
+        next_ev(&mut sub, "before").await.id.as_deref(),
+        Some(first.as_str())
+    );
+    r.cmd(&["DEL", &inbox]).expect("DEL");
+    let started = Instant::now();
+    let lost = b
+        .publish(json!({"data": "2", "target": {"users": ["pb-u"]}}))
+        .await;
+    let ev = next_ev(&mut sub, "the event published into the recreated inbox").await;
+    assert_eq!(ev.id.as_deref(), Some(lost.as_str()));
+    eprintln!("delivery restored after {:?}", started.elapsed());
+    assert!(id_of(&ev) > 0);
+}
