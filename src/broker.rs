@@ -339,6 +339,17 @@ impl Broker {
         self.lock().registry.remove(user, conn_id)
     }
 
+    /// Tell every stream of this pod that it may have missed events (`RESYNC`):
+    /// the cluster lost this pod's registrations for a while.
+    pub fn resync_all(&self, reason: &str) {
+        let data = serde_json::json!({ "reason": reason }).to_string();
+        let frame = frame::unnumbered("RESYNC", &data);
+        for shard in 0..self.hub.shards() {
+            self.hub.push(shard, ShardMsg::Unnumbered(frame.clone()));
+            self.hub.wake(shard);
+        }
+    }
+
     /// Ask the shard holding `loc` to end it.
     pub fn close_remote(
         &self,

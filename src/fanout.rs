@@ -27,6 +27,8 @@ pub struct ConnLoc {
 pub enum ShardMsg {
     /// Deliver this event to the matching connections.
     Event(Arc<Event>),
+    /// Queue this frame (no id) on every open connection of the shard.
+    Unnumbered(bytes::Bytes),
     /// End the connection at `loc` (if `loc.serial` still matches); the ack says
     /// whether it was there.
     Close {

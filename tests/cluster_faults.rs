@@ -256,15 +256,26 @@ async fn pods_ride_out_a_redis_outage_and_converge_when_it_returns() {
 
     // The buffered publishes reach every subscriber on both pods, once, in order.
     let end = a.publish(json!({"data": "end", "target": "all"})).await;
-    for ((name, c), got) in subs.iter_mut().zip(seen.iter_mut()) {
+    let mut resyncs = vec![0; subs.len()];
+    for (i, ((name, c), got)) in subs.iter_mut().zip(seen.iter_mut()).enumerate() {
         loop {
             let ev = next_ev(c, &format!("{name}: buffered events, then end")).await;
             let done = ev.id.as_deref() == Some(end.as_str());
+            if ev.event == "RESYNC" {
+                resyncs[i] += 1;
+                continue;
+            }
             got.push(ev);
             if done {
                 break;
             }
         }
+        // Redis came back empty: the registrations of every stream were lost for
+        // a while, so each stream is told it may have missed events, once.
+        assert_eq!(
+            resyncs[i], 1,
+            "{name}: one RESYNC after Redis lost its data"
+        );
         let datas: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
         let mut sorted = datas.clone();
         sorted.sort();

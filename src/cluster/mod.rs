@@ -407,7 +407,7 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     local.spawn_local(registry::remove_loop(c.clone(), rx.remove));
     local.spawn_local(registry::heartbeat_loop(c.clone(), rx.heartbeat));
     local.spawn_local(registry::cleanup_loop(c.clone()));
-    local.spawn_local(probe::probe_loop(c.clone()));
+    local.spawn_local(probe::probe_loop(shared.clone(), c.clone()));
     local.spawn_local(publish::flush_loop(c.clone()));
     local.spawn_local(registry::drain_loop(shared.clone(), c.clone(), rx.drain));
     local.await;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::{log, Cluster};
 use crate::clock;
 use crate::metrics as m;
+use crate::Shared;
 
 /// The longest probe interval (the heartbeat interval when shorter).
 const MAX_INTERVAL: Duration = Duration::from_secs(5);
@@ -43,7 +44,7 @@ impl Cluster {
     }
 }
 
-pub(super) async fn probe_loop(c: Arc<Cluster>) {
+pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
     let mut tick = tokio::time::interval(c.probe_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ttl_ms = (c.set.stale_after * 10)
@@ -51,6 +52,7 @@ pub(super) async fn probe_loop(c: Arc<Cluster>) {
         .as_millis() as i64;
     let mut outstanding: Option<(u64, Instant)> = None;
     let mut n = 0u64;
+    let mut registered = false;
     loop {
         tick.tick().await;
         if c.draining.load(Ordering::Acquire) {
@@ -96,7 +98,15 @@ pub(super) async fn probe_loop(c: Arc<Cluster>) {
             c.reset_requested.store(true, Ordering::Release);
         }
         // Missing from the pod set: new, or dropped as dead while it could not
-        // reach Redis, or Redis lost its data: join its topics again.
+        // reach Redis, or Redis lost its data: join its topics again. In the last
+        // two cases events routed to this pod in between are gone: its streams
+        // are told so (`RESYNC`); its connections come back with their next
+        // heartbeat.
+        if added > 0 && registered {
+            warn!("the cluster lost this pod's registration: streams get RESYNC");
+            shared.broker.resync_all("cluster_registry_lost");
+        }
+        registered = true;
         c.topic_changes(added > 0).await;
     }
 }
