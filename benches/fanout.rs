@@ -69,6 +69,7 @@ fn table() -> (ConnTable, Vec<usize>) {
                 user: &user,
                 topics: &topics,
                 last_id: 0,
+                partition: 0,
             })
         })
         .collect();
@@ -92,12 +93,7 @@ fn drain(t: &mut ConnTable, keys: &[usize]) {
 fn bench_deliver(c: &mut Criterion, name: &str, target: Target, reached: u64) {
     let (mut t, keys) = table();
     let data = payload_100();
-    let mut ev = Event {
-        id: 0,
-        target,
-        frame: frame::event(1, "message", &data),
-        published_ns: 1,
-    };
+    let mut ev = Event::new(0, target, frame::event(1, "message", &data), 1);
     // Warm: every queue gets its ring allocated once, as a live shard's would.
     for _ in 0..4 {
         ev.id += 1;

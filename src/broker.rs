@@ -19,6 +19,8 @@ use crate::history::{History, HistoryLimits, Pending, PendingLimits, Resume};
 use crate::metrics as m;
 use crate::registry::LocalRegistry;
 use crate::sse::frame;
+use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// Limits the broker enforces.
 #[derive(Debug, Clone, Copy)]
@@ -47,21 +49,40 @@ pub struct OpenRequest<'a> {
 /// What the cluster registry answered for a connect (see [`crate::cluster`]).
 #[derive(Debug)]
 pub struct Joined {
-    /// The last id of the cluster's event log when the connection was registered:
-    /// later events reach it through this pod's reader, earlier ones only
-    /// through `start`.
-    pub floor: u64,
+    /// Per ordered source the connection reads (one; or, with partitions, the
+    /// broadcasts and its partition): later events reach it through this pod's
+    /// reader, earlier ones only through `start`.
+    pub floors: SmallVec<[Floor; 2]>,
     pub start: Start,
+    /// With partitions: the two-part id the stream's first frames build on (the
+    /// broadcast position it resumes from or registered at, and its partition's
+    /// position at registration).
+    pub ids_from: Option<(u64, u64)>,
+}
+
+/// Where a connection joined one ordered source of the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    /// 0 the broadcasts (everything without partitions), 1 + k partition k.
+    pub source: u16,
+    /// This pod's order key when its reader had read everything routed to it up
+    /// to the registration: later events of this source are after it.
+    pub seq: u64,
 }
 
 /// What the cluster registry gave a new connection to start with.
 #[derive(Debug)]
 pub enum Start {
-    /// Not resuming: the user's pending events, taken from Redis, oldest first.
-    Pending(Vec<QueuedFrame>),
+    /// Not resuming: the user's pending events (log position, frame), taken from
+    /// Redis, oldest first.
+    Pending(Vec<(u64, QueuedFrame)>),
     /// Resuming: the events after the client's id up to the registration, from
-    /// the cluster's log.
-    Replay(Vec<Arc<Event>>),
+    /// the cluster's log(s): its user's partition (everything without
+    /// partitions), then the broadcasts.
+    Replay {
+        partition: Vec<Arc<Event>>,
+        broadcast: Vec<Arc<Event>>,
+    },
     /// Resuming from a point the log does not hold.
     Resync,
 }
@@ -108,6 +129,9 @@ struct State {
     history: History,
     pending: Pending,
     registry: LocalRegistry,
+    /// Cluster with partitions: the position reached in each ordered source
+    /// (0 the broadcasts, 1 + k partition k), for the two-part ids.
+    positions: Option<Vec<u64>>,
 }
 
 /// See the module doc.
@@ -132,6 +156,7 @@ impl Broker {
                 history: History::new(base, limits.history),
                 pending: Pending::new(limits.pending),
                 registry: LocalRegistry::default(),
+                positions: None,
             }),
             hub: Hub::new(shards),
             serial: AtomicU64::new(1),
@@ -208,25 +233,42 @@ impl Broker {
         let replaced = s.registry.register(req.user, req.conn_id, loc);
         let wants = |e: &Event| e.target.matches(req.user, req.topics.iter().map(|t| &**t));
         let initial = match (req.last_event_id, joined) {
-            (_, Some(j)) => {
-                // Registered at log position `floor`: what it started with then,
-                // and what this pod has read since, in id order.
-                let since = s.history.after(j.floor, wants);
-                match j.start {
-                    Start::Pending(mut frames) => {
-                        frames.extend(since.into_iter().map(|e| QueuedFrame {
-                            bytes: e.frame.clone(),
-                            published_ns: e.published_ns,
-                        }));
-                        Initial::Pending(frames)
+            (_, Some(j)) => match j.ids_from {
+                None => {
+                    // Registered at a log position: what it started with then, and
+                    // what this pod has read since, in id order.
+                    let since = s
+                        .history
+                        .after(j.floors.first().map_or(0, |f| f.seq), wants);
+                    match j.start {
+                        Start::Pending(frames) => Initial::Pending(
+                            frames
+                                .into_iter()
+                                .map(|(_, f)| f)
+                                .chain(since.into_iter().map(|e| QueuedFrame {
+                                    bytes: e.frame.clone(),
+                                    published_ns: e.published_ns,
+                                }))
+                                .collect(),
+                        ),
+                        Start::Replay {
+                            mut partition,
+                            broadcast,
+                        } => {
+                            partition.extend(broadcast);
+                            partition.extend(since);
+                            Initial::Replay(partition)
+                        }
+                        Start::Resync => Initial::Resync,
                     }
-                    Start::Replay(mut events) => {
-                        events.extend(since);
-                        Initial::Replay(events)
-                    }
-                    Start::Resync => Initial::Resync,
                 }
-            }
+                Some(from) => match j.start {
+                    Start::Resync => Initial::Resync,
+                    start => {
+                        Initial::Pending(two_part_start(&s.history, from, &j.floors, start, wants))
+                    }
+                },
+            },
             (Some(last), None) => {
                 // Resuming covers what was pending: drop it so it is not sent twice.
                 s.pending.take(req.user, now);
@@ -293,10 +335,33 @@ impl Broker {
         }
     }
 
-    /// Cluster mode: record the events Redis routed to this pod, in log order, and
-    /// hand them to the shards that hold a target. Pending events for offline
-    /// users are kept in Redis by the publishing pod, not here.
-    pub fn ingest(&self, events: impl IntoIterator<Item = Arc<Event>>) {
+    /// Cluster mode with `n` partitions (> 1): events get two-part ids.
+    pub fn set_partitions(&self, n: usize) {
+        if n > 1 {
+            self.lock().positions = Some(vec![0; n + 1]);
+        }
+    }
+
+    /// Cluster mode: this pod's reader of `source` passed a registration marker
+    /// at log position `upto`; returns the order key events after it get.
+    pub fn marker(&self, source: u16, upto: u64) -> u64 {
+        let mut s = self.lock();
+        if let Some(p) = s
+            .positions
+            .as_mut()
+            .and_then(|p| p.get_mut(source as usize))
+        {
+            *p = (*p).max(upto);
+        }
+        s.history.last_id()
+    }
+
+    /// Cluster mode: record the events Redis routed to this pod from `source`, in
+    /// its log order, and hand them to the shards that hold a target. Pending
+    /// events for offline users are kept in Redis by the publishing pod, not here.
+    /// With partitions each event gets this pod's next order key and frames whose
+    /// ids pair its position with the pod's position in the other source.
+    pub fn ingest(&self, source: u16, events: impl IntoIterator<Item = Arc<Event>>) {
         let shards = self.hub.shards();
         let all = if shards >= 128 {
             u128::MAX
@@ -305,12 +370,25 @@ impl Broker {
         };
         let mut wake: u128 = 0;
         {
-            let mut s = self.lock();
+            let mut guard = self.lock();
+            let s = &mut *guard;
             let now = clock::now_ns();
             for ev in events {
-                if ev.id <= s.history.last_id() {
-                    continue; // read twice across a reconnect
-                }
+                let ev = match s.positions.as_mut() {
+                    None if ev.id <= s.history.last_id() => continue, // read twice
+                    None => ev,
+                    Some(pos) => {
+                        let at = ev.id;
+                        let Some(mine) = pos.get(source as usize).copied() else {
+                            continue;
+                        };
+                        if at <= mine {
+                            continue; // read twice
+                        }
+                        pos[source as usize] = at;
+                        two_part_event(&ev, source, at, pos, s.history.last_id() + 1)
+                    }
+                };
                 let mask = match &ev.target {
                     Target::Users(users) => {
                         users.iter().fold(0, |m, u| m | s.registry.shard_mask(u))
@@ -369,12 +447,12 @@ impl Broker {
             let mut s = self.lock();
             let now = clock::now_ns();
             id = s.history.last_id() + 1;
-            let ev = Arc::new(Event {
+            let ev = Arc::new(Event::new(
                 id,
-                frame: frame::event(id, p.event, p.data),
-                target: p.target,
-                published_ns: now,
-            });
+                p.target,
+                frame::event(id, p.event, p.data),
+                now,
+            ));
             let shards = self.hub.shards();
             match &ev.target {
                 Target::Users(users) => {
@@ -422,4 +500,102 @@ impl Broker {
         m::dropped("pending_expired", expired);
         m::set_pending(s.pending.total());
     }
+}
+
+/// A two-part SSE id: broadcast position, partition position.
+fn two_part_id(b: u64, p: u64) -> String {
+    format!("{b}.{p}")
+}
+
+/// An event read from `source` at log position `at`, as this pod hands it out
+/// with partitions: order key `seq`; a broadcast gets one frame per partition
+/// (its position with that partition's), a partition's event one frame (the
+/// broadcast position with its own).
+fn two_part_event(ev: &Event, source: u16, at: u64, pos: &[u64], seq: u64) -> Arc<Event> {
+    let (frame, frames) = if source == 0 {
+        let frames: Box<[Bytes]> = pos[1..]
+            .iter()
+            .map(|&p| frame::with_id(&ev.frame, &two_part_id(at, p)))
+            .collect();
+        (frames[0].clone(), frames)
+    } else {
+        (
+            frame::with_id(&ev.frame, &two_part_id(pos[0], at)),
+            Box::default(),
+        )
+    };
+    Arc::new(Event {
+        id: seq,
+        target: ev.target.clone(),
+        frame,
+        frames,
+        published_ns: ev.published_ns,
+        origin: Some((source, at)),
+    })
+}
+
+/// The first frames of a stream with partitions, each with its own two-part id
+/// (so its ids increase in both parts): its partition's events (pending or
+/// replayed) from `from`, the replayed broadcasts, then what this pod read after
+/// the registration in each of the two sources.
+fn two_part_start(
+    history: &History,
+    from: (u64, u64),
+    floors: &[Floor],
+    start: Start,
+    wants: impl Fn(&Event) -> bool,
+) -> Vec<QueuedFrame> {
+    let (mut b, registered_p) = from;
+    let mut p = 0;
+    let mut out = Vec::new();
+    let mut put = |bytes: &Bytes, b: u64, p: u64, published_ns: u64| {
+        out.push(QueuedFrame {
+            bytes: frame::with_id(bytes, &two_part_id(b, p)),
+            published_ns,
+        });
+    };
+    let broadcast = match start {
+        Start::Pending(frames) => {
+            for (at, f) in frames {
+                p = at;
+                put(&f.bytes, b, p, f.published_ns);
+            }
+            Vec::new()
+        }
+        Start::Replay {
+            partition,
+            broadcast,
+        } => {
+            for e in partition {
+                p = e.id;
+                put(&e.frame, b, p, e.published_ns);
+            }
+            broadcast
+        }
+        Start::Resync => Vec::new(),
+    };
+    p = p.max(registered_p);
+    for e in broadcast {
+        b = e.id;
+        put(&e.frame, b, p, e.published_ns);
+    }
+    let first = floors.iter().map(|f| f.seq).min().unwrap_or(0);
+    for e in history.after(first, wants) {
+        let Some((source, at)) = e.origin else {
+            continue;
+        };
+        let Some(floor) = floors.iter().find(|f| f.source == source) else {
+            continue;
+        };
+        if e.id <= floor.seq {
+            continue;
+        }
+        if source == 0 {
+            b = b.max(at);
+        } else {
+            p = p.max(at);
+        }
+        put(&e.frame, b, p, e.published_ns);
+    }
+    out
 }

@@ -38,6 +38,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLISH_BUFFER", default_value_t = 10_000)]
     pub publish_buffer: usize,
 
+    /// Partitions of the cluster's users (cluster mode): each under a Redis hash
+    /// tag of its own, so that a Redis Cluster spreads them over its masters.
+    /// Every pod of a cluster must use the same number. With more than one, SSE
+    /// ids are two-part (`b.p`).
+    #[arg(long, env = "HERALD_PARTITIONS", default_value_t = 1)]
+    pub partitions: usize,
+
     /// How long this pod stays subscribed to a topic in Redis after its last
     /// subscriber on the pod left (cluster mode), so that a subscriber who
     /// reconnects does not make the pod leave and join again.
@@ -247,6 +254,9 @@ impl Config {
         }
         if self.cleanup_interval.is_zero() {
             return Err("--cleanup-interval must be greater than 0".into());
+        }
+        if !(1..=255).contains(&self.partitions) {
+            return Err("--partitions must be between 1 and 255".into());
         }
         if self.shard_count() > 1024 {
             return Err("--shards must be at most 1024".into());

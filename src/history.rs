@@ -254,12 +254,12 @@ mod tests {
     use crate::event::Target;
 
     fn ev(id: u64, at: u64) -> Arc<Event> {
-        Arc::new(Event {
+        Arc::new(Event::new(
             id,
-            target: Target::All,
-            frame: Bytes::from_static(b"0123456789"),
-            published_ns: at,
-        })
+            Target::All,
+            Bytes::from_static(b"0123456789"),
+            at,
+        ))
     }
 
     fn ids(r: Resume) -> Option<Vec<u64>> {

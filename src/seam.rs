@@ -21,6 +21,9 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub enum ResumeFrom {
     /// After this event id.
     Id(u64),
+    /// After this two-part id (`b.p`: broadcast and partition positions; a
+    /// cluster with partitions).
+    Pair(u64, u64),
     /// From an id herald does not know (answered `RESYNC`).
     Unknown,
 }
@@ -28,7 +31,14 @@ pub enum ResumeFrom {
 impl ResumeFrom {
     /// The resume point a client sent (`Last-Event-ID` or `lastEventId`).
     pub fn parse(last_event_id: &str) -> ResumeFrom {
-        match last_event_id.trim().parse::<u64>() {
+        let id = last_event_id.trim();
+        if let Some((b, p)) = id.split_once('.') {
+            return match (b.parse(), p.parse()) {
+                (Ok(b), Ok(p)) => ResumeFrom::Pair(b, p),
+                _ => ResumeFrom::Unknown,
+            };
+        }
+        match id.parse::<u64>() {
             Ok(id) => ResumeFrom::Id(id),
             Err(_) => ResumeFrom::Unknown,
         }
@@ -79,6 +89,10 @@ pub enum Health {
 pub trait ConnectionRegistry: Send + Sync {
     /// Whether connections are shared with other pods (the stats say so).
     fn is_shared(&self) -> bool;
+
+    /// The partition of `user`'s connections (which frame of a broadcast they
+    /// get; 0 unless the cluster has several).
+    fn partition_of(&self, user: &str) -> u8;
 
     /// Register a connect before its stream starts. `None`: the stream starts from
     /// this pod's own state (embedded, or the shared registry unreachable). Every
@@ -146,6 +160,10 @@ pub struct Local;
 impl ConnectionRegistry for Local {
     fn is_shared(&self) -> bool {
         false
+    }
+
+    fn partition_of(&self, _: &str) -> u8 {
+        0
     }
 
     fn register<'a>(&'a self, _: Registration<'a>) -> Pending<'a, Option<Joined>> {

@@ -3,15 +3,61 @@
 //! published on any pod reach their targets on every pod with one cluster-wide
 //! id; stats count the whole cluster; pending events, disconnects, replacements
 //! and resumes work across pods.
+//!
+//! Every test body runs on each backend of [`cluster_tests!`]: `<body>::standalone`
+//! on the shared standalone Redis, `<body>::redis_cluster` on a 3-master Redis
+//! Cluster that this test binary starts once for all of them
+//! (`cargo test --test cluster redis_cluster` runs only those).
 
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::json;
+use support::backend::Backend;
 use support::check::{self, id_of, next_ev, next_evs};
-use support::redis::{cluster_counts, cluster_of, wait_cluster_all, Cluster};
+use support::redis::{cluster_counts, cluster_of, wait_cluster_all};
 use support::{Herald, SseClient, SseEvent, WAIT};
+
+/// For each body, a module of that name with one `#[tokio::test]` per variant
+/// that runs the body on the variant's [`Backend`]. A variant (e.g. pods with
+/// `--partitions 8`) is one line in `variants`; a body is one line in `bodies`.
+macro_rules! cluster_tests {
+    (variants $variants:tt bodies { $($body:ident),* $(,)? }) => {
+        $(cluster_tests!(@body $body $variants);)*
+    };
+    (@body $body:ident { $($variant:ident: $backend:expr),* $(,)? }) => {
+        mod $body {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $variant() {
+                    super::$body($backend).await
+                }
+            )*
+        }
+    };
+}
+
+cluster_tests! {
+    variants {
+        standalone: Backend::REDIS,
+        redis_cluster: Backend::REDIS_CLUSTER,
+    }
+    bodies {
+        stats_count_the_whole_cluster,
+        cluster_metrics_are_exported,
+        events_published_on_any_pod_reach_every_pod_with_one_id,
+        concurrent_publishes_on_two_pods_arrive_in_one_order_everywhere,
+        pending_for_a_user_offline_everywhere_is_delivered_once_on_any_pod,
+        a_user_online_on_another_pod_gets_events_live_not_pending,
+        simultaneous_connects_on_two_pods_share_pending_exactly_once,
+        disconnect_sent_to_another_pod_ends_the_stream,
+        a_second_connect_on_another_pod_replaces_the_first,
+        resume_on_another_pod_replays_exactly_the_missed_events,
+        a_pod_that_joins_is_counted_by_every_pod,
+    }
+}
 
 async fn publish(h: &Herald, data: &str, target: serde_json::Value) -> String {
     h.publish(json!({"data": data, "target": target})).await
@@ -62,9 +108,8 @@ async fn disconnect(h: &Herald, user: &str, conn: &str) -> support::Response {
     .await
 }
 
-#[tokio::test]
-async fn stats_count_the_whole_cluster() {
-    let cl = Cluster::shared("stats");
+async fn stats_count_the_whole_cluster(be: Backend) {
+    let cl = be.cluster("stats");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     let _a1 = a.subscribe_connected("userId=s1").await;
@@ -89,9 +134,8 @@ async fn stats_count_the_whole_cluster() {
     wait_cluster_all(&[&a, &b], 2, 2, 2).await;
 }
 
-#[tokio::test]
-async fn cluster_metrics_are_exported() {
-    let cl = Cluster::shared("metrics");
+async fn cluster_metrics_are_exported(be: Backend) {
+    let cl = be.cluster("metrics");
     let a = cl.pod(&[]);
     let _c = a.subscribe_connected("userId=m1").await;
     publish(&a, "m", json!("all")).await;
@@ -122,9 +166,8 @@ async fn cluster_metrics_are_exported() {
     );
 }
 
-#[tokio::test]
-async fn events_published_on_any_pod_reach_every_pod_with_one_id() {
-    let cl = Cluster::shared("fanout");
+async fn events_published_on_any_pod_reach_every_pod_with_one_id(be: Backend) {
+    let cl = be.cluster("fanout");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     // name, pod, query
@@ -182,10 +225,9 @@ async fn events_published_on_any_pod_reach_every_pod_with_one_id() {
     }
 }
 
-#[tokio::test]
-async fn concurrent_publishes_on_two_pods_arrive_in_one_order_everywhere() {
+async fn concurrent_publishes_on_two_pods_arrive_in_one_order_everywhere(be: Backend) {
     const EACH: usize = 40;
-    let cl = Cluster::shared("order");
+    let cl = be.cluster("order");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     let mut clients = [
@@ -248,9 +290,8 @@ async fn concurrent_publishes_on_two_pods_arrive_in_one_order_everywhere() {
     assert_next_is_live(&a, &mut clients[2], "after the concurrent publishes").await;
 }
 
-#[tokio::test]
-async fn pending_for_a_user_offline_everywhere_is_delivered_once_on_any_pod() {
-    let cl = Cluster::shared("pending");
+async fn pending_for_a_user_offline_everywhere_is_delivered_once_on_any_pod(be: Backend) {
+    let cl = be.cluster("pending");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     let _other = b.subscribe_connected("userId=someone").await;
@@ -279,9 +320,8 @@ async fn pending_for_a_user_offline_everywhere_is_delivered_once_on_any_pod() {
     assert_next_is_live(&b, &mut again, "second connect").await;
 }
 
-#[tokio::test]
-async fn a_user_online_on_another_pod_gets_events_live_not_pending() {
-    let cl = Cluster::shared("online");
+async fn a_user_online_on_another_pod_gets_events_live_not_pending(be: Backend) {
+    let cl = be.cluster("online");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     {
@@ -296,9 +336,8 @@ async fn a_user_online_on_another_pod_gets_events_live_not_pending() {
     assert_next_is_live(&b, &mut again, "reconnect of an online user").await;
 }
 
-#[tokio::test]
-async fn simultaneous_connects_on_two_pods_share_pending_exactly_once() {
-    let cl = Cluster::shared("pendrace");
+async fn simultaneous_connects_on_two_pods_share_pending_exactly_once(be: Backend) {
+    let cl = be.cluster("pendrace");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     for round in 0..3 {
@@ -335,9 +374,8 @@ async fn simultaneous_connects_on_two_pods_share_pending_exactly_once() {
     }
 }
 
-#[tokio::test]
-async fn disconnect_sent_to_another_pod_ends_the_stream() {
-    let cl = Cluster::shared("disc");
+async fn disconnect_sent_to_another_pod_ends_the_stream(be: Backend) {
+    let cl = be.cluster("disc");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     let mut c1 = a.subscribe_connected("userId=dc&connectionId=c1").await;
@@ -368,9 +406,8 @@ async fn disconnect_sent_to_another_pod_ends_the_stream() {
     wait_cluster_all(&[&a, &b], 2, 1, 1).await;
 }
 
-#[tokio::test]
-async fn a_second_connect_on_another_pod_replaces_the_first() {
-    let cl = Cluster::shared("replace");
+async fn a_second_connect_on_another_pod_replaces_the_first(be: Backend) {
+    let cl = be.cluster("replace");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     let mut old = a.subscribe_connected("userId=rp&connectionId=same").await;
@@ -397,9 +434,8 @@ async fn a_second_connect_on_another_pod_replaces_the_first() {
     a.wait_connections(0).await;
 }
 
-#[tokio::test]
-async fn resume_on_another_pod_replays_exactly_the_missed_events() {
-    let cl = Cluster::shared("resume");
+async fn resume_on_another_pod_replays_exactly_the_missed_events(be: Backend) {
+    let cl = be.cluster("resume");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
     let e2 = {
@@ -456,10 +492,9 @@ async fn resume_on_another_pod_replays_exactly_the_missed_events() {
     }
 }
 
-#[tokio::test]
-async fn a_pod_that_joins_is_counted_by_every_pod() {
+async fn a_pod_that_joins_is_counted_by_every_pod(be: Backend) {
     // A pod that just joined reports the cluster as soon as it answers stats.
-    let cl = Cluster::shared("fresh");
+    let cl = be.cluster("fresh");
     let a = cl.pod(&[]);
     let (pods, conns, users) = cluster_counts(&a.stats().await);
     assert!(pods <= 1, "one pod started, stats say {pods}");

@@ -111,6 +111,7 @@ fn table() -> (ConnTable, Vec<usize>) {
                 user: &user_name(i),
                 topics: &topics,
                 last_id: 0,
+                partition: 0,
             })
         })
         .collect();
@@ -137,12 +138,7 @@ fn payload_100() -> String {
 
 /// An event as the broker makes it: framed once, before any shard sees it.
 fn event(id: u64, target: Target) -> Event {
-    Event {
-        id,
-        target,
-        frame: frame::event(id, "message", &payload_100()),
-        published_ns: 1,
-    }
+    Event::new(id, target, frame::event(id, "message", &payload_100()), 1)
 }
 
 fn all() -> Target {

@@ -165,6 +165,14 @@ async fn pods_recover_when_the_master_of_their_slot_is_killed_and_restarts_empty
         id_of(&ev) > before.parse::<u64>().expect("numeric id"),
         "ids must keep increasing across the loss of the log: {after} after {before}"
     );
+    // The stream opened before the kill is told that it may have missed events
+    // (its registration was lost with the master's data), then goes on.
+    let ev = next_ev(&mut old, "RESYNC on the stream opened before the kill").await;
+    assert_eq!(
+        (ev.id.as_deref(), ev.event.as_str()),
+        (None, "RESYNC"),
+        "the stream opened before the kill must get RESYNC first; got {ev:?}"
+    );
     let ev = next_ev(
         &mut old,
         "after-restart on the stream opened before the kill",

@@ -102,12 +102,12 @@ fn fields_event(id: u64, fields: &[Value]) -> Option<Arc<Event>> {
         }
     }
     let (name, data, target) = (name?, data?, decode_target(kind?, names)?);
-    Some(Arc::new(Event {
+    Some(Arc::new(Event::new(
         id,
         target,
-        frame: frame::event(id, name, data),
-        published_ns: local_ns(ns),
-    }))
+        frame::event(id, name, data),
+        local_ns(ns),
+    )))
 }
 
 /// One entry of a pod's inbox.
@@ -196,18 +196,23 @@ fn local_ns(unix_ns: u64) -> u64 {
     now.saturating_sub(age).max(1)
 }
 
-/// A pending entry `"<stream id> <expires ms> <event>\n<data>"` as a frame;
-/// `None` when expired or malformed.
-pub fn pending(entry: &Value, now_ms: u64) -> Option<QueuedFrame> {
+/// A pending entry `"<stream id> <expires ms> <event>\n<data>"` as its log
+/// position and frame; `None` when expired or malformed.
+pub fn pending(entry: &Value, now_ms: u64) -> Option<(u64, QueuedFrame)> {
     let s = text(entry)?;
     let (head, data) = s.split_once('\n')?;
     let mut it = head.splitn(3, ' ');
     let id = sse_id(it.next()?)?;
     let expires: u64 = it.next()?.parse().ok()?;
     let name = it.next()?;
-    (expires > now_ms).then(|| QueuedFrame {
-        bytes: frame::event(id, name, data),
-        published_ns: 0,
+    (expires > now_ms).then(|| {
+        (
+            id,
+            QueuedFrame {
+                bytes: frame::event(id, name, data),
+                published_ns: 0,
+            },
+        )
     })
 }
 
@@ -299,7 +304,8 @@ mod tests {
         let e = st("7-0 1000 msg\nhello");
         assert!(pending(&e, 999).is_some());
         assert!(pending(&e, 1000).is_none());
-        let f = pending(&e, 0).unwrap();
+        let (at, f) = pending(&e, 0).unwrap();
+        assert_eq!(at, 7 << 20);
         assert_eq!(
             s(&f.bytes),
             format!("id: {}\nevent: msg\ndata: hello\n\n", 7 << 20)

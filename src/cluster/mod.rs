@@ -9,7 +9,18 @@
 //! (one broadcast stream every pod reads). What Redis sends per user event does
 //! not grow with the number of pods.
 //!
-//! ## Keys (all under the hash tag `{prefix}`, one Redis Cluster slot)
+//! ## Partitions (`--partitions N`)
+//! With N = 1 every key below lives under the hash tag `{prefix}`. With N > 1
+//! a user's keys (registry entries, pending events, the history of user events,
+//! the pod inboxes for them) live under its partition's tag (the user's slot
+//! modulo N picks it; the N tags are chosen so that their slots spread evenly
+//! over the slot range, hence over a Redis Cluster's masters), and broadcasts
+//! and topics under `{prefix}`. Each tag is an ordered source with its own log;
+//! a pod reads every source with a reader of its own. A connection then sees two
+//! sources, so its SSE ids are `b.p`: the broadcast position and its partition's
+//! position, each increasing; a resume replays each source after its own part.
+//!
+//! ## Keys (per tag; one tag, one Redis Cluster slot)
 //! * `{p}:log` — Redis Stream of every published event: the history resumes are
 //!   answered from, and the source of ids: the SSE id is `ms << 20 | seq` of the
 //!   stream id ([`log::sse_id`]). Trimmed to `history_events` (`MAXLEN ~`) and
@@ -95,7 +106,6 @@ struct Receivers {
 
 /// Settings taken from the config.
 struct Settings {
-    tag: String,
     pod: String,
     timeout: Duration,
     heartbeat: Duration,
@@ -108,37 +118,123 @@ struct Settings {
     /// Length bound of the inboxes and the broadcast stream.
     inbox_max: usize,
     topic_linger: Duration,
+    /// `--partitions`.
+    partitions: usize,
+}
+
+/// One ordered source of events this pod reads: a hash tag with its own log,
+/// this pod's inbox under it and, for the broadcasts, the broadcast stream.
+pub(crate) struct Source {
+    /// 0 the broadcasts (the only source without partitions), 1 + k partition k.
+    index: u16,
+    tag: String,
+    log_key: String,
+    inbox_key: String,
+    /// The broadcast stream (source 0 only).
+    all_key: Option<String>,
+    hb_key: String,
+    /// The blocking `XREAD`s of this source, on a connection of their own.
+    reader: Client,
+    /// The log id up to which this pod has read everything routed to it here
+    /// (the last registration marker its reader passed)...
+    read_to: watch::Sender<u64>,
+    /// ...and, per recent marker, this pod's order key when it passed.
+    markers: Mutex<VecDeque<(u64, u64)>>,
+    /// The position of the reader in this pod's inbox (an SSE id).
+    inbox_read: AtomicU64,
+    /// Delivery probes through this source: the last sent and the last seen back.
+    probe_sent: AtomicU64,
+    probe_seen: AtomicU64,
+    /// The probe asks the reader to reconnect and check its positions.
+    reset_requested: AtomicBool,
+}
+
+/// Registration markers remembered per source (a connect looks its own up right
+/// after its reader passed it).
+const MARKERS_KEPT: usize = 4096;
+
+impl Source {
+    fn tag_value(&self) -> Value {
+        Value::from(self.tag.as_str())
+    }
+
+    /// The reader passed the marker of a registration at log position `upto`,
+    /// when this pod's order key was `seq`.
+    fn passed(&self, upto: u64, seq: u64) {
+        {
+            let mut m = self.markers.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() >= MARKERS_KEPT {
+                m.pop_front();
+            }
+            m.push_back((upto, seq));
+        }
+        self.read_to.send_if_modified(|v| {
+            let moved = upto > *v;
+            *v = (*v).max(upto);
+            moved
+        });
+    }
+
+    /// This pod's order key when its reader passed the first marker at or after
+    /// log position `at`; `None` when not passed (yet).
+    fn seq_at(&self, at: u64) -> Option<u64> {
+        let m = self.markers.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().find(|(upto, _)| *upto >= at).map(|(_, seq)| *seq)
+    }
+}
+
+/// The hash tags of a cluster: the broadcasts' `{prefix}`, then one per
+/// partition when there are more than one, each picked (by a suffix) so that its
+/// slot falls in its own N-th of the slot range: a Redis Cluster whose masters
+/// own equal ranges gets the same number of partitions on each (naive tags
+/// `{p0}..{pN}` can leave masters idle).
+pub fn tags(prefix: &str, partitions: usize) -> Vec<String> {
+    let mut out = vec![format!("{{{prefix}}}")];
+    if partitions > 1 {
+        const SLOTS: usize = 16384;
+        for k in 0..partitions {
+            let (lo, hi) = (k * SLOTS / partitions, (k + 1) * SLOTS / partitions);
+            let tag = (0u32..)
+                .map(|salt| format!("{prefix}.p{k}.{salt}"))
+                .find(|t| {
+                    let slot = fred::util::redis_keyslot(t.as_bytes()) as usize;
+                    (lo..hi).contains(&slot)
+                })
+                .expect("some suffix lands in every slot range");
+            out.push(format!("{{{tag}}}"));
+        }
+    }
+    out
+}
+
+/// The partition of `user` among `partitions` (the same on every pod).
+pub fn partition_of(user: &str, partitions: usize) -> usize {
+    if partitions <= 1 {
+        return 0;
+    }
+    // The user's slot, as Redis would compute it: evenly spread, and stable.
+    let mut key = Vec::with_capacity(user.len() + 2);
+    key.push(b'{');
+    key.extend_from_slice(user.as_bytes());
+    key.push(b'}');
+    fred::util::redis_keyslot(&key) as usize % partitions
 }
 
 /// The handle every shard shares. See the module doc.
 pub struct Cluster {
     set: Settings,
-    log_key: String,
-    all_key: String,
-    inbox_key: String,
-    hb_key: String,
+    /// The ordered sources: the broadcasts first, then the partitions (or the
+    /// one source of everything without partitions).
+    sources: Vec<Source>,
     /// Commands (scripts, heartbeats).
     cmd: Client,
-    /// The blocking `XREAD`s of this pod's inbox and the broadcast stream, on a
-    /// connection of their own.
-    reader: Client,
     scripts: Scripts,
     up: AtomicBool,
     draining: AtomicBool,
-    /// The log id up to which this pod has read everything routed to it (the
-    /// last registration marker its reader passed).
-    read_to: watch::Sender<u64>,
-    /// The position of the reader in this pod's inbox (an SSE id).
-    inbox_read: AtomicU64,
     /// Redis re-runs a woken `XREAD` (7.2 and later): every reply is a snapshot.
     full_wakeups: AtomicBool,
-    /// Delivery probes: the last sent and the last seen back.
-    probe_sent: AtomicU64,
-    probe_seen: AtomicU64,
-    /// The last probe came back in time.
+    /// The last probe came back in time on every source.
     delivering: AtomicBool,
-    /// The probe asks the reader to reconnect and check its positions.
-    reset_requested: AtomicBool,
     topics: TopicInterest,
     register_tx: mpsc::UnboundedSender<RegisterReq>,
     remove_tx: mpsc::UnboundedSender<Removal>,
@@ -176,20 +272,34 @@ impl Cluster {
                 .build()
                 .map_err(|e| format!("redis client: {e}"))
         };
-        let tag = format!("{{{}}}", cfg.redis_prefix);
+        let partitions = cfg.partitions.max(1);
+        let tags = tags(&cfg.redis_prefix, partitions);
+        let mut sources = Vec::with_capacity(tags.len());
+        for (i, tag) in tags.into_iter().enumerate() {
+            sources.push(Source {
+                index: i as u16,
+                log_key: format!("{tag}:log"),
+                inbox_key: format!("{tag}:inbox:{pod}"),
+                all_key: (i == 0).then(|| format!("{tag}:all")),
+                hb_key: format!("{tag}:hb"),
+                reader: build(cfg.redis_timeout + reader::READ_BLOCK)?,
+                read_to: watch::channel(0).0,
+                markers: Mutex::new(VecDeque::new()),
+                inbox_read: AtomicU64::new(0),
+                probe_sent: AtomicU64::new(0),
+                probe_seen: AtomicU64::new(0),
+                reset_requested: AtomicBool::new(false),
+                tag,
+            });
+        }
         let (register_tx, register) = mpsc::unbounded_channel();
         let (remove_tx, remove) = mpsc::unbounded_channel();
         let (heartbeat_tx, heartbeat) = mpsc::unbounded_channel();
         let (drain_tx, drain) = mpsc::unbounded_channel();
         Ok(Cluster {
-            log_key: format!("{tag}:log"),
-            all_key: format!("{tag}:all"),
-            inbox_key: format!("{tag}:inbox:{pod}"),
-            hb_key: format!("{tag}:hb"),
+            sources,
             cmd: build(cfg.redis_timeout)?,
-            reader: build(cfg.redis_timeout + reader::READ_BLOCK)?,
             set: Settings {
-                tag,
                 pod: pod.to_string(),
                 timeout: cfg.redis_timeout,
                 heartbeat: cfg.heartbeat_interval,
@@ -201,17 +311,13 @@ impl Cluster {
                 publish_buffer: cfg.publish_buffer,
                 inbox_max: cfg.history_events.max(1000),
                 topic_linger: cfg.topic_linger,
+                partitions,
             },
             scripts: Scripts::new(),
             up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            read_to: watch::channel(0).0,
-            inbox_read: AtomicU64::new(0),
             full_wakeups: AtomicBool::new(false),
-            probe_sent: AtomicU64::new(0),
-            probe_seen: AtomicU64::new(0),
             delivering: AtomicBool::new(true),
-            reset_requested: AtomicBool::new(false),
             topics: TopicInterest::default(),
             register_tx,
             remove_tx,
@@ -226,6 +332,40 @@ impl Cluster {
                 drain,
             })),
         })
+    }
+
+    /// The broadcasts' source (everything's, without partitions).
+    fn bcast(&self) -> &Source {
+        &self.sources[0]
+    }
+
+    /// The source of partition `k`.
+    fn part(&self, k: usize) -> &Source {
+        self.sources.get(k + 1).unwrap_or(&self.sources[0])
+    }
+
+    /// The source holding `user`'s keys.
+    fn user_source(&self, user: &str) -> &Source {
+        self.part(partition_of(user, self.set.partitions))
+    }
+
+    /// The sources that hold users (the partitions, or the one source).
+    fn user_sources(&self) -> &[Source] {
+        if self.sources.len() > 1 {
+            &self.sources[1..]
+        } else {
+            &self.sources
+        }
+    }
+
+    /// Whether ids are two-part (more than one partition).
+    fn partitioned(&self) -> bool {
+        self.sources.len() > 1
+    }
+
+    /// `user`'s partition as a connection stores it (its frame of broadcasts).
+    pub fn partition_index(&self, user: &str) -> u8 {
+        partition_of(user, self.set.partitions) as u8
     }
 
     /// Whether Redis answered the last command.
@@ -278,17 +418,18 @@ impl Cluster {
         }
     }
 
-    /// Run one of the scripts (`args` start with [`Cluster::tag`] and
-    /// [`Cluster::imax`]); counts the commands it reports.
+    /// Run one of the scripts on `src`'s tag (`args` from [`Cluster::args`]);
+    /// counts the commands it reports.
     async fn script(
         &self,
+        src: &Source,
         op: &'static str,
         s: &fred::types::scripts::Script,
         args: Vec<Value>,
     ) -> Option<Vec<Value>> {
         let started = Instant::now();
         let r: Result<Value, _> = s
-            .evalsha_with_reload(&self.cmd, vec![self.log_key.as_str()], args)
+            .evalsha_with_reload(&self.cmd, vec![src.log_key.as_str()], args)
             .await;
         let v = self.done(op, started, r)?.into_array();
         // Every script returns its own command count (plus the EVALSHA itself).
@@ -300,10 +441,6 @@ impl Cluster {
         Some(v)
     }
 
-    fn tag(&self) -> Value {
-        Value::from(self.set.tag.as_str())
-    }
-
     fn imax(&self) -> Value {
         Value::from(self.set.inbox_max as i64)
     }
@@ -312,10 +449,10 @@ impl Cluster {
         Value::from(self.set.pod.as_str())
     }
 
-    /// The first two arguments of every script.
-    fn args(&self, capacity: usize) -> Vec<Value> {
+    /// The first two arguments of every script on `src`'s tag.
+    fn args(&self, src: &Source, capacity: usize) -> Vec<Value> {
         let mut v = Vec::with_capacity(capacity + 2);
-        v.push(self.tag());
+        v.push(src.tag_value());
         v.push(self.imax());
         v
     }
@@ -385,24 +522,32 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     let Some(rx) = c.receivers.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
+    shared.broker.set_partitions(c.set.partitions);
     let _cmd_task = c.cmd.connect();
-    let _reader_task = c.reader.connect();
+    let _reader_tasks: Vec<_> = c.sources.iter().map(|s| s.reader.connect()).collect();
     let connected = tokio::time::timeout(c.set.timeout, async {
         let _ = c.cmd.wait_for_connect().await;
-        let _ = c.reader.wait_for_connect().await;
+        for s in &c.sources {
+            let _ = s.reader.wait_for_connect().await;
+        }
     })
     .await;
-    let mut positions = None;
+    let mut positions = Vec::with_capacity(c.sources.len());
     if connected.is_ok() {
         c.detect_full_wakeups().await;
-        positions = reader::bootstrap(&shared, &c).await;
+        for src in &c.sources {
+            positions.push(reader::bootstrap(&shared, &c, src).await);
+        }
     }
-    if positions.is_none() {
+    positions.resize_with(c.sources.len(), || None);
+    if positions.iter().any(Option::is_none) {
         warn!("redis not reachable at start; this pod serves its own connections until it is");
     }
     let _ = ready.send(());
     let local = tokio::task::LocalSet::new();
-    local.spawn_local(reader::read_loop(shared.clone(), c.clone(), positions));
+    for (i, pos) in positions.into_iter().enumerate() {
+        local.spawn_local(reader::read_loop(shared.clone(), c.clone(), i, pos));
+    }
     local.spawn_local(registry::register_loop(c.clone(), rx.register));
     local.spawn_local(registry::remove_loop(c.clone(), rx.remove));
     local.spawn_local(registry::heartbeat_loop(c.clone(), rx.heartbeat));

@@ -1,10 +1,11 @@
-//! Delivery liveness: every interval the pod sends itself a probe through its
-//! inbox (with its own heartbeat in the pod set, one script). A probe that does
-//! not come back through the reader within the bound means delivery has
-//! stopped while commands may still work (a reader stuck on a dead connection,
-//! a stream recreated behind the reader's position after a failover): readiness
-//! turns degraded, `herald_delivery_probe_failures_total` counts it, and the
-//! reader reconnects and checks its positions. When a probe comes back,
+//! Delivery liveness: every interval the pod sends itself a probe through each
+//! source it reads (its inbox there; on the broadcasts' tag in the same script
+//! as its own heartbeat in the pod set). A probe that does not come back
+//! through that source's reader within the bound means delivery has stopped
+//! while commands may still work (a reader stuck on a dead connection, a stream
+//! recreated behind the reader's position after a failover): readiness turns
+//! degraded, `herald_delivery_probe_failures_total` counts it, and that reader
+//! reconnects and checks its positions. When every source's probe comes back,
 //! readiness recovers.
 
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use fred::types::Value;
 use tracing::{info, warn};
 
-use super::{log, Cluster};
+use super::{log, Cluster, Source};
 use crate::clock;
 use crate::metrics as m;
 use crate::Shared;
@@ -23,13 +24,15 @@ use crate::Shared;
 const MAX_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Cluster {
-    /// The reader saw probe `n` come back.
-    pub(super) fn probe_returned(&self, n: u64) {
-        self.probe_seen.fetch_max(n, Ordering::AcqRel);
-        if n >= self.probe_sent.load(Ordering::Acquire)
-            && !self.delivering.swap(true, Ordering::AcqRel)
-        {
-            info!("delivery probe back: this pod receives events again");
+    /// The reader of source `src` saw its probe `n` come back.
+    pub(super) fn probe_returned(&self, src: &Source, n: u64) {
+        src.probe_seen.fetch_max(n, Ordering::AcqRel);
+        let all_back = self
+            .sources
+            .iter()
+            .all(|s| s.probe_seen.load(Ordering::Acquire) >= s.probe_sent.load(Ordering::Acquire));
+        if all_back && !self.delivering.swap(true, Ordering::AcqRel) {
+            info!("delivery probes back: this pod receives events again");
             m::set_delivering(true);
         }
     }
@@ -50,7 +53,8 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
     let ttl_ms = (c.set.stale_after * 10)
         .max(Duration::from_secs(3600))
         .as_millis() as i64;
-    let mut outstanding: Option<(u64, Instant)> = None;
+    // Per source: the oldest probe not seen back yet.
+    let mut outstanding: Vec<Option<(u64, Instant)>> = vec![None; c.sources.len()];
     let mut n = 0u64;
     let mut registered = false;
     loop {
@@ -58,68 +62,76 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
         if c.draining.load(Ordering::Acquire) {
             continue; // the drain took this pod out of the registry
         }
-        // The oldest probe not seen back yet decides; a new one goes out every
-        // interval all the same, since it carries the pod's own heartbeat.
-        if let Some((k, sent)) = outstanding {
-            if c.probe_seen.load(Ordering::Acquire) >= k {
-                m::probe_roundtrip(sent.elapsed());
-                outstanding = None;
-            } else if sent.elapsed() >= c.probe_bound() {
-                failed(&c, k);
-                outstanding = None;
-            }
-        }
         n += 1;
-        c.probe_sent.store(n, Ordering::Release);
-        let mut args = c.args(4);
-        args.extend([
-            Value::from(clock::unix_ms() as i64),
-            c.pod_value(),
-            Value::from(n as i64),
-            Value::from(ttl_ms),
-        ]);
-        let sent = Instant::now();
-        // Read before the probe exists: a new entry's id must be above it.
-        let read_before = c.inbox_read.load(Ordering::Acquire);
-        let Some(v) = c.script("heartbeat", &c.scripts.probe, args).await else {
-            // A probe that cannot even be sent does not come back either.
-            failed(&c, n);
-            continue;
-        };
-        outstanding.get_or_insert((n, sent));
-        let added = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
-        let probe_id = v
-            .get(2)
-            .and_then(|x| x.as_str())
-            .and_then(|s| log::sse_id(&s))
-            .unwrap_or(u64::MAX);
-        if probe_id <= read_before {
-            // The inbox was recreated behind the reader: it would wait forever.
-            c.reset_requested.store(true, Ordering::Release);
+        for (src, out) in c.sources.iter().zip(outstanding.iter_mut()) {
+            // The oldest probe not seen back decides; a new one goes out every
+            // interval all the same (on the broadcasts' tag it carries the pod's
+            // own heartbeat).
+            if let Some((k, sent)) = *out {
+                if src.probe_seen.load(Ordering::Acquire) >= k {
+                    m::probe_roundtrip(sent.elapsed());
+                    *out = None;
+                } else if sent.elapsed() >= c.probe_bound() {
+                    failed(&c, src, k);
+                    *out = None;
+                }
+            }
+            src.probe_sent.store(n, Ordering::Release);
+            let mut args = c.args(src, 5);
+            args.extend([
+                Value::from(clock::unix_ms() as i64),
+                c.pod_value(),
+                Value::from(n as i64),
+                Value::from(ttl_ms),
+                Value::from(if src.index == 0 { "1" } else { "0" }),
+            ]);
+            let sent = Instant::now();
+            // Read before the probe exists: a new entry's id must be above it.
+            let read_before = src.inbox_read.load(Ordering::Acquire);
+            let Some(v) = c.script(src, "heartbeat", &c.scripts.probe, args).await else {
+                // A probe that cannot even be sent does not come back either.
+                failed(&c, src, n);
+                continue;
+            };
+            out.get_or_insert((n, sent));
+            let probe_id = v
+                .get(2)
+                .and_then(|x| x.as_str())
+                .and_then(|s| log::sse_id(&s))
+                .unwrap_or(u64::MAX);
+            if probe_id <= read_before {
+                // The inbox was recreated behind the reader: it would wait forever.
+                src.reset_requested.store(true, Ordering::Release);
+            }
+            if src.index != 0 {
+                continue;
+            }
+            let added = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
+            // Missing from the pod set: new, or dropped as dead while it could not
+            // reach Redis, or Redis lost its data: join its topics again. In the
+            // last two cases events routed to this pod in between are gone: its
+            // streams are told so (`RESYNC`); its connections come back with their
+            // next heartbeat.
+            if added > 0 && registered {
+                warn!("the cluster lost this pod's registration: streams get RESYNC");
+                shared.broker.resync_all("cluster_registry_lost");
+            }
+            registered = true;
+            c.topic_changes(added > 0).await;
         }
-        // Missing from the pod set: new, or dropped as dead while it could not
-        // reach Redis, or Redis lost its data: join its topics again. In the last
-        // two cases events routed to this pod in between are gone: its streams
-        // are told so (`RESYNC`); its connections come back with their next
-        // heartbeat.
-        if added > 0 && registered {
-            warn!("the cluster lost this pod's registration: streams get RESYNC");
-            shared.broker.resync_all("cluster_registry_lost");
-        }
-        registered = true;
-        c.topic_changes(added > 0).await;
     }
 }
 
-/// Probe `n` did not come back in time.
-fn failed(c: &Cluster, n: u64) {
+/// Probe `n` of `src` did not come back in time.
+fn failed(c: &Cluster, src: &Source, n: u64) {
     if c.delivering.swap(false, Ordering::AcqRel) {
         warn!(
             probe = n,
+            source = src.index,
             "delivery probe did not come back: readiness degraded, reconnecting the reader"
         );
         m::set_delivering(false);
     }
     m::probe_failed();
-    c.reset_requested.store(true, Ordering::Release);
+    src.reset_requested.store(true, Ordering::Release);
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use fred::types::Value;
 
-use super::{log, Cluster};
+use super::{log, partition_of, Cluster, Source};
 use crate::clock;
+use crate::event::Target;
 use crate::metrics as m;
 use crate::seam::{PublishReq, Published};
 
@@ -38,10 +39,38 @@ impl Cluster {
         Published::Buffered
     }
 
+    /// One publish script call per source the event goes to: the broadcasts'
+    /// tag for `all` and topics; for users, the partition of each (one call per
+    /// partition, each with its own users). Returns the first call's log id.
     async fn send_publish(&self, p: &PublishReq) -> Option<u64> {
-        let (kind, names) = log::encode_target(&p.target);
+        let Target::Users(users) = &p.target else {
+            return self.publish_on(self.bcast(), p, &p.target).await;
+        };
+        if !self.partitioned() {
+            return self.publish_on(self.bcast(), p, &p.target).await;
+        }
+        let mut first = None;
+        for k in 0..self.set.partitions {
+            let mine: Box<[Box<str>]> = users
+                .iter()
+                .filter(|u| partition_of(u, self.set.partitions) == k)
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let id = self
+                .publish_on(self.part(k), p, &Target::Users(mine))
+                .await?;
+            first.get_or_insert(id);
+        }
+        first
+    }
+
+    async fn publish_on(&self, src: &Source, p: &PublishReq, target: &Target) -> Option<u64> {
+        let (kind, names) = log::encode_target(target);
         let now = clock::unix_ms();
-        let mut args = self.args(9);
+        let mut args = self.args(src, 9);
         args.extend([
             Value::from(p.event.as_str()),
             Value::from(p.data.as_str()),
@@ -53,7 +82,9 @@ impl Cluster {
             Value::from(now as i64),
             Value::from((clock::unix_us().saturating_mul(1000)).to_string()),
         ]);
-        let v = self.script("publish", &self.scripts.publish, args).await?;
+        let v = self
+            .script(src, "publish", &self.scripts.publish, args)
+            .await?;
         let id = v
             .first()
             .and_then(|x| x.as_str())

@@ -27,7 +27,7 @@ use fred::types::Value;
 use tracing::{info, warn};
 
 use super::log::{self, Inbox};
-use super::{redis_err, Cluster};
+use super::{redis_err, Cluster, Source};
 use crate::conn::CloseReason;
 use crate::event::Event;
 use crate::metrics as m;
@@ -152,34 +152,40 @@ impl Merge {
     }
 }
 
-/// Where this pod reads from.
+/// Where this pod reads one source from.
 pub(super) struct Positions {
     pub inbox: String,
+    /// The broadcast stream (source 0 only).
     pub all: String,
 }
 
-/// Find where to read from (the ends of this pod's inbox and of the broadcast
-/// stream) and start the broker's history at the log's last id: this pod
-/// answers resumes from Redis, and live events from here on.
-pub(super) async fn bootstrap(shared: &Shared, c: &Cluster) -> Option<Positions> {
-    let v = c
-        .script(
-            "boot",
-            &c.scripts.boot,
-            vec![c.tag(), c.imax(), c.pod_value()],
-        )
-        .await?;
+/// Find where to read `src` from (the ends of this pod's inbox and of the
+/// broadcast stream). The broadcasts' source also starts the broker's history
+/// at the log's last id: this pod answers resumes from Redis, and live events
+/// from here on.
+pub(super) async fn bootstrap(shared: &Shared, c: &Cluster, src: &Source) -> Option<Positions> {
+    let mut args = c.args(src, 1);
+    args.push(c.pod_value());
+    let v = c.script(src, "boot", &c.scripts.boot, args).await?;
     let s = |i: usize| {
         v.get(i)
             .and_then(|x| x.as_str().map(|s| s.to_string()))
             .unwrap_or_else(|| "0-0".to_string())
     };
     let (inbox, all, last) = (s(1), s(2), s(3));
-    let last_id = log::sse_id(&last).unwrap_or(0);
-    shared.broker.join_log(last_id, Vec::new());
-    c.inbox_read
+    if src.index == 0 {
+        // With partitions the pod's order keys are its own: the history starts
+        // at 0; without, they are the log's ids.
+        let start = if c.partitioned() {
+            0
+        } else {
+            log::sse_id(&last).unwrap_or(0)
+        };
+        shared.broker.join_log(start, Vec::new());
+    }
+    src.inbox_read
         .store(log::sse_id(&inbox).unwrap_or(0), Ordering::Release);
-    info!(log = %last, "joined the cluster's event log");
+    info!(source = src.index, log = %last, "joined the cluster's event log");
     Some(Positions { inbox, all })
 }
 
@@ -188,13 +194,16 @@ pub(super) async fn bootstrap(shared: &Shared, c: &Cluster) -> Option<Positions>
 struct Deliver<'a> {
     shared: &'a Shared,
     c: &'a Cluster,
+    src: &'a Source,
     events: Vec<Arc<Event>>,
 }
 
 impl Deliver<'_> {
     fn flush(&mut self) {
         if !self.events.is_empty() {
-            self.shared.broker.ingest(self.events.drain(..));
+            self.shared
+                .broker
+                .ingest(self.src.index, self.events.drain(..));
         }
     }
 }
@@ -206,11 +215,8 @@ impl Sink for Deliver<'_> {
 
     fn sync(&mut self, upto: u64) {
         self.flush();
-        self.c.read_to.send_if_modified(|v| {
-            let moved = upto > *v;
-            *v = (*v).max(upto);
-            moved
-        });
+        let seq = self.shared.broker.marker(self.src.index, upto);
+        self.src.passed(upto, seq);
     }
 
     fn close(&mut self, req: log::CloseRequest) {
@@ -226,20 +232,22 @@ impl Sink for Deliver<'_> {
     }
 
     fn probe(&mut self, n: u64) {
-        self.c.probe_returned(n);
+        self.c.probe_returned(self.src, n);
     }
 }
 
-/// One `XREAD` of `keys` from `ids`: `None` when it failed (counted; the caller
-/// backs off), else the entries per key, in the order of `keys`.
+/// One `XREAD` of `keys` from `ids` on `src`'s reader: `None` when it failed
+/// (counted; the caller backs off), else the entries per key, in the order of
+/// `keys`.
 async fn xread(
     c: &Cluster,
+    src: &Source,
     keys: &[&str],
     ids: &[&str],
     block: Option<Duration>,
 ) -> Option<Vec<Option<Vec<Value>>>> {
     let started = Instant::now();
-    let r: Result<Value, _> = c
+    let r: Result<Value, _> = src
         .reader
         .xread(
             Some(READ_COUNT),
@@ -274,9 +282,16 @@ async fn xread(
     }
 }
 
-/// Read this pod's inbox and the broadcast stream; hand events to the broker in
-/// log order. See the module doc.
-pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Option<Positions>) {
+/// Read this pod's inbox of source `index` (and, for the broadcasts, the
+/// broadcast stream); hand events to the broker in log order. See the module
+/// doc.
+pub(super) async fn read_loop(
+    shared: Arc<Shared>,
+    c: Arc<Cluster>,
+    index: usize,
+    mut pos: Option<Positions>,
+) {
+    let src = &c.sources[index];
     let mut backoff = Duration::from_millis(100);
     let mut merge = Merge::default();
     let mut need = Need::Idle;
@@ -285,22 +300,31 @@ pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Opt
         let Some(p) = pos.as_mut() else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            pos = bootstrap(&shared, &c).await;
+            pos = bootstrap(&shared, &c, src).await;
             continue;
         };
         if !started {
             merge = Merge::new(log::sse_id(&p.all).unwrap_or(0));
             started = true;
         }
-        if c.reset_requested.swap(false, Ordering::AcqRel) {
-            reset(&c, p, &mut merge).await;
+        if src.reset_requested.swap(false, Ordering::AcqRel) {
+            reset(&c, src, p, &mut merge).await;
         }
-        let inbox_key = c.inbox_key.as_str();
-        let all_key = c.all_key.as_str();
-        let (got_inbox, got_all, trusted) = match need {
-            Need::Idle => {
+        let inbox_key = src.inbox_key.as_str();
+        let (got_inbox, got_all, trusted) = match (need, src.all_key.as_deref()) {
+            (Need::Idle, None) => {
+                let Some(r) = xread(&c, src, &[inbox_key], &[&p.inbox], Some(READ_BLOCK)).await
+                else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                };
+                (r.into_iter().next().flatten(), None, true)
+            }
+            (Need::Idle, Some(all_key)) => {
                 let Some(r) = xread(
                     &c,
+                    src,
                     &[inbox_key, all_key],
                     &[&p.inbox, &p.all],
                     Some(READ_BLOCK),
@@ -320,19 +344,24 @@ pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Opt
                     || c.full_wakeups.load(Ordering::Relaxed);
                 (i, a, trusted)
             }
-            Need::InboxCheck => {
-                let Some(r) = xread(&c, &[inbox_key], &[&p.inbox], None).await else {
+            (Need::InboxCheck, _) => {
+                let Some(r) = xread(&c, src, &[inbox_key], &[&p.inbox], None).await else {
                     tokio::time::sleep(backoff).await;
                     continue;
                 };
                 (r.into_iter().next().flatten(), None, true)
             }
-            Need::Broadcasts(after) => {
-                let Some(r) = xread(&c, &[all_key], &[&p.all], None).await else {
-                    tokio::time::sleep(backoff).await;
-                    continue;
+            (Need::Broadcasts(after), all_key) => {
+                let a = match all_key {
+                    Some(all_key) => {
+                        let Some(r) = xread(&c, src, &[all_key], &[&p.all], None).await else {
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        };
+                        r.into_iter().next().flatten()
+                    }
+                    None => None,
                 };
-                let a = r.into_iter().next().flatten();
                 if a.as_ref().is_none_or(|a| a.is_empty()) {
                     // What the inbox entry waits for is not in the stream.
                     warn!(
@@ -357,7 +386,7 @@ pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Opt
         let read = log::sse_id(&p.inbox)
             .or_else(|| log::sid_order(&p.inbox).map(|_| u64::MAX))
             .unwrap_or(0);
-        c.inbox_read.store(read, Ordering::Release);
+        src.inbox_read.store(read, Ordering::Release);
         for e in got_all.iter().flatten() {
             if let Some((sid, ev)) = log::event(e) {
                 if let Some(id) = log::sse_id(&sid) {
@@ -372,6 +401,7 @@ pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Opt
         let mut sink = Deliver {
             shared: &shared,
             c: &c,
+            src,
             events: Vec::new(),
         };
         need = merge.run(&mut sink);
@@ -382,31 +412,31 @@ pub(super) async fn read_loop(shared: Arc<Shared>, c: Arc<Cluster>, mut pos: Opt
 /// The probe did not come back: reconnect the reader, and start a stream over
 /// when it is behind the position read (it was recreated with lower ids, as
 /// after a failover to a replica that lacked its tail). Duplicates that a
-/// re-read brings are dropped by id in the broker.
-async fn reset(c: &Cluster, p: &mut Positions, merge: &mut Merge) {
-    warn!("delivery probe lost: reconnecting this pod's reader");
-    let _ = c.reader.force_reconnection().await;
-    let Some(v) = c
-        .script(
-            "boot",
-            &c.scripts.boot,
-            vec![c.tag(), c.imax(), c.pod_value()],
-        )
-        .await
-    else {
+/// re-read brings are dropped by position in the broker.
+async fn reset(c: &Cluster, src: &Source, p: &mut Positions, merge: &mut Merge) {
+    warn!(
+        source = src.index,
+        "delivery probe lost: reconnecting this pod's reader"
+    );
+    let _ = src.reader.force_reconnection().await;
+    let mut args = c.args(src, 1);
+    args.push(c.pod_value());
+    let Some(v) = c.script(src, "boot", &c.scripts.boot, args).await else {
         return;
     };
     let last = |i: usize| {
         v.get(i)
             .and_then(|x| x.as_str())
-            .and_then(|s| log::sse_id(&s))
+            .and_then(|s| log::sid_order(&s))
     };
-    let behind = |pos: &str, last: Option<u64>| last.unwrap_or(0) < log::sse_id(pos).unwrap_or(0);
+    let behind = |pos: &str, last: Option<(u64, u64)>| {
+        last.unwrap_or((0, 0)) < log::sid_order(pos).unwrap_or((0, 0))
+    };
     if behind(&p.inbox, last(1)) {
         info!("this pod's inbox was recreated; reading it from its start");
         p.inbox = "0-0".into();
     }
-    if behind(&p.all, last(2)) {
+    if src.all_key.is_some() && behind(&p.all, last(2)) {
         info!("the broadcast stream was recreated; reading it from its start");
         p.all = "0-0".into();
         *merge = Merge::new(0);
@@ -439,12 +469,12 @@ mod tests {
     }
 
     fn ev(id: u64) -> Option<Arc<Event>> {
-        Some(Arc::new(Event {
+        Some(Arc::new(Event::new(
             id,
-            target: Target::All,
-            frame: bytes::Bytes::new(),
-            published_ns: 0,
-        }))
+            Target::All,
+            bytes::Bytes::new(),
+            0,
+        )))
     }
 
     fn user(id: u64, after: u64) -> Inbox {

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use fred::interfaces::SortedSetsInterface;
 use fred::types::Value;
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::{log, Cluster};
-use crate::broker::{Joined, Start};
+use super::{log, partition_of, Cluster, Source};
+use crate::broker::{Floor, Joined, Start};
 use crate::clock;
 use crate::metrics as m;
 use crate::seam::{ClusterStats, Registration, ResumeFrom};
@@ -23,20 +24,40 @@ use crate::Shared;
 /// A connect waiting to be registered.
 pub(super) struct RegisterReq {
     member: String,
+    /// The user's partition.
+    partition: usize,
     serial: u64,
     resume: Option<ResumeFrom>,
     topics: String,
     joins: Vec<String>,
-    reply: oneshot::Sender<Option<Registered>>,
+    reply: oneshot::Sender<Option<Vec<Registered>>>,
 }
 
-/// The register script's answer for one connection.
+/// One register script's answer for one connection.
 struct Registered {
-    /// The log's last id at registration.
+    /// The source it ran on.
+    source: u16,
+    /// The source log's last id at registration.
     floor: u64,
-    /// The log's first retained id.
+    /// The source log's first retained id (0: empty).
     first: u64,
     entries: Vec<Value>,
+}
+
+impl Registered {
+    /// Whether a resume after `after` cannot be exact here: from the future, or
+    /// from before the retained log (ids between it and the first retained one
+    /// may be gone, or the log is empty).
+    fn resync(&self, after: u64) -> bool {
+        after > self.floor || (after < self.floor && (self.first == 0 || after < self.first - 1))
+    }
+
+    fn events(&self) -> Vec<Arc<crate::event::Event>> {
+        self.entries
+            .iter()
+            .filter_map(|e| log::event(e).and_then(|(_, ev)| ev))
+            .collect()
+    }
 }
 
 /// A connection of this pod that ended: `(member, expected owner)`.
@@ -75,6 +96,7 @@ impl Cluster {
         self.register_tx
             .send(RegisterReq {
                 member: log::member(user, conn_id),
+                partition: partition_of(user, self.set.partitions),
                 serial,
                 resume,
                 topics: topics.join(","),
@@ -82,45 +104,71 @@ impl Cluster {
                 reply,
             })
             .ok()?;
-        let r = tokio::time::timeout(self.set.timeout, rx)
+        let answers = tokio::time::timeout(self.set.timeout, rx)
             .await
             .ok()?
             .ok()??;
-        let mut read_to = self.read_to.subscribe();
-        let caught_up =
-            tokio::time::timeout(self.set.timeout, read_to.wait_for(|&v| v >= r.floor)).await;
-        if !matches!(caught_up, Ok(Ok(_))) {
-            warn!("this pod's reader is behind; a new stream may miss events");
+        // Wait until this pod has read, in every source, what was routed to it up
+        // to the registration; note its order key there.
+        let mut floors = SmallVec::new();
+        for r in &answers {
+            let src = &self.sources[r.source as usize];
+            let mut read_to = src.read_to.subscribe();
+            let caught_up =
+                tokio::time::timeout(self.set.timeout, read_to.wait_for(|&v| v >= r.floor)).await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                warn!("this pod's reader is behind; a new stream may miss events");
+            }
+            // Not passed (the wait timed out): nothing from this pod's history,
+            // only what arrives after the stream opens.
+            let seq = src.seq_at(r.floor).unwrap_or(u64::MAX);
+            floors.push(Floor {
+                source: r.source,
+                seq,
+            });
         }
-        let start = match resume {
-            None => {
-                let now = clock::unix_ms();
-                Start::Pending(
-                    r.entries
-                        .iter()
-                        .filter_map(|e| log::pending(e, now))
-                        .collect(),
-                )
-            }
-            Some(ResumeFrom::Unknown) => Start::Resync,
-            // From the future, or from before the retained log (ids between it
-            // and the first retained one may be gone, or the log is empty).
-            Some(ResumeFrom::Id(after))
-                if after > r.floor
-                    || (after < r.floor && (r.first == 0 || after < r.first - 1)) =>
-            {
-                Start::Resync
-            }
-            Some(ResumeFrom::Id(_)) => Start::Replay(
+        let now = clock::unix_ms();
+        let pending = |r: &Registered| {
+            Start::Pending(
                 r.entries
                     .iter()
-                    .filter_map(|e| log::event(e).and_then(|(_, ev)| ev))
+                    .filter_map(|e| log::pending(e, now))
                     .collect(),
+            )
+        };
+        if !self.partitioned() {
+            let r = answers.first()?;
+            let start = match resume {
+                None => pending(r),
+                Some(ResumeFrom::Id(after)) if !r.resync(after) => Start::Replay {
+                    partition: r.events(),
+                    broadcast: Vec::new(),
+                },
+                Some(_) => Start::Resync,
+            };
+            return Some(Joined {
+                floors,
+                start,
+                ids_from: None,
+            });
+        }
+        let b = answers.iter().find(|r| r.source == 0)?;
+        let p = answers.iter().find(|r| r.source != 0)?;
+        let (start, from) = match resume {
+            None => (pending(p), b.floor),
+            Some(ResumeFrom::Pair(rb, rp)) if !b.resync(rb) && !p.resync(rp) => (
+                Start::Replay {
+                    partition: p.events(),
+                    broadcast: b.events(),
+                },
+                rb,
             ),
+            Some(_) => (Start::Resync, b.floor),
         };
         Some(Joined {
-            floor: r.floor,
+            floors,
             start,
+            ids_from: Some((from, p.floor)),
         })
     }
 
@@ -168,32 +216,41 @@ impl Cluster {
     /// End `(user, conn_id)` on whichever pod holds it. `Ok(false)`: no such
     /// connection anywhere; `Err`: Redis unreachable.
     pub async fn disconnect(&self, user: &str, conn_id: &str) -> Result<bool, ()> {
-        let mut args = self.args(2);
+        let src = self.user_source(user);
+        let mut args = self.args(src, 2);
         args.push(Value::from(clock::unix_ms() as i64));
         args.push(Value::from(log::member(user, conn_id)));
         let v = self
-            .script("disconnect", &self.scripts.disconnect, args)
+            .script(src, "disconnect", &self.scripts.disconnect, args)
             .await
             .ok_or(())?;
         Ok(v.get(1).is_some_and(|o| !o.is_null()))
     }
 
-    /// Cluster-wide counts, `None` when Redis is unreachable.
+    /// Cluster-wide counts (summed over the partitions), `None` when Redis is
+    /// unreachable.
     pub async fn stats(&self) -> Option<ClusterStats> {
         if !self.is_up() {
             return None;
         }
         let cutoff = clock::unix_ms().saturating_sub(self.set.stale_after.as_millis() as u64);
-        let mut args = self.args(1);
-        args.push(Value::from(cutoff as i64));
-        let v = self.script("stats", &self.scripts.stats, args).await?;
-        let n = |i: usize| v.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
-        Some(ClusterStats {
-            connections: n(1),
-            users: n(2),
-            pods: n(3),
-            inactive: n(4),
-        })
+        let mut total = ClusterStats {
+            connections: 0,
+            users: 0,
+            pods: 0,
+            inactive: 0,
+        };
+        for src in &self.sources {
+            let mut args = self.args(src, 1);
+            args.push(Value::from(cutoff as i64));
+            let v = self.script(src, "stats", &self.scripts.stats, args).await?;
+            let n = |i: usize| v.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
+            total.connections += n(1);
+            total.users += n(2);
+            total.pods += n(3);
+            total.inactive += n(4);
+        }
+        Some(total)
     }
 
     /// Topic joins and leaves with no connection to register: the linger's
@@ -204,13 +261,23 @@ impl Cluster {
         if leaves.is_empty() && joins.is_empty() {
             return;
         }
-        let args = self.register_args(&leaves, &joins, 0);
+        let src = self.bcast();
+        let args = self.register_args(src, self.bcast_what(), &leaves, &joins, 0);
         if self
-            .script("register", &self.scripts.register, args)
+            .script(src, "register", &self.scripts.register, args)
             .await
             .is_some()
         {
             self.topics.joined(&joins);
+        }
+    }
+
+    /// What the register script does on the broadcasts' tag.
+    fn bcast_what(&self) -> &'static str {
+        if self.partitioned() {
+            "bcast"
+        } else {
+            "full"
         }
     }
 
@@ -224,15 +291,23 @@ impl Cluster {
     }
 
     /// The register script's arguments up to the connections.
-    fn register_args(&self, leaves: &[String], joins: &[String], conns: usize) -> Vec<Value> {
+    fn register_args(
+        &self,
+        src: &Source,
+        what: &str,
+        leaves: &[String],
+        joins: &[String],
+        conns: usize,
+    ) -> Vec<Value> {
         let now = clock::unix_ms();
-        let mut args = self.args(6 + leaves.len() + joins.len() + conns * 5);
+        let mut args = self.args(src, 7 + leaves.len() + joins.len() + conns * 5);
         args.push(Value::from(now as i64));
         args.push(self.pod_value());
         args.push(Value::from(self.minid(now)));
         args.push(Value::from(
             (self.set.history_events.max(1) * 2 + 100) as i64,
         ));
+        args.push(Value::from(what));
         args.push(Value::from(leaves.len() as i64));
         args.extend(leaves.iter().map(|t| Value::from(t.as_str())));
         args.push(Value::from(joins.len() as i64));
@@ -242,10 +317,13 @@ impl Cluster {
 }
 
 /// Register connects in batches: whatever arrived while the last batch ran,
-/// with the topic leaves that are due (in order with the joins). Between
-/// connects, leaves and failed joins go out every linger period.
+/// with the topic leaves that are due (in order with the joins). One script
+/// call per source the batch touches: without partitions one; with them one per
+/// partition (the registry) and one on the broadcasts' tag (topic interest,
+/// broadcast replay and marker). Between connects, leaves and failed joins go
+/// out every linger period.
 pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<RegisterReq>) {
-    let mut batch = Vec::with_capacity(REGISTER_BATCH);
+    let mut batch: Vec<RegisterReq> = Vec::with_capacity(REGISTER_BATCH);
     let tick = c.set.topic_linger.max(Duration::from_millis(100));
     loop {
         let first = match tokio::time::timeout(tick, rx.recv()).await {
@@ -265,50 +343,129 @@ pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiv
                 Err(_) => break,
             }
         }
+        m::redis_batch("register", batch.len());
+        let mut answers: Vec<Option<Vec<Registered>>> =
+            batch.iter().map(|_| Some(Vec::new())).collect();
+        // The broadcasts' tag (everything, without partitions).
         let leaves = c.topics.due_leaves(c.set.topic_linger);
         let mut joins: Vec<String> = batch.iter().flat_map(|r| r.joins.iter().cloned()).collect();
         joins.sort_unstable();
         joins.dedup();
-        let mut args = c.register_args(&leaves, &joins, batch.len());
-        for r in &batch {
-            args.push(Value::from(r.member.as_str()));
-            args.push(Value::from(r.serial.to_string()));
-            let (mode, sid) = match r.resume {
-                None => ("n", String::new()),
-                Some(ResumeFrom::Unknown) => ("x", String::new()),
-                Some(ResumeFrom::Id(id)) => ("r", log::stream_id(id)),
-            };
-            args.push(Value::from(mode));
-            args.push(Value::from(sid));
-            args.push(Value::from(r.topics.as_str()));
-        }
-        m::redis_batch("register", batch.len());
-        let reply = c.script("register", &c.scripts.register, args).await;
-        let (floor, first, mut lists) = match reply {
-            Some(v) => {
-                c.topics.joined(&joins);
-                let id =
-                    |x: Option<&Value>| x.and_then(|x| x.as_str().and_then(|s| log::sse_id(&s)));
-                let floor = id(v.first());
-                let first = id(v.get(3)).unwrap_or(0);
-                let lists = v
-                    .into_iter()
-                    .nth(2)
-                    .map(Value::into_array)
-                    .unwrap_or_default();
-                (floor, first, lists.into_iter())
-            }
-            None => (None, 0, Vec::new().into_iter()),
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let what = c.bcast_what();
+        let part = |r: &RegisterReq| match (r.resume, c.partitioned()) {
+            (None, _) => None,
+            (Some(ResumeFrom::Id(id)), false) => Some(ResumeFrom::Id(id)),
+            (Some(ResumeFrom::Pair(b, _)), true) => Some(ResumeFrom::Id(b)),
+            _ => Some(ResumeFrom::Unknown),
         };
-        for r in batch.drain(..) {
-            let entries = lists.next().map(Value::into_array).unwrap_or_default();
-            let _ = r.reply.send(floor.map(|floor| Registered {
+        let ok = register_on(
+            &c,
+            c.bcast(),
+            what,
+            &leaves,
+            &joins,
+            &batch,
+            &all,
+            part,
+            &mut answers,
+        )
+        .await;
+        if ok {
+            c.topics.joined(&joins);
+        }
+        // Each partition the batch touches.
+        if c.partitioned() {
+            for k in 0..c.set.partitions {
+                let mine: Vec<usize> = (0..batch.len())
+                    .filter(|&i| batch[i].partition == k)
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let part = |r: &RegisterReq| match r.resume {
+                    Some(ResumeFrom::Pair(_, p)) => Some(ResumeFrom::Id(p)),
+                    Some(_) => Some(ResumeFrom::Unknown),
+                    None => None,
+                };
+                register_on(
+                    &c,
+                    c.part(k),
+                    "reg",
+                    &[],
+                    &[],
+                    &batch,
+                    &mine,
+                    part,
+                    &mut answers,
+                )
+                .await;
+            }
+        }
+        for (r, a) in batch.drain(..).zip(answers) {
+            let _ = r.reply.send(a);
+        }
+    }
+}
+
+/// One register script call on `src` for the connects `which` of `batch`;
+/// each one's answer goes to `answers` (`None` when the call failed). Returns
+/// whether it succeeded.
+#[allow(clippy::too_many_arguments)]
+async fn register_on(
+    c: &Cluster,
+    src: &Source,
+    what: &str,
+    leaves: &[String],
+    joins: &[String],
+    batch: &[RegisterReq],
+    which: &[usize],
+    resume: impl Fn(&RegisterReq) -> Option<ResumeFrom>,
+    answers: &mut [Option<Vec<Registered>>],
+) -> bool {
+    let mut args = c.register_args(src, what, leaves, joins, which.len());
+    for &i in which {
+        let r = &batch[i];
+        args.push(Value::from(r.member.as_str()));
+        args.push(Value::from(r.serial.to_string()));
+        let (mode, sid) = match resume(r) {
+            None => ("n", String::new()),
+            Some(ResumeFrom::Id(id)) => ("r", log::stream_id(id)),
+            Some(_) => ("x", String::new()),
+        };
+        args.push(Value::from(mode));
+        args.push(Value::from(sid));
+        args.push(Value::from(r.topics.as_str()));
+    }
+    let reply = c.script(src, "register", &c.scripts.register, args).await;
+    let id = |x: Option<&Value>| x.and_then(|x| x.as_str().and_then(|s| log::sse_id(&s)));
+    let Some(v) = reply else {
+        for &i in which {
+            answers[i] = None;
+        }
+        return false;
+    };
+    let floor = id(v.first());
+    let first = id(v.get(3)).unwrap_or(0);
+    let mut lists = v
+        .into_iter()
+        .nth(2)
+        .map(Value::into_array)
+        .unwrap_or_default()
+        .into_iter();
+    for &i in which {
+        let entries = lists.next().map(Value::into_array).unwrap_or_default();
+        match (floor, answers[i].as_mut()) {
+            (Some(floor), Some(a)) => a.push(Registered {
+                source: src.index,
                 floor,
                 first,
                 entries,
-            }));
+            }),
+            _ => answers[i] = None,
         }
     }
+    true
 }
 
 /// Remove ended connections in batches; keep failed ones for a retry.
@@ -339,27 +496,47 @@ pub(super) async fn remove_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver
             retry.truncate(REMOVE_RETRY_CAP);
             continue;
         }
-        if send_removals(&c, &batch).await.is_none() {
-            retry = batch;
-            retry.truncate(REMOVE_RETRY_CAP);
+        retry = send_removals(&c, batch).await;
+        retry.truncate(REMOVE_RETRY_CAP);
+    }
+}
+
+/// The source of a registry member `user/conn`.
+fn member_source<'a>(c: &'a Cluster, member: &str) -> &'a Source {
+    c.user_source(member.split_once('/').map_or(member, |(u, _)| u))
+}
+
+/// Remove `batch`, one script call per source; returns what failed.
+async fn send_removals(c: &Cluster, batch: Vec<Removal>) -> Vec<Removal> {
+    let mut failed = Vec::new();
+    for src in c.user_sources() {
+        let mine: Vec<&Removal> = batch
+            .iter()
+            .filter(|(member, _)| member_source(c, member).index == src.index)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut args = c.args(src, 1 + mine.len() * 2);
+        args.push(Value::from(clock::unix_ms() as i64));
+        for (member, owner) in &mine {
+            args.push(Value::from(member.as_str()));
+            args.push(Value::from(owner.as_str()));
+        }
+        m::redis_batch("remove", mine.len());
+        if c.script(src, "remove", &c.scripts.remove, args)
+            .await
+            .is_none()
+        {
+            failed.extend(mine.into_iter().cloned());
         }
     }
+    failed
 }
 
-async fn send_removals(c: &Cluster, batch: &[Removal]) -> Option<Vec<Value>> {
-    let mut args = c.args(1 + batch.len() * 2);
-    args.push(Value::from(clock::unix_ms() as i64));
-    for (member, owner) in batch {
-        args.push(Value::from(member.as_str()));
-        args.push(Value::from(owner.as_str()));
-    }
-    m::redis_batch("remove", batch.len());
-    c.script("remove", &c.scripts.remove, args).await
-}
-
-/// Per shard batch: one variadic `ZADD` of every connection's heartbeat; the
-/// rare batch that finds connections the registry lost puts them back. (The
-/// pod's own heartbeat rides on its delivery probe.)
+/// Per shard batch: one variadic `ZADD` per source of every connection's
+/// heartbeat; the rare batch that finds connections the registry lost puts them
+/// back. (The pod's own heartbeat rides on its delivery probe.)
 pub(super) async fn heartbeat_loop(
     c: Arc<Cluster>,
     mut rx: mpsc::UnboundedReceiver<HeartbeatBatch>,
@@ -368,11 +545,20 @@ pub(super) async fn heartbeat_loop(
         if batch.is_empty() || c.draining.load(Ordering::Acquire) {
             continue;
         }
-        heartbeat_batch(&c, batch).await;
+        for src in c.user_sources() {
+            let mine: HeartbeatBatch = batch
+                .iter()
+                .filter(|(member, _)| member_source(&c, member).index == src.index)
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                heartbeat_batch(&c, src, mine).await;
+            }
+        }
     }
 }
 
-async fn heartbeat_batch(c: &Cluster, batch: HeartbeatBatch) {
+async fn heartbeat_batch(c: &Cluster, src: &Source, batch: HeartbeatBatch) {
     let now = clock::unix_ms();
     let values: Vec<(f64, Value)> = batch
         .iter()
@@ -382,7 +568,7 @@ async fn heartbeat_batch(c: &Cluster, batch: HeartbeatBatch) {
     let started = Instant::now();
     let r: Result<i64, _> = c
         .cmd
-        .zadd(&c.hb_key, None, None, false, false, values)
+        .zadd(&src.hb_key, None, None, false, false, values)
         .await;
     let Some(added) = c.done("heartbeat", started, r) else {
         return;
@@ -391,14 +577,17 @@ async fn heartbeat_batch(c: &Cluster, batch: HeartbeatBatch) {
     if added > 0 {
         // Some connections were not in the registry: cleaned while this pod could
         // not reach Redis, or Redis lost its data. Put them back.
-        let mut args = c.args(2 + batch.len() * 2);
+        let mut args = c.args(src, 2 + batch.len() * 2);
         args.push(Value::from(now as i64));
         args.push(c.pod_value());
         for (member, serial) in &batch {
             args.push(Value::from(member.as_str()));
             args.push(Value::from(serial.to_string()));
         }
-        if let Some(v) = c.script("reregister", &c.scripts.reregister, args).await {
+        if let Some(v) = c
+            .script(src, "reregister", &c.scripts.reregister, args)
+            .await
+        {
             let restored = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
             if restored > 0 {
                 info!(restored, "re-registered connections the registry had lost");
@@ -408,6 +597,8 @@ async fn heartbeat_batch(c: &Cluster, batch: HeartbeatBatch) {
 }
 
 /// The cleanup job: every pod runs it every cleanup interval; it is idempotent.
+/// The broadcasts' tag first (it holds the pod set: dead pods are found there),
+/// then each partition (stale connections, dead pods' inboxes).
 pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
     let mut tick = tokio::time::interval(c.set.cleanup);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -421,24 +612,39 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
         }
         let now = clock::unix_ms();
         let cutoff = now.saturating_sub(c.set.stale_after.as_millis() as u64);
-        let mut args = c.args(5);
-        args.extend([
-            Value::from(now as i64),
-            Value::from(cutoff as i64),
-            Value::from(10_000i64),
-            Value::from(keep_ms),
-            Value::from(100_000i64),
-            Value::from(c.minid(now)),
-        ]);
-        if let Some(v) = c.script("cleanup", &c.scripts.cleanup, args).await {
+        let mut dead: Vec<Value> = Vec::new();
+        for src in &c.sources {
+            let mut args = c.args(src, 7 + dead.len());
+            args.extend([
+                Value::from(now as i64),
+                Value::from(cutoff as i64),
+                Value::from(10_000i64),
+                Value::from(keep_ms),
+                Value::from(100_000i64),
+                Value::from(c.minid(now)),
+                Value::from(if src.index == 0 { "1" } else { "0" }),
+            ]);
+            args.extend(dead.iter().cloned());
+            let Some(v) = c.script(src, "cleanup", &c.scripts.cleanup, args).await else {
+                break;
+            };
             let marked = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
             if marked > 0 {
                 m::marked_inactive(marked);
                 info!(marked, "marked stale connections inactive");
             }
-            let pods = v.get(2).and_then(|x| x.as_u64()).unwrap_or(0);
-            if pods > 0 {
-                info!(pods, "dropped dead pods' topic interest and inboxes");
+            if src.index == 0 {
+                dead = v
+                    .into_iter()
+                    .nth(3)
+                    .map(Value::into_array)
+                    .unwrap_or_default();
+                if !dead.is_empty() {
+                    info!(
+                        pods = dead.len(),
+                        "dropped dead pods' topic interest and inboxes"
+                    );
+                }
             }
         }
     }
@@ -460,11 +666,14 @@ pub(super) async fn drain_loop(
             });
         // With Redis unreachable the cleanup job of the other pods removes them.
         if !batch.is_empty() && c.is_up() {
-            send_removals(&c, &batch).await;
+            send_removals(&c, batch).await;
         }
-        let mut args = c.args(1);
-        args.push(c.pod_value());
-        c.script("drain", &c.scripts.leave, args).await;
+        for src in &c.sources {
+            let mut args = c.args(src, 2);
+            args.push(c.pod_value());
+            args.push(Value::from(if src.index == 0 { "1" } else { "0" }));
+            c.script(src, "drain", &c.scripts.leave, args).await;
+        }
         // Publishes still buffered get one more chance.
         for _ in 0..20 {
             if c.buffer

@@ -91,6 +91,14 @@ local function drop_pod(pod)
   rc('DEL', pt, inbox(pod))
   rc('ZREM', pods, pod)
 end
+-- No log (never written, or Redis lost its data): create it empty, so that its
+-- last generated id says where later events start (every event read before is
+-- older). Returns that id.
+local function create_log()
+  local id = rc('XADD', KEYS[1], '*', 'x', '')
+  rc('XDEL', KEYS[1], id)
+  return id
+end
 local function last_all()
   local a = rc('GET', alast)
   if a then return a end
@@ -99,17 +107,21 @@ end
 "#;
 
 /// Register a batch of new connections, and this pod's topic interest changes.
-/// ARGV: tag, imax, now_ms, pod, minid ('0' for none), history max, n, n topics
-/// to leave, m, m topics to join, then per connection (member, serial, mode,
-/// resume stream id, topics comma separated); mode `n` new (take pending), `r`
-/// resume after the stream id, `x` resume from an unknown point (drop pending).
+/// ARGV: tag, imax, now_ms, pod, minid ('0' for none), history max, what, n, n
+/// topics to leave, m, m topics to join, then per connection (member, serial,
+/// mode, resume stream id, topics comma separated); mode `n` new (take pending),
+/// `r` resume after the stream id, `x` resume from an unknown point (drop
+/// pending). `what`: `full` (one tag holds everything), `reg` (a partition: the
+/// registry, pending and user events), `bcast` (with partitions, the broadcasts'
+/// tag: topic interest, and the replay and marker of broadcasts and topics).
 /// A connection batch ends with a sync marker in this pod's inbox: once the pod
 /// has read it, it has read everything routed to it up to the registration.
 /// Returns `{last log id, calls, {pending or replay entries per connection},
 /// first retained log id}`.
 const REGISTER: &str = r#"
-local now, pod = ARGV[3], ARGV[4]
-local i = 7
+local now, pod, what = ARGV[3], ARGV[4], ARGV[7]
+local registry = what ~= 'bcast'
+local i = 8
 local nleave = tonumber(ARGV[i])
 local leaves = {}
 for j = 1, nleave do leaves[j] = ARGV[i + j] end
@@ -133,23 +145,27 @@ for k = i, #ARGV, 5 do
   hb_args[#hb_args + 1] = m
 end
 if #members == 0 then return {'0-0', calls, {}, '0-0'} end
-local old = chunked('HMGET', conns, members, 1)
-chunked('HSET', conns, owner_args, 2)
-chunked('ZADD', hb, hb_args, 2)
-chunked('ZREM', inactive, members, 1)
-local resumes = false
-for j, m in ipairs(members) do
-  local u = user_of(m)
-  local o = old[j]
-  if not o then
-    rc('HINCRBY', ucount, u, 1)
-    rc('HINCRBY', upods(u), pod, 1)
-  elseif pod_of(o) ~= pod then
-    -- The same user and connection id on another pod: that stream is replaced.
-    close_on(o, m, 'replaced')
-    user_leaves(u, pod_of(o))
-    rc('HINCRBY', upods(u), pod, 1)
+if registry then
+  local old = chunked('HMGET', conns, members, 1)
+  chunked('HSET', conns, owner_args, 2)
+  chunked('ZADD', hb, hb_args, 2)
+  chunked('ZREM', inactive, members, 1)
+  for j, m in ipairs(members) do
+    local u = user_of(m)
+    local o = old[j]
+    if not o then
+      rc('HINCRBY', ucount, u, 1)
+      rc('HINCRBY', upods(u), pod, 1)
+    elseif pod_of(o) ~= pod then
+      -- The same user and connection id on another pod: that stream is replaced.
+      close_on(o, m, 'replaced')
+      user_leaves(u, pod_of(o))
+      rc('HINCRBY', upods(u), pod, 1)
+    end
   end
+end
+local resumes = false
+for j = 1, #members do
   if modes[j] == 'r' then resumes = true end
 end
 -- The log's true last id and first retained entry (after the exact age trim a
@@ -157,10 +173,7 @@ end
 if resumes and ARGV[5] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', ARGV[5]) end
 local last_id, first_id = '0-0', '0-0'
 if rc('EXISTS', KEYS[1]) == 0 then
-  -- No log (Redis lost its data): every later event gets an id from Redis's
-  -- clock from now on, every event this pod read before is older.
-  local t = rc('TIME')
-  last_id = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-1048575'
+  last_id = create_log()
 else
   local info = rc('XINFO', 'STREAM', KEYS[1])
   for k = 1, #info, 2 do
@@ -201,10 +214,13 @@ for j, m in ipairs(members) do
   local u = user_of(m)
   local pk = T .. ':pending:' .. u
   if modes[j] == 'n' then
-    out[j] = rc('LRANGE', pk, 0, -1)
-    if #out[j] > 0 then rc('DEL', pk) end
+    out[j] = {}
+    if registry then
+      out[j] = rc('LRANGE', pk, 0, -1)
+      if #out[j] > 0 then rc('DEL', pk) end
+    end
   else
-    rc('DEL', pk)
+    if registry then rc('DEL', pk) end
     out[j] = {}
     if modes[j] == 'r' then
       local tset = {}
@@ -347,20 +363,26 @@ return {calls, #fixed}
 /// inactive, drop dead pods (their topic interest and inbox), bound the inactive
 /// set, trim the log to the history's age. Safe to run on every pod at once.
 /// ARGV: tag, imax, now_ms, cutoff_ms, limit, inactive_keep_ms, inactive_cap,
-/// minid ('0' for none). Returns `{calls, marked, pods dropped}`.
+/// minid ('0' for none), pods ('1' where the pod set lives), then pods found dead
+/// elsewhere whose inbox here goes too. Returns `{calls, marked, pods dropped,
+/// {dead pods}}`.
 const CLEANUP: &str = r#"
 local now, cutoff = tonumber(ARGV[3]), ARGV[4]
 if ARGV[8] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[8]) end
+for k = 10, #ARGV do rc('DEL', inbox(ARGV[k])) end
 local stale = rc('ZRANGEBYSCORE', hb, '-inf', cutoff, 'LIMIT', 0, ARGV[5])
 if #stale > 0 then
   local owners = chunked('HMGET', conns, stale, 1)
   forget(stale, owners, now)
 end
-local dead = rc('ZRANGEBYSCORE', pods, '-inf', cutoff, 'LIMIT', 0, 100)
-for _, p in ipairs(dead) do drop_pod(p) end
+local dead = {}
+if ARGV[9] == '1' then
+  dead = rc('ZRANGEBYSCORE', pods, '-inf', cutoff, 'LIMIT', 0, 100)
+  for _, p in ipairs(dead) do drop_pod(p) end
+end
 rc('ZREMRANGEBYSCORE', inactive, '-inf', now - tonumber(ARGV[6]))
 rc('ZREMRANGEBYRANK', inactive, 0, -(tonumber(ARGV[7]) + 1))
-return {calls, #stale, #dead}
+return {calls, #stale, #dead, dead}
 "#;
 
 /// Cluster-wide counts. ARGV: tag, imax, live-pod cutoff_ms.
@@ -373,26 +395,29 @@ local i = rc('ZCARD', inactive)
 return {calls, c, u, p, i}
 "#;
 
-/// The pod's heartbeat and delivery probe: its entry in the pod set, and a
-/// probe into its own inbox that its reader must see come back. ARGV: tag, imax,
-/// now_ms, pod, probe number, inbox ttl_ms.
+/// The pod's heartbeat and delivery probe: its entry in the pod set (where
+/// `pods` is '1'), and a probe into its own inbox that its reader must see come
+/// back. ARGV: tag, imax, now_ms, pod, probe number, inbox ttl_ms, pods.
 /// Returns `{calls, 1 when the pod was missing from the set, probe stream id}`.
 const PROBE: &str = r#"
-local added = rc('ZADD', pods, ARGV[3], ARGV[4])
+local added = 0
+if ARGV[7] == '1' then added = rc('ZADD', pods, ARGV[3], ARGV[4]) end
 local id = to_inbox(ARGV[4], 'o', 'probe', 'n', ARGV[5])
 rc('PEXPIRE', inbox(ARGV[4]), ARGV[6])
 return {calls, added, id}
 "#;
 
-/// A draining pod leaves: its topic interest, inbox and pod entry.
-/// ARGV: tag, imax, pod. Returns `{calls}`.
+/// A draining pod leaves: its topic interest, inbox and pod entry (where
+/// `pods` is '1'; elsewhere its inbox). ARGV: tag, imax, pod, pods.
+/// Returns `{calls}`.
 const LEAVE: &str = r#"
-drop_pod(ARGV[3])
+if ARGV[4] == '1' then drop_pod(ARGV[3]) else rc('DEL', inbox(ARGV[3])) end
 return {calls}
 "#;
 
 /// Where a starting pod begins to read: the last ids of its inbox and of the
-/// broadcast stream, and the log's last generated id. ARGV: tag, imax, pod.
+/// broadcast stream, and the log's last generated id (the log is created when
+/// missing). ARGV: tag, imax, pod.
 /// Returns `{calls, inbox last, broadcast last, log last}`.
 const BOOT: &str = r#"
 local function last_of(k)
@@ -401,7 +426,9 @@ local function last_of(k)
   return '0-0'
 end
 local l = '0-0'
-if rc('EXISTS', KEYS[1]) == 1 then
+if rc('EXISTS', KEYS[1]) == 0 then
+  l = create_log()
+else
   local info = rc('XINFO', 'STREAM', KEYS[1])
   for k = 1, #info, 2 do
     if info[k] == 'last-generated-id' then l = info[k + 1] end

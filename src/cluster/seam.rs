@@ -15,6 +15,10 @@ impl ConnectionRegistry for Cluster {
         true
     }
 
+    fn partition_of(&self, user: &str) -> u8 {
+        self.partition_index(user)
+    }
+
     fn register<'a>(&'a self, r: Registration<'a>) -> Pending<'a, Option<Joined>> {
         Box::pin(Cluster::register(self, r))
     }

@@ -51,6 +51,8 @@ pub struct Conn {
     pub state: ConnState,
     /// On the table's dirty list (something to write, or to close).
     dirty: bool,
+    /// Its user's cluster partition (see [`crate::event::Event::frame_for`]).
+    partition: u8,
     /// The socket's send buffer was full; wait for it to become writable.
     pub blocked: bool,
 }
@@ -85,6 +87,9 @@ pub struct NewConn<'a> {
     pub user: &'a str,
     pub topics: &'a [Box<str>],
     pub last_id: u64,
+    /// Its user's cluster partition (0 unless `--partitions` > 1): which frame of
+    /// a broadcast it gets.
+    pub partition: u8,
 }
 
 /// Which index a target names.
@@ -183,6 +188,7 @@ impl ConnTable {
             waker: None,
             state: ConnState::Open,
             dirty: false,
+            partition: new.partition,
             blocked: false,
         });
         key as usize
@@ -324,7 +330,7 @@ fn push(
     }
     conn.last_id = ev.id;
     let qf = QueuedFrame {
-        bytes: ev.frame.clone(),
+        bytes: ev.frame_for(conn.partition).clone(),
         published_ns: ev.published_ns,
     };
     match conn.queue.push(qf, limits) {
@@ -384,12 +390,7 @@ mod tests {
     use super::*;
 
     fn ev(id: u64, target: Target) -> Event {
-        Event {
-            id,
-            target,
-            frame: Bytes::from_static(b"x"),
-            published_ns: 1,
-        }
+        Event::new(id, target, Bytes::from_static(b"x"), 1)
     }
 
     fn topics(t: &[&str]) -> Box<[Box<str>]> {
@@ -402,6 +403,7 @@ mod tests {
             user,
             topics: &topics(tp),
             last_id: 0,
+            partition: 0,
         })
     }
 
@@ -479,6 +481,7 @@ mod tests {
             user: "u",
             topics: &[],
             last_id: 5,
+            partition: 0,
         });
         assert_eq!(t.deliver(&ev(5, Target::All)).queued, 0);
         assert_eq!(t.deliver(&ev(6, Target::All)).queued, 1);

@@ -147,6 +147,7 @@ pub async fn open_stream(
         user: &p.user,
         topics: &p.topics,
         last_id: opened.floor,
+        partition: registry.partition_of(&p.user),
     });
     debug_assert_eq!(inserted, key);
     let conn = table.get_mut(key).expect("just inserted");

@@ -20,6 +20,21 @@ pub fn event(id: u64, name: &str, data: &str) -> Bytes {
     shared(buf)
 }
 
+/// The same framed event with another `id:` (its first line replaced): a cluster
+/// with partitions gives one event the ids of several positions.
+pub fn with_id(framed: &Bytes, id: &str) -> Bytes {
+    let rest = framed
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(&framed[..], |i| &framed[i + 1..]);
+    let mut buf = BytesMut::with_capacity(rest.len() + id.len() + 5);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_u8(b'\n');
+    buf.put_slice(rest);
+    shared(buf)
+}
+
 /// Frame an event without an id (`CONNECTED`, `HEARTBEAT`, `RESYNC`).
 pub fn unnumbered(name: &str, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(framed_len_estimate(name, data));
@@ -172,6 +187,15 @@ mod tests {
     #[test]
     fn leading_space_survives_the_one_stripped_space() {
         assert_eq!(s(&event(1, "m", " x")), "id: 1\nevent: m\ndata:  x\n\n");
+    }
+
+    #[test]
+    fn with_id_replaces_only_the_id_line() {
+        let f = event(7, "news", "a\nb");
+        assert_eq!(
+            &with_id(&f, "3.9")[..],
+            b"id: 3.9\nevent: news\ndata: a\ndata: b\n\n"
+        );
     }
 
     #[test]

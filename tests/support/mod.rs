@@ -2,6 +2,7 @@
 //! over real sockets, and read SSE streams with a WHATWG-conformant parser.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod check;
 pub mod ops;
 pub mod redis;

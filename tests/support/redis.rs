@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,9 +138,37 @@ impl Resp {
 
     /// Delete every key whose name contains `needle`; returns how many.
     pub fn delete_keys_containing(&mut self, needle: &str) -> std::io::Result<usize> {
+        let mut deleted = 0;
+        self.scan_containing(needle, |r, keys| {
+            let mut args = vec!["DEL"];
+            args.extend(keys.iter().map(String::as_str));
+            if let Reply::Int(n) = r.cmd(&args)? {
+                deleted += n as usize;
+            }
+            Ok(())
+        })?;
+        Ok(deleted)
+    }
+
+    /// Every key of this server whose name contains `needle` (`SCAN`).
+    pub fn keys_containing(&mut self, needle: &str) -> std::io::Result<Vec<String>> {
+        let mut all = Vec::new();
+        self.scan_containing(needle, |_, keys| {
+            all.extend_from_slice(keys);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
+    /// `SCAN` for keys containing `needle`, calling `batch` with each non-empty
+    /// batch of key names.
+    fn scan_containing(
+        &mut self,
+        needle: &str,
+        mut batch: impl FnMut(&mut Resp, &[String]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let pattern = format!("*{needle}*");
         let mut cursor = "0".to_string();
-        let mut deleted = 0;
         loop {
             let reply = self.cmd(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])?;
             let Reply::Array(Some(parts)) = reply else {
@@ -151,14 +180,10 @@ impl Resp {
                 _ => Vec::new(),
             };
             if !keys.is_empty() {
-                let mut args = vec!["DEL"];
-                args.extend(keys.iter().map(String::as_str));
-                if let Reply::Int(n) = self.cmd(&args)? {
-                    deleted += n as usize;
-                }
+                batch(self, &keys)?;
             }
             if cursor == "0" || cursor.is_empty() {
-                return Ok(deleted);
+                return Ok(());
             }
         }
     }
@@ -176,6 +201,9 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Arguments after the standard ones (see [`RedisServer::start_with`]).
     extra: Vec<String>,
+    /// Spawned with `PR_SET_PDEATHSIG` = `SIGKILL` (see
+    /// [`RedisServer::start_dying_with_thread`]).
+    dies_with_thread: bool,
 }
 
 impl RedisServer {
@@ -191,6 +219,26 @@ impl RedisServer {
         port: impl Fn() -> u16,
         extra: impl Fn(u16, &Path) -> Vec<String>,
     ) -> RedisServer {
+        RedisServer::start_opts(port, extra, false)
+    }
+
+    /// Like [`RedisServer::start_with`], but the kernel SIGKILLs the server as
+    /// soon as the thread that spawned it ends (`PR_SET_PDEATHSIG`; a restart
+    /// ties it to the restarting thread), so it cannot outlive this process even
+    /// when it is never dropped (a `static`). Spawn it from a thread that lives as
+    /// long as the process: a test's thread ends with its test.
+    pub fn start_dying_with_thread(
+        port: impl Fn() -> u16,
+        extra: impl Fn(u16, &Path) -> Vec<String>,
+    ) -> RedisServer {
+        RedisServer::start_opts(port, extra, true)
+    }
+
+    fn start_opts(
+        port: impl Fn() -> u16,
+        extra: impl Fn(u16, &Path) -> Vec<String>,
+        dies_with_thread: bool,
+    ) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "herald-test-redis-{}-{:016x}",
             std::process::id(),
@@ -202,6 +250,7 @@ impl RedisServer {
             port: 0,
             dir,
             extra: Vec::new(),
+            dies_with_thread,
         };
         for _ in 0..5 {
             server.port = port();
@@ -224,7 +273,8 @@ impl RedisServer {
     /// Spawn on `self.port` and wait for `PING`; Err if it exits or never answers.
     fn spawn(&mut self) -> Result<(), ()> {
         let log = self.dir.join("redis.log");
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -234,7 +284,20 @@ impl RedisServer {
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        if self.dies_with_thread {
+            // SAFETY: the closure runs in the forked child before exec and only
+            // makes a system call (async-signal-safe, no allocation).
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .spawn()
             .expect("spawn redis-server (is it installed?)");
         let until = Instant::now() + Duration::from_secs(5);
@@ -291,6 +354,25 @@ impl RedisServer {
     /// What the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+
+    /// What drop does, through a shared reference, for a server that is never
+    /// dropped (a `static`, at process exit): SIGKILL it by pid, reap it and
+    /// remove its directory. Never panics; it is not usable afterwards.
+    pub fn kill_and_remove(&self) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| libc::pid_t::try_from(c.id()).ok())
+        {
+            // SAFETY: plain system calls on our own child's pid (not reaped
+            // before: the `Child` is never waited for once this has run).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -2,7 +2,9 @@
 //! ports, created with `redis-cli --cluster create`, whose nodes can be
 //! SIGKILLed and restarted empty (re-joined with the slots they had), plus
 //! [`Pods`]: a unique key prefix on that cluster and the flags that start herald
-//! pods on it. Everything is killed and removed on drop.
+//! pods on it. Everything is killed and removed on drop; the cluster of
+//! [`RedisCluster::shared`], one per test binary and never dropped, is killed
+//! with the process.
 //!
 //! Each node is a [`RedisServer`] (its own temporary directory, `--save ''
 //! --appendonly no`) with `--cluster-enabled yes`, its `nodes-<port>.conf` in that
@@ -14,7 +16,9 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::redis::{start_pod, unique_prefix, RedisServer, Reply, Resp, Timing};
@@ -68,18 +72,85 @@ impl RedisCluster {
     /// `redis-cli --cluster create` and wait until every node says
     /// `cluster_state:ok` and all agree on the slot map.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_nodes(false)
+    }
+
+    /// The Redis Cluster shared by every test of this test binary that asks for
+    /// it (each under its own key prefix): started by the first caller (the
+    /// others wait), never dropped, so it cannot be killed or restarted. Its
+    /// nodes cannot outlive the process: they are spawned from a thread of their
+    /// own that never ends, with `PR_SET_PDEATHSIG` = `SIGKILL`
+    /// ([`RedisServer::start_dying_with_thread`]), so the kernel kills them
+    /// when the process ends however it ends; when it exits normally (tests
+    /// passed or failed), an `atexit` handler kills them first and removes their
+    /// directories. A start that failed fails every caller with its message.
+    pub fn shared() -> &'static RedisCluster {
+        static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+
+        extern "C" fn kill_at_exit() {
+            if let Some(Ok(rc)) = SHARED.get() {
+                for node in &rc.nodes {
+                    node.kill_and_remove();
+                }
+            }
+        }
+
+        let started = SHARED.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("shared-redis-cluster".into())
+                .spawn(move || {
+                    let started = std::panic::catch_unwind(|| RedisCluster::start_nodes(true))
+                        .map_err(|panic| {
+                            panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "(no message)".into())
+                        });
+                    let _ = tx.send(started);
+                    // The nodes die with this thread: keep it until the process ends.
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .expect("spawn the thread of the shared Redis Cluster");
+            let started = rx
+                .recv()
+                .unwrap_or_else(|_| Err("its thread ended without an answer".into()));
+            if started.is_ok() {
+                // SAFETY: registers a plain `extern "C" fn` that never unwinds.
+                let registered = unsafe { libc::atexit(kill_at_exit) };
+                assert_eq!(registered, 0, "atexit for the shared Redis Cluster");
+            }
+            started
+        });
+        match started {
+            Ok(rc) => rc,
+            Err(e) => panic!("the shared Redis Cluster did not start: {e}"),
+        }
+    }
+
+    /// Start the nodes (with [`RedisServer::start_dying_with_thread`] if
+    /// `dies_with_thread`), create the cluster and wait until it converged.
+    fn start_nodes(dies_with_thread: bool) -> RedisCluster {
+        let extra = |port: u16, dir: &Path| {
+            vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                dir.join(nodes_conf(port)).to_string_lossy().into_owned(),
+                "--cluster-node-timeout".into(),
+                NODE_TIMEOUT_MS.to_string(),
+            ]
+        };
         let mut nodes = Vec::with_capacity(MASTERS);
         for _ in 0..MASTERS {
-            nodes.push(RedisServer::start_with(cluster_port, |port, dir| {
-                vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    dir.join(nodes_conf(port)).to_string_lossy().into_owned(),
-                    "--cluster-node-timeout".into(),
-                    NODE_TIMEOUT_MS.to_string(),
-                ]
-            }));
+            nodes.push(if dies_with_thread {
+                RedisServer::start_dying_with_thread(cluster_port, extra)
+            } else {
+                RedisServer::start_with(cluster_port, extra)
+            });
         }
         let cluster = RedisCluster { nodes };
         cluster.create();
@@ -309,6 +380,25 @@ impl RedisCluster {
                 "CONFIG RESETSTAT on node {i}"
             );
         }
+    }
+
+    /// Delete every key containing `needle` on every running node (one `DEL` per
+    /// key: keys of different slots cannot share one); returns how many.
+    pub fn delete_keys_containing(&self, needle: &str) -> Result<usize, String> {
+        let mut deleted = 0;
+        for i in (0..self.nodes.len()).filter(|&i| self.is_running(i)) {
+            let mut r = Resp::connect(self.nodes[i].port).map_err(|e| format!("node {i}: {e}"))?;
+            let keys = r
+                .keys_containing(needle)
+                .map_err(|e| format!("SCAN on node {i}: {e}"))?;
+            for key in keys {
+                match r.cmd(&["DEL", &key]) {
+                    Ok(Reply::Int(n)) => deleted += n as usize,
+                    other => return Err(format!("DEL {key} on node {i} answered {other:?}")),
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// A herald cluster on this Redis Cluster: a prefix unique to `test` and
