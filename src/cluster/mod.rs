@@ -231,8 +231,6 @@ pub struct Cluster {
     scripts: Scripts,
     up: AtomicBool,
     draining: AtomicBool,
-    /// Redis re-runs a woken `XREAD` (7.2 and later): every reply is a snapshot.
-    full_wakeups: AtomicBool,
     /// The last probe came back in time on every source.
     delivering: AtomicBool,
     topics: TopicInterest,
@@ -316,7 +314,6 @@ impl Cluster {
             scripts: Scripts::new(),
             up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            full_wakeups: AtomicBool::new(false),
             delivering: AtomicBool::new(true),
             topics: TopicInterest::default(),
             register_tx,
@@ -499,23 +496,6 @@ impl Cluster {
             let _ = rx.recv_timeout(within);
         }
     }
-
-    /// Whether Redis re-runs a woken blocking command (7.2 and later), from its
-    /// `INFO server`.
-    async fn detect_full_wakeups(&self) {
-        let r: Result<String, _> = self.cmd.info(Some(fred::types::InfoKind::Server)).await;
-        let Ok(info) = r else { return };
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .unwrap_or("")
-            .trim();
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        let full = (major, minor) >= (7, 2);
-        self.full_wakeups.store(full, Ordering::Relaxed);
-        info!(version, full_wakeups = full, "redis server");
-    }
 }
 
 async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sender<()>) {
@@ -534,7 +514,6 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     .await;
     let mut positions = Vec::with_capacity(c.sources.len());
     if connected.is_ok() {
-        c.detect_full_wakeups().await;
         for src in &c.sources {
             positions.push(reader::bootstrap(&shared, &c, src).await);
         }

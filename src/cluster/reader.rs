@@ -11,11 +11,16 @@
 //! * an inbox entry whose `after` has not been read waits for the broadcast
 //!   stream (read it without blocking);
 //! * a broadcast entry goes first only when the inbox is known to hold nothing
-//!   older: an `XREAD` reply that shows both streams is one snapshot, and so is a
-//!   non-blocking read of the inbox alone. A blocking `XREAD` that Redis serves
-//!   when a key becomes ready may show only that key (Redis before 7.2 serves
-//!   the first ready key alone), so a reply with broadcasts only is confirmed by
-//!   a non-blocking inbox read on such a Redis.
+//!   older. An `XREAD` executed at once is one snapshot of both streams (a
+//!   stream it does not show had nothing new). One that blocked is served when a
+//!   command adds to one of them; Redis before 7.2 then shows only the first key
+//!   that command touched, with what that command added. So every script keeps
+//!   one rule: **it writes a pod's inbox entries before any broadcast entry**.
+//!   Then a reply of broadcasts alone means the command added no inbox entry for
+//!   this pod, and a reply of inbox entries alone holds back the ones whose
+//!   `after` broadcasts have not been read yet. Either way every reply can be
+//!   taken as a snapshot, with no second read; only an inbox cut at the read
+//!   count needs a non-blocking read of the inbox before later broadcasts go.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -336,13 +341,8 @@ pub(super) async fn read_loop(
                     continue;
                 };
                 let mut r = r.into_iter();
-                let (i, a) = (r.next().flatten(), r.next().flatten());
-                // Both streams in one reply, no reply at all, or a Redis that
-                // re-runs a woken XREAD: one snapshot of both.
-                let trusted = (i.is_some() && a.is_some())
-                    || (i.is_none() && a.is_none())
-                    || c.full_wakeups.load(Ordering::Relaxed);
-                (i, a, trusted)
+                // A snapshot of both, by the scripts' rule (see the module doc).
+                (r.next().flatten(), r.next().flatten(), true)
             }
             (Need::InboxCheck, _) => {
                 let Some(r) = xread(&c, src, &[inbox_key], &[&p.inbox], None).await else {

@@ -9,6 +9,9 @@
 //! tag in `ARGV[1]`. `ARGV[2]` is the length bound of the pod inboxes and of the
 //! broadcast stream (`MAXLEN ~`).
 //!
+//! One rule every script keeps, for the reader's merge ([`super::reader`]): it
+//! writes a pod's inbox entries before any entry of the broadcast stream.
+//!
 //! Redis counts every `redis.call` of a script as a command, so each script
 //! counts its own calls (`rc`) and returns the figure: herald reports how many
 //! commands each batch cost (`herald_redis_commands_total`). Lists of members are
