@@ -488,3 +488,14 @@ mod tests {
         assert_eq!(t.get(k).unwrap().last_id, 6);
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// The table entry is most of what an idle stream costs: keep it in check
+    /// (168 bytes since the cluster partition byte took a padding slot).
+    #[test]
+    fn a_connection_entry_stays_within_168_bytes() {
+        let n = std::mem::size_of::<super::Conn>();
+        assert!(n <= 168, "Conn is {n} bytes");
+    }
+}

@@ -44,6 +44,34 @@ impl Backend {
         Backend { flags, ..self }
     }
 
+    /// The `--partitions` the pods get from the backend's flags (1 without).
+    pub fn partitions(self) -> usize {
+        let mut n = 1;
+        let mut flags = self.flags.iter();
+        while let Some(f) = flags.next() {
+            let value = match f.strip_prefix("--partitions") {
+                Some("") => flags.next().copied(),
+                Some(v) => v.strip_prefix('='),
+                None => None,
+            };
+            if let Some(v) = value {
+                n = v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("--partitions {v:?} is not a number"));
+            }
+        }
+        n
+    }
+
+    /// Whether the pods' SSE ids are two-part (`b.p`, compared part by part)
+    /// rather than one number: with more than one partition. Then the id a
+    /// subscriber sees may differ from the publish answer's, and a connection's
+    /// user events and its shared (`all`, topic) events each keep their publish
+    /// order, but not their order with one another.
+    pub fn two_part_ids(self) -> bool {
+        self.partitions() > 1
+    }
+
     /// A herald cluster for `test` on this backend: a key prefix unique to the
     /// test, [`Timing::FAST`]. Its keys are deleted when it is dropped (pods must
     /// be dropped first: declare it before its pods).

@@ -19,11 +19,15 @@ pub async fn next_ev(c: &mut SseClient, what: &str) -> SseEvent {
         .unwrap_or_else(|| panic!("no event within {WAIT:?}: expected {what}"))
 }
 
-/// The next `n` non-heartbeat events.
+/// The next `n` non-heartbeat events; panics (naming `what` and showing the
+/// events that did come) if they do not all come within [`WAIT`] each.
 pub async fn next_evs(c: &mut SseClient, n: usize, what: &str) -> Vec<SseEvent> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        out.push(next_ev(c, &format!("{what} (#{i} of {n})")).await);
+        match c.next_non_heartbeat(WAIT).await {
+            Some(ev) => out.push(ev),
+            None => panic!("no event within {WAIT:?}: expected {what} (#{i} of {n}); got {out:?}"),
+        }
     }
     out
 }
@@ -36,6 +40,176 @@ pub fn id_of(ev: &SseEvent) -> u64 {
         .unwrap_or_else(|| panic!("event has no id: {ev:?}"));
     id.parse()
         .unwrap_or_else(|_| panic!("event id is not a number: {ev:?}"))
+}
+
+/// An event id in herald's comparison: one part (a decimal `u64`: a single
+/// node, or a cluster with one partition) or two (`b.p`, both decimal: the
+/// broadcast position and the partition position, with `--partitions N > 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Id {
+    One(u64),
+    Two(u64, u64),
+}
+
+impl Id {
+    /// Parse `id`, which must have the shape `two_part` says.
+    pub fn parse(id: &str, two_part: bool) -> Id {
+        let num = |s: &str| -> u64 {
+            assert!(
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+                "event id {id:?} is not {}",
+                if two_part {
+                    "two decimal parts b.p"
+                } else {
+                    "a decimal number"
+                }
+            );
+            s.parse()
+                .unwrap_or_else(|_| panic!("event id {id:?}: a part overflows u64"))
+        };
+        if !two_part {
+            return Id::One(num(id));
+        }
+        assert_opaque_id(id);
+        let (b, p) = id
+            .split_once('.')
+            .unwrap_or_else(|| panic!("event id {id:?} is not two-part (b.p)"));
+        Id::Two(num(b), num(p))
+    }
+
+    /// The id of `ev` (which must have one).
+    pub fn of(ev: &SseEvent, two_part: bool) -> Id {
+        let id = ev
+            .id
+            .as_deref()
+            .unwrap_or_else(|| panic!("event has no id: {ev:?}"));
+        Id::parse(id, two_part)
+    }
+
+    /// Whether `self` comes strictly after `prev` in herald's comparison: a larger
+    /// number; for two parts, no part smaller and at least one larger.
+    pub fn is_after(self, prev: Id) -> bool {
+        match (self, prev) {
+            (Id::One(a), Id::One(b)) => a > b,
+            (Id::Two(a, p), Id::Two(b, q)) => a >= b && p >= q && (a, p) != (b, q),
+            _ => panic!("comparing ids of different shapes: {self:?} and {prev:?}"),
+        }
+    }
+
+    /// An id from the future: every part a minute of log time (ms << 20) ahead.
+    pub fn future(self) -> String {
+        const AHEAD: u64 = 60_000 << 20;
+        match self {
+            Id::One(n) => (n + AHEAD).to_string(),
+            Id::Two(b, p) => format!("{}.{}", b + AHEAD, p + AHEAD),
+        }
+    }
+}
+
+/// Assert `id` is what the contract allows any id to be: a non-empty ASCII
+/// string of at most 64 bytes without whitespace.
+pub fn assert_opaque_id(id: &str) {
+    assert!(
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()),
+        "event id {id:?}: not 1-64 bytes of ASCII without whitespace"
+    );
+}
+
+/// Assert every event of `evs` has an id and the ids increase strictly in
+/// herald's comparison ([`Id::is_after`]).
+pub fn assert_ids_increase(evs: &[SseEvent], two_part: bool, what: &str) {
+    let ids: Vec<Id> = evs.iter().map(|e| Id::of(e, two_part)).collect();
+    for (i, w) in ids.windows(2).enumerate() {
+        assert!(
+            w[1].is_after(w[0]),
+            "{what}: id #{} ({:?}) does not come after #{i} ({:?}): {evs:?}",
+            i + 1,
+            w[1],
+            w[0]
+        );
+    }
+}
+
+/// The two kinds of published events whose order a connection keeps on its own
+/// with partitions: its user's events, and the shared ones (`all` and topics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Shared,
+}
+
+impl Kind {
+    /// The kind of an event published to `target`.
+    pub fn of(target: &serde_json::Value) -> Kind {
+        if target.get("users").is_some() {
+            Kind::User
+        } else {
+            Kind::Shared
+        }
+    }
+}
+
+/// A published event as a subscriber should receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub kind: Kind,
+    /// The id in the publish answer.
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
+/// Assert `got` is exactly the events `want` (in publish order) and nothing
+/// else, with increasing ids. With one-part ids: in that order, each with the
+/// id of its publish answer. With two-part ids (which may differ from the
+/// publish answer) events are told apart by their data (unique in `want`): the
+/// user events in their publish order and the shared ones in theirs, however
+/// the two kinds interleave.
+pub fn assert_delivered(got: &[SseEvent], want: &[Sent], two_part: bool, what: &str) {
+    assert_ids_increase(got, two_part, what);
+    if !two_part {
+        let got: Vec<(Option<&str>, &str, &str)> = got
+            .iter()
+            .map(|e| (e.id.as_deref(), e.event.as_str(), e.data.as_str()))
+            .collect();
+        let want: Vec<(Option<&str>, &str, &str)> = want
+            .iter()
+            .map(|w| (Some(w.id.as_str()), w.event.as_str(), w.data.as_str()))
+            .collect();
+        assert_eq!(got, want, "{what}: wrong events (id, event, data)");
+        return;
+    }
+    let kinds: std::collections::HashMap<&str, Kind> =
+        want.iter().map(|w| (w.data.as_str(), w.kind)).collect();
+    assert_eq!(
+        kinds.len(),
+        want.len(),
+        "{what}: data must tell events apart"
+    );
+    let strangers: Vec<&SseEvent> = got
+        .iter()
+        .filter(|e| !kinds.contains_key(e.data.as_str()))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "{what}: events that were not expected: {strangers:?}; all: {got:?}"
+    );
+    for kind in [Kind::User, Kind::Shared] {
+        let got_k: Vec<(&str, &str)> = got
+            .iter()
+            .filter(|e| kinds[e.data.as_str()] == kind)
+            .map(|e| (e.event.as_str(), e.data.as_str()))
+            .collect();
+        let want_k: Vec<(&str, &str)> = want
+            .iter()
+            .filter(|w| w.kind == kind)
+            .map(|w| (w.event.as_str(), w.data.as_str()))
+            .collect();
+        assert_eq!(
+            got_k, want_k,
+            "{what}: wrong {kind:?} events (event, data), or not in publish order; all: {got:?}"
+        );
+    }
 }
 
 /// Assert `r` has `status` and a JSON body with a string `error` field.
