@@ -322,17 +322,15 @@ impl Broker {
         self.lock().history.last_id()
     }
 
-    /// Cluster mode: start the history from the cluster's log (every id up to
-    /// `trimmed` may be gone; `events` are the retained ones, oldest first).
-    pub fn join_log(&self, trimmed: u64, events: Vec<Arc<Event>>) {
-        let now = clock::now_ns();
+    /// Cluster mode: start this pod's history at `start` (the log's last id, or
+    /// 0 with partitions): resumes are answered from Redis, the history holds
+    /// what this pod reads from here on.
+    pub fn join_log(&self, start: u64) {
         let mut s = self.lock();
-        s.history = History::joined(trimmed, self.limits.history);
-        for ev in events {
-            if ev.id > s.history.last_id() {
-                s.history.push(ev, now);
-            }
-        }
+        // Never backwards: streams opened before (Redis was unreachable at
+        // start) skip live events at or below their floor.
+        let start = start.max(s.history.last_id());
+        s.history = History::joined(start, self.limits.history);
     }
 
     /// Cluster mode with `n` partitions (> 1): events get two-part ids.

@@ -186,7 +186,7 @@ pub(super) async fn bootstrap(shared: &Shared, c: &Cluster, src: &Source) -> Opt
         } else {
             log::sse_id(&last).unwrap_or(0)
         };
-        shared.broker.join_log(start, Vec::new());
+        shared.broker.join_log(start);
     }
     src.inbox_read
         .store(log::sse_id(&inbox).unwrap_or(0), Ordering::Release);
