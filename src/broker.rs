@@ -426,6 +426,33 @@ impl Broker {
         }
     }
 
+    /// Tell these streams of this pod (`(user, conn_id)`) that they may have
+    /// missed events (`RESYNC`): the cluster lost their registrations for a while.
+    pub fn resync(&self, conns: &[(String, String)], reason: &str) {
+        let data = serde_json::json!({ "reason": reason }).to_string();
+        let frame = frame::unnumbered("RESYNC", &data);
+        let s = self.lock();
+        let mut wake: u128 = 0;
+        for (user, conn_id) in conns {
+            if let Some(loc) = s.registry.find(user, conn_id) {
+                self.hub.push(
+                    loc.shard as usize,
+                    ShardMsg::UnnumberedTo {
+                        loc,
+                        frame: frame.clone(),
+                    },
+                );
+                wake |= 1u128 << (loc.shard as usize).min(127);
+            }
+        }
+        drop(s);
+        for shard in 0..self.hub.shards() {
+            if wake & (1u128 << shard.min(127)) != 0 {
+                self.hub.wake(shard);
+            }
+        }
+    }
+
     /// Ask the shard holding `loc` to end it.
     pub fn close_remote(
         &self,

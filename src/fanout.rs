@@ -29,6 +29,9 @@ pub enum ShardMsg {
     Event(Arc<Event>),
     /// Queue this frame (no id) on every open connection of the shard.
     Unnumbered(bytes::Bytes),
+    /// Queue this frame (no id) on the connection at `loc` (if `loc.serial`
+    /// still matches).
+    UnnumberedTo { loc: ConnLoc, frame: bytes::Bytes },
     /// End the connection at `loc` (if `loc.serial` still matches); the ack says
     /// whether it was there.
     Close {

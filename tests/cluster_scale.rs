@@ -410,3 +410,48 @@ async fn an_inbox_recreated_behind_the_reader_is_found_by_the_probe() {
     eprintln!("delivery restored after {:?}", started.elapsed());
     assert!(id_of(&ev) > 0);
 }
+
+/// A connection whose registration Redis lost (a partition's master restarted
+/// without its data, say) is registered again by its pod's next heartbeat and
+/// told `RESYNC`, since events routed meanwhile did not reach it; the pod's
+/// other streams are not.
+#[tokio::test]
+async fn a_stream_whose_registration_was_lost_gets_resync_and_is_routed_again() {
+    let cl = Cluster::shared("lost-one");
+    let a = cl.pod(&[]);
+    let b = cl.pod(&[]);
+    let mut lost = a.subscribe_connected("userId=lo-1&connectionId=c1").await;
+    let mut kept = a.subscribe_connected("userId=lo-2&connectionId=c2").await;
+    let mut r = cl.client();
+    let t = format!("{{{}}}", cl.prefix);
+    for cmd in [
+        vec!["HDEL".to_string(), format!("{t}:conns"), "lo-1/c1".into()],
+        vec!["ZREM".into(), format!("{t}:hb"), "lo-1/c1".into()],
+        vec!["HDEL".into(), format!("{t}:ucount"), "lo-1".into()],
+        vec!["DEL".into(), format!("{t}:upods:lo-1")],
+    ] {
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        r.cmd(&args).expect("redis command");
+    }
+    // While unregistered its user's events go to pending, not to the stream.
+    let missed = b
+        .publish(json!({"data": "missed", "target": {"users": ["lo-1"]}}))
+        .await;
+    let ev = next_ev(&mut lost, "RESYNC after the registration came back").await;
+    assert_eq!(
+        (ev.event.as_str(), ev.id.as_deref()),
+        ("RESYNC", None),
+        "the stream whose registration was lost: {ev:?} (missed {missed})"
+    );
+    let live = b
+        .publish(json!({"data": "live", "target": {"users": ["lo-1", "lo-2"]}}))
+        .await;
+    for (c, what) in [(&mut lost, "re-registered"), (&mut kept, "kept")] {
+        let ev = next_ev(c, what).await;
+        assert_eq!(
+            (ev.id.as_deref(), ev.data.as_str()),
+            (Some(live.as_str()), "live"),
+            "{what} stream: the next event is the live one (no RESYNC on the kept one)"
+        );
+    }
+}

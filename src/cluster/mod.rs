@@ -234,6 +234,10 @@ pub struct Cluster {
     /// The last probe came back in time on every source.
     delivering: AtomicBool,
     topics: TopicInterest,
+    /// Connections the heartbeats found missing from Redis and put back
+    /// (`(user, conn_id)`): told `RESYNC` at the next probe, unless the whole pod
+    /// was lost (then every stream is).
+    lost: Mutex<Vec<(String, String)>>,
     register_tx: mpsc::UnboundedSender<RegisterReq>,
     remove_tx: mpsc::UnboundedSender<Removal>,
     heartbeat_tx: mpsc::UnboundedSender<HeartbeatBatch>,
@@ -316,6 +320,7 @@ impl Cluster {
             draining: AtomicBool::new(false),
             delivering: AtomicBool::new(true),
             topics: TopicInterest::default(),
+            lost: Mutex::new(Vec::new()),
             register_tx,
             remove_tx,
             heartbeat_tx,

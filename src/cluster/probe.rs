@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fred::interfaces::ClientLike;
 use fred::types::Value;
 use tracing::{info, warn};
 
@@ -57,12 +58,16 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
     let mut outstanding: Vec<Option<(u64, Instant)>> = vec![None; c.sources.len()];
     let mut n = 0u64;
     let mut registered = false;
+    // When every stream was last told RESYNC: the re-registrations that follow
+    // within two heartbeat intervals are the same loss, already told.
+    let mut all_told: Option<Instant> = None;
     loop {
         tick.tick().await;
         if c.draining.load(Ordering::Acquire) {
             continue; // the drain took this pod out of the registry
         }
         n += 1;
+        let mut any_failed = false;
         for (src, out) in c.sources.iter().zip(outstanding.iter_mut()) {
             // The oldest probe not seen back decides; a new one goes out every
             // interval all the same (on the broadcasts' tag it carries the pod's
@@ -73,6 +78,7 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
                     *out = None;
                 } else if sent.elapsed() >= c.probe_bound() {
                     failed(&c, src, k);
+                    any_failed = true;
                     *out = None;
                 }
             }
@@ -91,6 +97,7 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
             let Some(v) = c.script(src, "heartbeat", &c.scripts.probe, args).await else {
                 // A probe that cannot even be sent does not come back either.
                 failed(&c, src, n);
+                any_failed = true;
                 continue;
             };
             out.get_or_insert((n, sent));
@@ -112,12 +119,28 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
             // last two cases events routed to this pod in between are gone: its
             // streams are told so (`RESYNC`); its connections come back with their
             // next heartbeat.
+            let lost = std::mem::take(&mut *c.lost.lock().unwrap_or_else(|e| e.into_inner()));
+            let told_recently =
+                all_told.is_some_and(|t| t.elapsed() < c.set.heartbeat * 2 + c.probe_interval());
             if added > 0 && registered {
                 warn!("the cluster lost this pod's registration: streams get RESYNC");
                 shared.broker.resync_all("cluster_registry_lost");
+                all_told = Some(Instant::now());
+            } else if !lost.is_empty() && !told_recently {
+                warn!(
+                    streams = lost.len(),
+                    "the cluster lost some registrations of this pod: those streams get RESYNC"
+                );
+                shared.broker.resync(&lost, "cluster_registry_lost");
             }
             registered = true;
             c.topic_changes(added > 0).await;
+        }
+        if any_failed && c.is_up() {
+            // Commands get answers but delivery does not work: the command
+            // connection may hold a stale view of the cluster (a Redis Cluster
+            // whose slots moved): reconnect it too, which reloads the slot map.
+            let _ = c.cmd.force_reconnection().await;
         }
     }
 }

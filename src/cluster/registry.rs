@@ -591,6 +591,20 @@ async fn heartbeat_batch(c: &Cluster, src: &Source, batch: HeartbeatBatch) {
             let restored = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
             if restored > 0 {
                 info!(restored, "re-registered connections the registry had lost");
+                // Events routed while they were missing did not reach them.
+                let members = v
+                    .into_iter()
+                    .nth(2)
+                    .map(Value::into_array)
+                    .unwrap_or_default();
+                let mut lost = c.lost.lock().unwrap_or_else(|e| e.into_inner());
+                for m in members {
+                    if let Some((user, conn)) =
+                        m.as_str().as_deref().and_then(|s| s.split_once('/'))
+                    {
+                        lost.push((user.to_string(), conn.to_string()));
+                    }
+                }
             }
         }
     }

@@ -336,7 +336,7 @@ return {calls, o}
 /// Put back connections a heartbeat found missing (cleaned while this pod could
 /// not reach Redis, or Redis restarted empty), with this pod's interest in their
 /// users. ARGV: tag, imax, now_ms, pod, then (member, serial) pairs. Entries
-/// another pod owns are left alone. Returns `{calls, restored}`.
+/// another pod owns are left alone. Returns `{calls, restored, {members}}`.
 const REREGISTER: &str = r#"
 local now, pod = ARGV[3], ARGV[4]
 local members, serials = {}, {}
@@ -359,7 +359,7 @@ if #fixed > 0 then
   chunked('HSET', conns, set, 2)
   chunked('ZREM', inactive, fixed, 1)
 end
-return {calls, #fixed}
+return {calls, #fixed, fixed}
 "#;
 
 /// The cleanup job: mark connections whose heartbeat is older than the cutoff

@@ -291,6 +291,31 @@ impl ConnTable {
     }
 
     /// Queue one shared unnumbered frame (a heartbeat) on every open connection.
+    /// Queue a frame (no id) on the connection at `key` if it is still `serial`.
+    pub fn push_unnumbered(&mut self, key: usize, serial: u64, frame: &Bytes) -> Delivery {
+        let limits = self.limits;
+        let mut d = Delivery::default();
+        let Some(conn) = self.slab.get_mut(key) else {
+            return d;
+        };
+        if conn.serial != serial || conn.state != ConnState::Open {
+            return d;
+        }
+        let qf = QueuedFrame {
+            bytes: frame.clone(),
+            published_ns: 0,
+        };
+        if conn.queue.push(qf, limits).is_ok() {
+            d.queued += 1;
+            mark(conn, key as u32, &mut self.dirty);
+        } else {
+            d.slow_closed += 1;
+            d.dropped_frames +=
+                close_conn(conn, key as u32, &mut self.dirty, CloseReason::SlowConsumer) as u64 + 1;
+        }
+        d
+    }
+
     pub fn deliver_all_unnumbered(&mut self, frame: &Bytes) -> Delivery {
         let limits = self.limits;
         let mut d = Delivery::default();

@@ -186,6 +186,16 @@ async fn fanout_loop(shard: Rc<Shard>) {
                         m::dropped("slow_consumer", d.dropped_frames);
                     }
                 }
+                ShardMsg::UnnumberedTo { loc, frame } => {
+                    let d = shard.table.borrow_mut().push_unnumbered(
+                        loc.key as usize,
+                        loc.serial,
+                        &frame,
+                    );
+                    if d.slow_closed > 0 {
+                        m::dropped("slow_consumer", d.dropped_frames);
+                    }
+                }
                 ShardMsg::Unnumbered(frame) => {
                     let d = shard.table.borrow_mut().deliver_all_unnumbered(&frame);
                     if d.slow_closed > 0 {
