@@ -10,7 +10,9 @@
 # on pod 1, so for P > 1 every measured event crosses Redis:
 #
 #   user   one stream of user u0 on pod 1; each event targets u0
-#          (`loadtest targeted --connections 1`, body {"target":{"users":["u{user}"]}})
+#          (`loadtest targeted --connections 1`, body {"target":{"users":["u{user}"]}});
+#          with USERS=n, n users u0..u(n-1), the events round-robin over them (so
+#          that with --partitions they spread over the partitions)
 #   topic  SUBS_TOPIC streams on pod 1 with `&topics=t1`; each event targets topic t1
 #          (`loadtest cluster`, body {"target":{"topics":["t1"]}})
 #   all    SUBS_ALL streams on pod 1; each event targets "all" (`loadtest cluster`)
@@ -91,6 +93,7 @@ EVENTS=${EVENTS:-3000}
 RATE=${RATE:-200}
 PUB_CONCURRENCY=${PUB_CONCURRENCY:-2}
 KINDS=${KINDS:-user topic all}
+USERS=${USERS:-1}
 SUBS_TOPIC=${SUBS_TOPIC:-4}
 SUBS_ALL=${SUBS_ALL:-4}
 PAYLOAD_BYTES=${PAYLOAD_BYTES:-100}
@@ -469,7 +472,7 @@ run_kind() {
     pub="http://${POD_ADDRS[$((n - 1))]}/api/broadcast"
     case $kind in
     user)
-        scen=targeted conns=1 sub+='?userId=u{i}'
+        scen=targeted conns=$USERS sub+='?userId=u{i}'
         body='{"data":"{payload}","target":{"users":["u{user}"]}}'
         ;;
     topic)

@@ -185,15 +185,19 @@ impl Source {
 
 /// The hash tags of a cluster: the broadcasts' `{prefix}`, then one per
 /// partition when there are more than one, each picked (by a suffix) so that its
-/// slot falls in its own N-th of the slot range: a Redis Cluster whose masters
-/// own equal ranges gets the same number of partitions on each (naive tags
-/// `{p0}..{pN}` can leave masters idle).
+/// slot lies at the middle of its own N-th of the slot range: a Redis Cluster
+/// whose masters own equal ranges gets its partitions spread as evenly as N
+/// allows (evenly when N is a multiple of the masters; naive tags `{p0}..{pN}`
+/// can leave masters idle).
 pub fn tags(prefix: &str, partitions: usize) -> Vec<String> {
     let mut out = vec![format!("{{{prefix}}}")];
     if partitions > 1 {
         const SLOTS: usize = 16384;
         for k in 0..partitions {
-            let (lo, hi) = (k * SLOTS / partitions, (k + 1) * SLOTS / partitions);
+            let (start, end) = (k * SLOTS / partitions, (k + 1) * SLOTS / partitions);
+            let middle = (start + end) / 2;
+            let half = ((end - start) / 16).clamp(1, 64);
+            let (lo, hi) = (middle - half.min(middle - start), middle + half);
             let tag = (0u32..)
                 .map(|salt| format!("{prefix}.p{k}.{salt}"))
                 .find(|t| {
@@ -540,4 +544,53 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     local.spawn_local(publish::flush_loop(c.clone()));
     local.spawn_local(registry::drain_loop(shared.clone(), c.clone(), rx.drain));
     local.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(tag: &str) -> usize {
+        fred::util::redis_keyslot(format!("{tag}:log").as_bytes()) as usize
+    }
+
+    #[test]
+    fn partition_tags_sit_in_the_middle_of_their_share_of_slots() {
+        for n in [2usize, 3, 8, 16, 255] {
+            let t = tags("herald", n);
+            assert_eq!(t.len(), n + 1);
+            assert_eq!(t[0], "{herald}");
+            for (k, tag) in t[1..].iter().enumerate() {
+                let (start, end) = (k * 16384 / n, (k + 1) * 16384 / n);
+                let s = slot(tag);
+                assert!((start..end).contains(&s), "n={n} k={k} {tag} slot {s}");
+                let middle = (start + end) / 2;
+                assert!(
+                    s.abs_diff(middle) <= 64,
+                    "n={n} k={k}: slot {s}, middle {middle}"
+                );
+            }
+        }
+        assert_eq!(tags("herald", 1), vec!["{herald}"]);
+    }
+
+    #[test]
+    fn eight_partitions_on_four_equal_masters_are_two_each() {
+        let mut per = [0; 4];
+        for tag in &tags("x", 8)[1..] {
+            per[slot(tag) * 4 / 16384] += 1;
+        }
+        assert_eq!(per, [2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn users_spread_over_partitions_the_same_everywhere() {
+        let mut per = [0usize; 8];
+        for i in 0..8000 {
+            per[partition_of(&format!("user-{i}"), 8)] += 1;
+        }
+        assert!(per.iter().all(|&n| (800..1200).contains(&n)), "{per:?}");
+        assert_eq!(partition_of("alice", 1), 0);
+        assert_eq!(partition_of("alice", 8), partition_of("alice", 8));
+    }
 }
