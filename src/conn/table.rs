@@ -295,23 +295,10 @@ impl ConnTable {
     pub fn push_unnumbered(&mut self, key: usize, serial: u64, frame: &Bytes) -> Delivery {
         let limits = self.limits;
         let mut d = Delivery::default();
-        let Some(conn) = self.slab.get_mut(key) else {
-            return d;
-        };
-        if conn.serial != serial || conn.state != ConnState::Open {
-            return d;
-        }
-        let qf = QueuedFrame {
-            bytes: frame.clone(),
-            published_ns: 0,
-        };
-        if conn.queue.push(qf, limits).is_ok() {
-            d.queued += 1;
-            mark(conn, key as u32, &mut self.dirty);
-        } else {
-            d.slow_closed += 1;
-            d.dropped_frames +=
-                close_conn(conn, key as u32, &mut self.dirty, CloseReason::SlowConsumer) as u64 + 1;
+        if let Some(conn) = self.slab.get_mut(key) {
+            if conn.serial == serial && conn.state == ConnState::Open {
+                push_frame(conn, key as u32, &mut self.dirty, frame, limits, &mut d);
+            }
         }
         d
     }
@@ -320,24 +307,34 @@ impl ConnTable {
         let limits = self.limits;
         let mut d = Delivery::default();
         for (k, conn) in self.slab.iter_mut() {
-            if conn.state != ConnState::Open {
-                continue;
-            }
-            let qf = QueuedFrame {
-                bytes: frame.clone(),
-                published_ns: 0,
-            };
-            if conn.queue.push(qf, limits).is_ok() {
-                d.queued += 1;
-                mark(conn, k as u32, &mut self.dirty);
-            } else {
-                d.slow_closed += 1;
-                d.dropped_frames +=
-                    close_conn(conn, k as u32, &mut self.dirty, CloseReason::SlowConsumer) as u64
-                        + 1;
+            if conn.state == ConnState::Open {
+                push_frame(conn, k as u32, &mut self.dirty, frame, limits, &mut d);
             }
         }
         d
+    }
+}
+
+/// Queue an unnumbered frame on `conn`; a full queue closes it as a slow
+/// consumer.
+fn push_frame(
+    conn: &mut Conn,
+    key: u32,
+    dirty: &mut Vec<u32>,
+    frame: &Bytes,
+    limits: QueueLimits,
+    d: &mut Delivery,
+) {
+    let qf = QueuedFrame {
+        bytes: frame.clone(),
+        published_ns: 0,
+    };
+    if conn.queue.push(qf, limits).is_ok() {
+        d.queued += 1;
+        mark(conn, key, dirty);
+    } else {
+        d.slow_closed += 1;
+        d.dropped_frames += close_conn(conn, key, dirty, CloseReason::SlowConsumer) as u64 + 1;
     }
 }
 
