@@ -151,6 +151,23 @@ pub struct PublishReq {
 /// See the module doc.
 pub trait EventBus: Send + Sync {
     fn publish<'a>(&'a self, broker: &'a Broker, p: PublishReq) -> Pending<'a, Published>;
+
+    /// Publish a batch in its order; one outcome per element. A batch is held
+    /// back whole (`Full` for every element) rather than in part when it cannot
+    /// be taken.
+    fn publish_batch<'a>(
+        &'a self,
+        broker: &'a Broker,
+        batch: Vec<PublishReq>,
+    ) -> Pending<'a, Vec<Published>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(batch.len());
+            for p in batch {
+                out.push(self.publish(broker, p).await);
+            }
+            out
+        })
+    }
 }
 
 /// The embedded registry and bus: everything is in this pod's broker.

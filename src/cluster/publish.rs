@@ -39,6 +39,54 @@ impl Cluster {
         Published::Buffered
     }
 
+    /// Publish a batch in its order. While Redis is unreachable (or publishes
+    /// already wait) the whole batch is buffered, or refused whole when the buffer
+    /// cannot take it; when a send fails midway, the rest is buffered behind it.
+    pub async fn publish_batch(&self, batch: Vec<PublishReq>) -> Vec<Published> {
+        let n = batch.len();
+        let mut out = Vec::with_capacity(n);
+        let mut rest = batch.into_iter();
+        let buffering = !self.is_up()
+            || !self
+                .buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+        if !buffering {
+            for p in rest.by_ref() {
+                match self.send_publish(&p).await {
+                    Some(id) => out.push(Published::Id(id)),
+                    None => {
+                        out.extend(self.buffer_all(std::iter::once(p).chain(rest.by_ref())));
+                        return out;
+                    }
+                }
+            }
+            return out;
+        }
+        out.extend(self.buffer_all(rest));
+        out
+    }
+
+    /// Buffer these publishes together, or none of them when they do not fit.
+    fn buffer_all(&self, items: impl Iterator<Item = PublishReq>) -> Vec<Published> {
+        let items: Vec<PublishReq> = items.collect();
+        let mut buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() + items.len() > self.set.publish_buffer {
+            m::publish_buffer_full();
+            return items.iter().map(|_| Published::Full).collect();
+        }
+        let n = items.len();
+        buf.extend(items);
+        for _ in 0..n {
+            m::publish_buffered_one();
+        }
+        m::publish_buffered(buf.len());
+        drop(buf);
+        self.buffered.notify_one();
+        vec![Published::Buffered; n]
+    }
+
     /// One publish script call per source the event goes to: the broadcasts'
     /// tag for `all` and topics; for users, the partition of each (one call per
     /// partition, each with its own users). Returns the first call's log id.

@@ -76,4 +76,12 @@ impl EventBus for Cluster {
     fn publish<'a>(&'a self, _: &'a Broker, p: PublishReq) -> Pending<'a, Published> {
         Box::pin(Cluster::publish(self, p))
     }
+
+    fn publish_batch<'a>(
+        &'a self,
+        _: &'a Broker,
+        batch: Vec<PublishReq>,
+    ) -> Pending<'a, Vec<Published>> {
+        Box::pin(Cluster::publish_batch(self, batch))
+    }
 }

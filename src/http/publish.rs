@@ -1,4 +1,5 @@
-//! The publish body: `{"event", "data", "target", "ttlSeconds"}`, validated. Pure.
+//! The publish body: `{"event", "data", "target", "ttlSeconds"}`, or a JSON
+//! array of 1–1,000 of them (a batch), validated. Pure.
 //! `data` may be a string (sent as is) or any JSON value (sent compact, on one
 //! line); `event` defaults to `message`; `target` is `"all"`, `{"users":[…]}` or
 //! `{"topics":[…]}`; `ttlSeconds` (default 86400) bounds how long a user-targeted
@@ -26,12 +27,62 @@ fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, msg)
 }
 
-/// Parse a publish body.
+/// Most publish objects in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// A publish body: one event, or a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishBody {
+    One(PublishRequest),
+    /// In the array's order; every element validated.
+    Batch(Vec<PublishRequest>),
+}
+
+/// Parse a publish body: an object, or an array of 1–1,000 objects, all
+/// validated before anything is published (a bad element's error names its
+/// index, `[3]`).
+pub fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| bad("invalid_json", format!("body is not valid JSON: {e}")))?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > MAX_BATCH {
+                return Err(bad(
+                    "invalid_batch",
+                    format!(
+                        "a batch is an array of 1 to {MAX_BATCH} publish objects, not {}",
+                        items.len()
+                    ),
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let r = request(item).map_err(|e| ApiError {
+                    message: format!("[{i}] {}", e.message),
+                    ..e
+                })?;
+                out.push(r);
+            }
+            Ok(PublishBody::Batch(out))
+        }
+        other => request(other).map(PublishBody::One),
+    }
+}
+
+/// Parse a publish body that must be one object (not a batch).
 pub fn parse(body: &[u8]) -> Result<PublishRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| bad("invalid_json", format!("body is not valid JSON: {e}")))?;
+    request(value)
+}
+
+/// One publish object.
+fn request(value: Value) -> Result<PublishRequest, ApiError> {
     let Value::Object(mut obj) = value else {
-        return Err(bad("invalid_body", "body must be a JSON object"));
+        return Err(bad(
+            "invalid_body",
+            "body must be a JSON object, or an array of them",
+        ));
     };
     let event = match obj.remove("event") {
         None | Some(Value::Null) => "message".to_string(),
@@ -155,6 +206,41 @@ mod tests {
             (r.event.as_str(), r.data.as_str(), r.ttl_seconds),
             ("message", "hi", DEFAULT_TTL_SECONDS)
         );
+    }
+
+    #[test]
+    fn batches_keep_their_order_and_name_the_bad_element() {
+        let b =
+            parse_body(br#"[{"data":"a","target":"all"},{"data":"b","target":{"users":["u"]}}]"#)
+                .unwrap();
+        let PublishBody::Batch(items) = b else {
+            panic!("a batch")
+        };
+        assert_eq!(
+            items.iter().map(|r| r.data.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let e =
+            parse_body(br#"[{"target":"all"},{"target":"all"},{"target":"nope"}]"#).unwrap_err();
+        assert_eq!(e.code, "invalid_target");
+        assert!(e.message.starts_with("[2] "), "{}", e.message);
+        let e = parse_body(br#"[{"target":"all"},5]"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.starts_with("[1] ")),
+            ("invalid_body", true)
+        );
+        assert_eq!(parse_body(b"[]").unwrap_err().code, "invalid_batch");
+        let many = format!("[{}]", vec![r#"{"target":"all"}"#; 1001].join(","));
+        assert_eq!(
+            parse_body(many.as_bytes()).unwrap_err().code,
+            "invalid_batch"
+        );
+        let max = format!("[{}]", vec![r#"{"target":"all"}"#; 1000].join(","));
+        assert!(matches!(parse_body(max.as_bytes()), Ok(PublishBody::Batch(v)) if v.len() == 1000));
+        assert!(matches!(
+            parse_body(br#"{"target":"all"}"#),
+            Ok(PublishBody::One(_))
+        ));
     }
 
     #[test]

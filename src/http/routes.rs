@@ -477,22 +477,20 @@ async fn broadcast(
             ))
         }
     };
-    let p = publish::parse(&body)?;
+    let bus = &shard.shared.bus;
+    let broker = &shard.shared.broker;
+    let p = match publish::parse_body(&body)? {
+        publish::PublishBody::One(p) => p,
+        publish::PublishBody::Batch(items) => {
+            let labels: Vec<&'static str> = items.iter().map(|p| p.target.label()).collect();
+            let outcomes = bus
+                .publish_batch(broker, items.into_iter().map(publish_req).collect())
+                .await;
+            return batch_answer(&labels, &outcomes);
+        }
+    };
     let label = p.target.label();
-    let outcome = shard
-        .shared
-        .bus
-        .publish(
-            &shard.shared.broker,
-            PublishReq {
-                event: p.event,
-                data: p.data,
-                target: p.target,
-                ttl_seconds: p.ttl_seconds,
-            },
-        )
-        .await;
-    match outcome {
+    match bus.publish(broker, publish_req(p)).await {
         Published::Id(id) => {
             m::published(label);
             Ok(json_response(
@@ -508,12 +506,66 @@ async fn broadcast(
                 json!({ "id": null, "buffered": true }),
             ))
         }
-        Published::Full => Err(ApiError::new(
-            503,
-            "redis_unavailable",
-            "the cluster's Redis is unreachable and the publish buffer is full; retry later",
-        )),
+        Published::Full => Err(buffer_full()),
     }
+}
+
+fn publish_req(p: publish::PublishRequest) -> PublishReq {
+    PublishReq {
+        event: p.event,
+        data: p.data,
+        target: p.target,
+        ttl_seconds: p.ttl_seconds,
+    }
+}
+
+fn buffer_full() -> ApiError {
+    ApiError::new(
+        503,
+        "redis_unavailable",
+        "the cluster's Redis is unreachable and the publish buffer is full; retry later",
+    )
+}
+
+/// `202 {"ids":[…]}` in the batch's order (`null` for an event buffered while
+/// Redis is unreachable, with `"buffered":true`), or `503` when the buffer could
+/// not take it.
+fn batch_answer(
+    labels: &[&'static str],
+    outcomes: &[Published],
+) -> Result<Response<HeraldBody>, ApiError> {
+    let taken = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Published::Full))
+        .count();
+    for (label, o) in labels.iter().zip(outcomes) {
+        if !matches!(o, Published::Full) {
+            m::published(label);
+        }
+    }
+    if taken < outcomes.len() {
+        let mut e = buffer_full();
+        if taken > 0 {
+            e.message = format!(
+                "{} (the first {taken} of the batch's {} events were taken)",
+                e.message,
+                outcomes.len()
+            );
+        }
+        return Err(e);
+    }
+    let ids: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| match o {
+            Published::Id(id) => json!(id.to_string()),
+            _ => serde_json::Value::Null,
+        })
+        .collect();
+    let mut body = json!({ "ids": ids });
+    if outcomes.iter().any(|o| matches!(o, Published::Buffered)) {
+        body["buffered"] = json!(true);
+    }
+    Ok(json_response(StatusCode::ACCEPTED, body))
 }
 
 /// The built-in page (web/index.html, compiled into the binary): connect, watch
