@@ -418,8 +418,7 @@ impl Broker {
     /// Tell every stream of this pod that it may have missed events (`RESYNC`):
     /// the cluster lost this pod's registrations for a while.
     pub fn resync_all(&self, reason: &str) {
-        let data = serde_json::json!({ "reason": reason }).to_string();
-        let frame = frame::unnumbered("RESYNC", &data);
+        let frame = resync_frame(reason);
         for shard in 0..self.hub.shards() {
             self.hub.push(shard, ShardMsg::Unnumbered(frame.clone()));
             self.hub.wake(shard);
@@ -429,8 +428,7 @@ impl Broker {
     /// Tell these streams of this pod (`(user, conn_id)`) that they may have
     /// missed events (`RESYNC`): the cluster lost their registrations for a while.
     pub fn resync(&self, conns: &[(String, String)], reason: &str) {
-        let data = serde_json::json!({ "reason": reason }).to_string();
-        let frame = frame::unnumbered("RESYNC", &data);
+        let frame = resync_frame(reason);
         let s = self.lock();
         let mut wake: u128 = 0;
         for (user, conn_id) in conns {
@@ -525,6 +523,14 @@ impl Broker {
         m::dropped("pending_expired", expired);
         m::set_pending(s.pending.total());
     }
+}
+
+/// `RESYNC` with `{"reason": …}` (no id: it must not move the resume point).
+fn resync_frame(reason: &str) -> Bytes {
+    frame::unnumbered(
+        "RESYNC",
+        &serde_json::json!({ "reason": reason }).to_string(),
+    )
 }
 
 /// A two-part SSE id: broadcast position, partition position.

@@ -139,9 +139,10 @@ pub enum Published {
     Full,
 }
 
-/// A validated publish, owned (it may wait for the shared store).
-#[derive(Debug, Clone)]
-pub struct PublishReq {
+/// A validated publish (from [`crate::http::publish`]), owned: it may wait
+/// for the shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
     pub event: String,
     pub data: String,
     pub target: Target,
@@ -150,7 +151,7 @@ pub struct PublishReq {
 
 /// See the module doc.
 pub trait EventBus: Send + Sync {
-    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishReq) -> Pending<'a, Published>;
+    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishRequest) -> Pending<'a, Published>;
 
     /// Publish a batch in its order; one outcome per element. A batch is held
     /// back whole (`Full` for every element) rather than in part when it cannot
@@ -158,7 +159,7 @@ pub trait EventBus: Send + Sync {
     fn publish_batch<'a>(
         &'a self,
         broker: &'a Broker,
-        batch: Vec<PublishReq>,
+        batch: Vec<PublishRequest>,
     ) -> Pending<'a, Vec<Published>> {
         Box::pin(async move {
             let mut out = Vec::with_capacity(batch.len());
@@ -211,7 +212,7 @@ impl ConnectionRegistry for Local {
 }
 
 impl EventBus for Local {
-    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishReq) -> Pending<'a, Published> {
+    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishRequest) -> Pending<'a, Published> {
         let id = broker.publish(Publish {
             event: &p.event,
             data: &p.data,

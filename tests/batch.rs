@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::check::{assert_json_error, next_ev};
+use support::check::{assert_json_error, next_ev, wait_ready};
 use support::redis::Cluster;
 use support::{Herald, SseClient};
 
@@ -154,14 +154,7 @@ async fn while_redis_is_down_a_batch_is_buffered_whole_or_refused_whole() {
     let a = cl.pod(&["--publish-buffer", "4", "--redis-timeout", "300ms"]);
     let mut sub = a.subscribe_connected("userId=bd").await;
     cl.server().kill();
-    let until = std::time::Instant::now() + support::WAIT;
-    while a.get("/health/ready").await.status != 503 {
-        assert!(
-            std::time::Instant::now() < until,
-            "readiness never turned 503"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_ready(&a, 503, support::WAIT).await;
     let batch = |tag: &str, n: usize| {
         let v: Vec<serde_json::Value> = (0..n)
             .map(|i| json!({"data": format!("{tag}{i}"), "target": "all"}))

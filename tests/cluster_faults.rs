@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::check::{self, assert_json_error, next_ev};
+use support::check::{self, assert_json_error, next_ev, wait_ready};
 use support::redis::{cluster_counts, wait_cluster, wait_cluster_all, Cluster, Timing};
 use support::{Herald, Response, SseClient, SseEvent, WAIT};
 use tokio::task::JoinSet;
@@ -77,25 +77,6 @@ async fn drain(c: &mut SseClient, wait: Duration, into: &mut Vec<SseEvent>) {
 
 async fn post_json(h: &Herald, path: &str, body: serde_json::Value) -> Response {
     h.post(path, &body.to_string()).await
-}
-
-/// Poll `/health/ready` until it answers `status`; returns the answer.
-async fn wait_ready(h: &Herald, status: u16, within: Duration) -> Response {
-    let start = Instant::now();
-    loop {
-        let r = h.get("/health/ready").await;
-        if r.status == status {
-            return r;
-        }
-        assert!(
-            start.elapsed() < within,
-            "pod {}: /health/ready never answered {status} within {within:?}; last {} {}",
-            h.pod_id,
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Poll stats until `"redis"` says `want`.

@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::check::{self, id_of, next_ev};
+use support::check::{self, id_of, next_ev, wait_ready};
 use support::redis::{Cluster, Resp, Timing};
 use support::{Herald, SseClient, WAIT};
 
@@ -303,23 +303,6 @@ async fn mixed_broadcast_user_and_topic_events_arrive_in_publish_order_and_resum
         ids.windows(2).all(|w| w[0] < w[1]),
         "ids must increase: {ids:?}"
     );
-}
-
-async fn wait_ready(h: &Herald, want: u16, within: Duration) -> String {
-    let until = Instant::now() + within;
-    loop {
-        let r = h.get("/health/ready").await;
-        if r.status == want {
-            return r.body;
-        }
-        assert!(
-            Instant::now() < until,
-            "readiness stayed {} ({}), want {want}",
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

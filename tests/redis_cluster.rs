@@ -9,7 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::check::{assert_delivered, assert_ids_increase, id_of, next_ev, Kind, Sent};
+use support::check::{
+    assert_delivered, assert_ids_increase, id_of, next_ev, wait_ready, Kind, Sent,
+};
 use support::redis::{wait_cluster_all, Timing};
 use support::redis_cluster::{RedisCluster, MASTERS};
 use support::{Herald, SseClient, SseEvent, WAIT};
@@ -38,26 +40,6 @@ async fn publish(h: &Herald, data: &str, target: serde_json::Value, what: &str) 
         .to_string()
 }
 
-/// Poll `/health/ready` until it answers 200, at most `within`; returns how long
-/// it took.
-async fn wait_ready(h: &Herald, within: Duration, what: &str) -> Duration {
-    let start = Instant::now();
-    loop {
-        let r = h.get("/health/ready").await;
-        if r.status == 200 {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{what}: pod {} /health/ready did not answer 200 within {within:?}; last {} {}",
-            h.pod_id,
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Publish an `all` event on `h` and assert it is the very next event on `c`
 /// (so nothing, e.g. a duplicate, came before it).
 async fn assert_next_is(h: &Herald, c: &mut SseClient, what: &str) -> String {
@@ -78,7 +60,7 @@ async fn user_topic_and_all_events_published_on_one_pod_reach_a_subscriber_on_an
     let a = pods.pod(&[]);
     let b = pods.pod(&[]);
     for h in [&a, &b] {
-        wait_ready(h, WAIT, "pod on the Redis Cluster").await;
+        wait_ready(h, 200, WAIT).await;
     }
     let mut c = a.subscribe_connected("userId=u1&topics=t1").await;
     wait_cluster_all(&[&a, &b], 2, 1, 1).await;
@@ -122,7 +104,7 @@ async fn pods_recover_when_the_master_of_their_slot_is_killed_and_restarts_empty
     let a = pods.pod(&[]);
     let b = pods.pod(&[]);
     for h in [&a, &b] {
-        wait_ready(h, WAIT, "before the kill").await;
+        wait_ready(h, 200, WAIT).await;
     }
     let mut old = a.subscribe_connected("userId=r1").await;
     wait_cluster_all(&[&a, &b], 2, 1, 1).await;
@@ -150,7 +132,9 @@ async fn pods_recover_when_the_master_of_their_slot_is_killed_and_restarts_empty
     );
 
     for h in [&a, &b] {
-        let took = wait_ready(h, RECOVERY, "after the master restarted empty").await;
+        let started = Instant::now();
+        wait_ready(h, 200, RECOVERY).await;
+        let took = started.elapsed();
         eprintln!("pod {} ready again {took:?} after the re-join", h.pod_id);
     }
     let mut fresh = a.subscribe_connected("userId=r2").await;
@@ -521,7 +505,7 @@ async fn partitioned_pods_reconverge_when_a_partitions_master_is_killed_and_rest
     let b = pods.pod(&args);
     let both = [&a, &b];
     for h in both {
-        wait_ready(h, WAIT, "before the kill").await;
+        wait_ready(h, 200, WAIT).await;
     }
     let user_in = |k: usize, stem: &str| {
         (0..)
@@ -614,7 +598,9 @@ async fn partitioned_pods_reconverge_when_a_partitions_master_is_killed_and_rest
         killed.elapsed()
     );
     for h in both {
-        let took = wait_ready(h, RECOVERY, "after the master restarted empty").await;
+        let started = Instant::now();
+        wait_ready(h, 200, RECOVERY).await;
+        let took = started.elapsed();
         eprintln!("pod {} ready again {took:?} after the re-join", h.pod_id);
     }
     // K's registration was lost with its partition; pod A's heartbeat puts it

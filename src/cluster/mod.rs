@@ -90,7 +90,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use crate::metrics as m;
-use crate::seam::PublishReq;
+use crate::seam::PublishRequest;
 use crate::Shared;
 use interest::TopicInterest;
 use registry::{HeartbeatBatch, RegisterReq, Removal};
@@ -246,7 +246,7 @@ pub struct Cluster {
     remove_tx: mpsc::UnboundedSender<Removal>,
     heartbeat_tx: mpsc::UnboundedSender<HeartbeatBatch>,
     drain_tx: mpsc::UnboundedSender<std::sync::mpsc::Sender<()>>,
-    buffer: Mutex<VecDeque<PublishReq>>,
+    buffer: Mutex<VecDeque<PublishRequest>>,
     buffered: Notify,
     receivers: Mutex<Option<Receivers>>,
 }

@@ -11,11 +11,11 @@ use super::{log, partition_of, Cluster, Source};
 use crate::clock;
 use crate::event::Target;
 use crate::metrics as m;
-use crate::seam::{PublishReq, Published};
+use crate::seam::{PublishRequest, Published};
 
 impl Cluster {
     /// Publish into the cluster's log, or buffer while Redis is unreachable.
-    pub async fn publish(&self, p: PublishReq) -> Published {
+    pub async fn publish(&self, p: PublishRequest) -> Published {
         let empty = self
             .buffer
             .lock()
@@ -42,7 +42,7 @@ impl Cluster {
     /// Publish a batch in its order. While Redis is unreachable (or publishes
     /// already wait) the whole batch is buffered, or refused whole when the buffer
     /// cannot take it; when a send fails midway, the rest is buffered behind it.
-    pub async fn publish_batch(&self, batch: Vec<PublishReq>) -> Vec<Published> {
+    pub async fn publish_batch(&self, batch: Vec<PublishRequest>) -> Vec<Published> {
         let n = batch.len();
         let mut out = Vec::with_capacity(n);
         let mut rest = batch.into_iter();
@@ -69,8 +69,8 @@ impl Cluster {
     }
 
     /// Buffer these publishes together, or none of them when they do not fit.
-    fn buffer_all(&self, items: impl Iterator<Item = PublishReq>) -> Vec<Published> {
-        let items: Vec<PublishReq> = items.collect();
+    fn buffer_all(&self, items: impl Iterator<Item = PublishRequest>) -> Vec<Published> {
+        let items: Vec<PublishRequest> = items.collect();
         let mut buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         if buf.len() + items.len() > self.set.publish_buffer {
             m::publish_buffer_full();
@@ -90,7 +90,7 @@ impl Cluster {
     /// One publish script call per source the event goes to: the broadcasts'
     /// tag for `all` and topics; for users, the partition of each (one call per
     /// partition, each with its own users). Returns the first call's log id.
-    async fn send_publish(&self, p: &PublishReq) -> Option<u64> {
+    async fn send_publish(&self, p: &PublishRequest) -> Option<u64> {
         let Target::Users(users) = &p.target else {
             return self.publish_on(self.bcast(), p, &p.target).await;
         };
@@ -115,7 +115,7 @@ impl Cluster {
         first
     }
 
-    async fn publish_on(&self, src: &Source, p: &PublishReq, target: &Target) -> Option<u64> {
+    async fn publish_on(&self, src: &Source, p: &PublishRequest, target: &Target) -> Option<u64> {
         let (kind, names) = log::encode_target(target);
         let now = clock::unix_ms();
         let mut args = self.args(src, 9);

@@ -316,64 +316,49 @@ pub(super) async fn read_loop(
             reset(&c, src, p, &mut merge).await;
         }
         let inbox_key = src.inbox_key.as_str();
-        let (got_inbox, got_all, trusted) = match (need, src.all_key.as_deref()) {
-            (Need::Idle, None) => {
-                let Some(r) = xread(&c, src, &[inbox_key], &[&p.inbox], Some(READ_BLOCK)).await
-                else {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                };
-                (r.into_iter().next().flatten(), None, true)
-            }
-            (Need::Idle, Some(all_key)) => {
-                let Some(r) = xread(
-                    &c,
-                    src,
-                    &[inbox_key, all_key],
-                    &[&p.inbox, &p.all],
-                    Some(READ_BLOCK),
-                )
-                .await
-                else {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                };
-                let mut r = r.into_iter();
-                // A snapshot of both, by the scripts' rule (see the module doc).
-                (r.next().flatten(), r.next().flatten(), true)
-            }
-            (Need::InboxCheck, _) => {
-                let Some(r) = xread(&c, src, &[inbox_key], &[&p.inbox], None).await else {
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                };
-                (r.into_iter().next().flatten(), None, true)
-            }
-            (Need::Broadcasts(after), all_key) => {
-                let a = match all_key {
-                    Some(all_key) => {
-                        let Some(r) = xread(&c, src, &[all_key], &[&p.all], None).await else {
-                            tokio::time::sleep(backoff).await;
-                            continue;
-                        };
-                        r.into_iter().next().flatten()
-                    }
-                    None => None,
-                };
-                if a.as_ref().is_none_or(|a| a.is_empty()) {
-                    // What the inbox entry waits for is not in the stream.
-                    warn!(
-                        after,
-                        "broadcasts missing from the stream; going on without them"
-                    );
-                    m::dropped("broadcast_gap", 1);
-                    merge.skip_broadcasts(after);
-                }
-                (None, a, false)
-            }
+        // What to read: waiting, both streams (one snapshot, by the scripts' rule:
+        // see the module doc); otherwise the one the merge waits for, at once.
+        let all_key = src.all_key.as_deref();
+        let (inbox, all, block) = match need {
+            Need::Idle => (true, all_key.is_some(), Some(READ_BLOCK)),
+            Need::InboxCheck => (true, false, None),
+            Need::Broadcasts(_) => (false, all_key.is_some(), None),
         };
+        let mut keys = Vec::with_capacity(2);
+        let mut ids = Vec::with_capacity(2);
+        if inbox {
+            keys.push(inbox_key);
+            ids.push(p.inbox.as_str());
+        }
+        if let (true, Some(k)) = (all, all_key) {
+            keys.push(k);
+            ids.push(p.all.as_str());
+        }
+        let mut got = match keys.is_empty() {
+            true => Vec::new(),
+            false => match xread(&c, src, &keys, &ids, block).await {
+                Some(r) => r,
+                None => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        }
+        .into_iter();
+        let got_inbox = if inbox { got.next().flatten() } else { None };
+        let got_all = if all { got.next().flatten() } else { None };
+        if let Need::Broadcasts(after) = need {
+            if got_all.as_ref().is_none_or(|a| a.is_empty()) {
+                // What the inbox entry waits for is not in the stream.
+                warn!(
+                    after,
+                    "broadcasts missing from the stream; going on without them"
+                );
+                m::dropped("broadcast_gap", 1);
+                merge.skip_broadcasts(after);
+            }
+        }
         backoff = Duration::from_millis(100);
         let inbox_n = got_inbox.as_ref().map_or(0, Vec::len);
         for e in got_inbox.iter().flatten() {
@@ -395,7 +380,7 @@ pub(super) async fn read_loop(
                 p.all = sid;
             }
         }
-        if trusted && (inbox_n as u64) < READ_COUNT {
+        if inbox && (inbox_n as u64) < READ_COUNT {
             merge.inbox_clear();
         }
         let mut sink = Deliver {

@@ -501,22 +501,31 @@ pub(super) async fn remove_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver
     }
 }
 
-/// The source of a registry member `user/conn`.
-fn member_source<'a>(c: &'a Cluster, member: &str) -> &'a Source {
-    c.user_source(member.split_once('/').map_or(member, |(u, _)| u))
+/// Split `items` (keyed by a registry member `user/conn`) by the source that
+/// holds each member's user: one pass, each item moved once. Without partitions
+/// everything is the one source's.
+fn by_source<T>(c: &Cluster, items: Vec<T>, member: impl Fn(&T) -> &str) -> Vec<(&Source, Vec<T>)> {
+    let sources = c.user_sources();
+    if sources.len() == 1 {
+        return vec![(&sources[0], items)];
+    }
+    let mut out: Vec<Vec<T>> = sources.iter().map(|_| Vec::new()).collect();
+    for item in items {
+        let m = member(&item);
+        let user = m.split_once('/').map_or(m, |(u, _)| u);
+        out[partition_of(user, c.set.partitions)].push(item);
+    }
+    sources
+        .iter()
+        .zip(out)
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
 }
 
 /// Remove `batch`, one script call per source; returns what failed.
 async fn send_removals(c: &Cluster, batch: Vec<Removal>) -> Vec<Removal> {
     let mut failed = Vec::new();
-    for src in c.user_sources() {
-        let mine: Vec<&Removal> = batch
-            .iter()
-            .filter(|(member, _)| member_source(c, member).index == src.index)
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
+    for (src, mine) in by_source(c, batch, |(member, _)| member) {
         let mut args = c.args(src, 1 + mine.len() * 2);
         args.push(Value::from(clock::unix_ms() as i64));
         for (member, owner) in &mine {
@@ -528,7 +537,7 @@ async fn send_removals(c: &Cluster, batch: Vec<Removal>) -> Vec<Removal> {
             .await
             .is_none()
         {
-            failed.extend(mine.into_iter().cloned());
+            failed.extend(mine);
         }
     }
     failed
@@ -545,15 +554,8 @@ pub(super) async fn heartbeat_loop(
         if batch.is_empty() || c.draining.load(Ordering::Acquire) {
             continue;
         }
-        for src in c.user_sources() {
-            let mine: HeartbeatBatch = batch
-                .iter()
-                .filter(|(member, _)| member_source(&c, member).index == src.index)
-                .cloned()
-                .collect();
-            if !mine.is_empty() {
-                heartbeat_batch(&c, src, mine).await;
-            }
+        for (src, mine) in by_source(&c, batch, |(member, _)| member) {
+            heartbeat_batch(&c, src, mine).await;
         }
     }
 }

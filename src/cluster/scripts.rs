@@ -74,16 +74,12 @@ local function forget(list, owners, now)
     end
   end
 end
-local function join_topics(pod, list)
+-- A pod joins (SADD) or leaves (SREM) topics: the topic's pod set and the
+-- pod's topic set, kept together.
+local function topic_interest(cmd, pod, list)
   for _, t in ipairs(list) do
-    rc('SADD', T .. ':tpods:' .. t, pod)
-    rc('SADD', T .. ':ptopics:' .. pod, t)
-  end
-end
-local function leave_topics(pod, list)
-  for _, t in ipairs(list) do
-    rc('SREM', T .. ':tpods:' .. t, pod)
-    rc('SREM', T .. ':ptopics:' .. pod, t)
+    rc(cmd, T .. ':tpods:' .. t, pod)
+    rc(cmd, T .. ':ptopics:' .. pod, t)
   end
 end
 -- A pod is gone (drained, or dead): its topic interest and inbox go with it.
@@ -133,8 +129,8 @@ local njoin = tonumber(ARGV[i])
 local joins = {}
 for j = 1, njoin do joins[j] = ARGV[i + j] end
 i = i + njoin + 1
-leave_topics(pod, leaves)
-join_topics(pod, joins)
+topic_interest('SREM', pod, leaves)
+topic_interest('SADD', pod, joins)
 local members, owner_args, hb_args, modes, sids, tops = {}, {}, {}, {}, {}, {}
 for k = i, #ARGV, 5 do
   local m = ARGV[k]

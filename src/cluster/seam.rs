@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::Cluster;
 use crate::broker::{Broker, Joined};
 use crate::seam::{
-    ClusterStats, ConnectionRegistry, Elsewhere, EventBus, Health, Pending, PublishReq, Published,
-    Registration,
+    ClusterStats, ConnectionRegistry, Elsewhere, EventBus, Health, Pending, PublishRequest,
+    Published, Registration,
 };
 
 impl ConnectionRegistry for Cluster {
@@ -73,14 +73,14 @@ impl ConnectionRegistry for Cluster {
 }
 
 impl EventBus for Cluster {
-    fn publish<'a>(&'a self, _: &'a Broker, p: PublishReq) -> Pending<'a, Published> {
+    fn publish<'a>(&'a self, _: &'a Broker, p: PublishRequest) -> Pending<'a, Published> {
         Box::pin(Cluster::publish(self, p))
     }
 
     fn publish_batch<'a>(
         &'a self,
         _: &'a Broker,
-        batch: Vec<PublishReq>,
+        batch: Vec<PublishRequest>,
     ) -> Pending<'a, Vec<Published>> {
         Box::pin(Cluster::publish_batch(self, batch))
     }

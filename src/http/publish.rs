@@ -10,18 +10,10 @@ use serde_json::Value;
 use super::params::valid_name;
 use crate::error::ApiError;
 use crate::event::Target;
+pub use crate::seam::PublishRequest;
 
 /// Default lifetime of a pending event.
 pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
-
-/// A validated publish request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishRequest {
-    pub event: String,
-    pub data: String,
-    pub target: Target,
-    pub ttl_seconds: u64,
-}
 
 fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, msg)

@@ -22,7 +22,7 @@ use crate::conn::table::NewConn;
 use crate::conn::{CloseReason, QueuedFrame};
 use crate::error::ApiError;
 use crate::metrics as m;
-use crate::seam::{Elsewhere, Health, PublishReq, Published, Registration, ResumeFrom};
+use crate::seam::{Elsewhere, Health, Published, Registration, ResumeFrom};
 use crate::shard::stream::{QueueBody, StreamGuard};
 use crate::shard::Shard;
 use crate::sse::frame;
@@ -483,14 +483,12 @@ async fn broadcast(
         publish::PublishBody::One(p) => p,
         publish::PublishBody::Batch(items) => {
             let labels: Vec<&'static str> = items.iter().map(|p| p.target.label()).collect();
-            let outcomes = bus
-                .publish_batch(broker, items.into_iter().map(publish_req).collect())
-                .await;
+            let outcomes = bus.publish_batch(broker, items).await;
             return batch_answer(&labels, &outcomes);
         }
     };
     let label = p.target.label();
-    match bus.publish(broker, publish_req(p)).await {
+    match bus.publish(broker, p).await {
         Published::Id(id) => {
             m::published(label);
             Ok(json_response(
@@ -507,15 +505,6 @@ async fn broadcast(
             ))
         }
         Published::Full => Err(buffer_full()),
-    }
-}
-
-fn publish_req(p: publish::PublishRequest) -> PublishReq {
-    PublishReq {
-        event: p.event,
-        data: p.data,
-        target: p.target,
-        ttl_seconds: p.ttl_seconds,
     }
 }
 

@@ -402,3 +402,23 @@ pub fn is_uuid(s: &str) -> bool {
             .zip([8, 4, 4, 4, 12])
             .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
+
+/// Poll `/health/ready` until it answers `status`, at most `within`; returns
+/// that answer (panics naming the pod and the last answer).
+pub async fn wait_ready(h: &Herald, status: u16, within: std::time::Duration) -> Response {
+    let start = std::time::Instant::now();
+    loop {
+        let r = h.get("/health/ready").await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            start.elapsed() < within,
+            "pod {}: /health/ready never answered {status} within {within:?}; last {} {}",
+            h.pod_id,
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
