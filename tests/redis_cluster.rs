@@ -299,16 +299,21 @@ fn wanted(published: &[(String, serde_json::Value)], user: &str, topic: Option<&
         .collect()
 }
 
-/// The next `n` events on `c` other than RESYNC (each within [`WAIT`]), and how
-/// many RESYNCs came with them; `Err` says what came when they did not.
-async fn take_live(c: &mut SseClient, n: usize) -> Result<(Vec<SseEvent>, usize), String> {
-    let mut got = Vec::with_capacity(n);
+/// The events on `c` other than RESYNC until `done` says they are enough (each
+/// within [`WAIT`]), and how many RESYNCs came with them; `Err` says what came
+/// when they did not (`wanted` names what was awaited).
+async fn take_events(
+    c: &mut SseClient,
+    wanted: &str,
+    done: impl Fn(&[SseEvent]) -> bool,
+) -> Result<(Vec<SseEvent>, usize), String> {
+    let mut got: Vec<SseEvent> = Vec::new();
     let mut resyncs = 0;
-    while got.len() < n {
+    while !done(&got) {
         let Some(ev) = c.next_non_heartbeat(WAIT).await else {
             return Err(format!(
-                "no event within {WAIT:?} (#{} of {n}); got {got:?} and {resyncs} RESYNC",
-                got.len()
+                "no event within {WAIT:?} while waiting for {wanted}; got {got:?} and \
+                 {resyncs} RESYNC"
             ));
         };
         if ev.event == "RESYNC" {
@@ -323,29 +328,18 @@ async fn take_live(c: &mut SseClient, n: usize) -> Result<(Vec<SseEvent>, usize)
     Ok((got, resyncs))
 }
 
-/// The events on `c` other than RESYNC up to and including every event whose
-/// data is in `until` (each within [`WAIT`]), and how many RESYNCs came with
-/// them; `Err` says what came when they did not.
+/// The next `n` events on `c` other than RESYNC; see [`take_events`].
+async fn take_live(c: &mut SseClient, n: usize) -> Result<(Vec<SseEvent>, usize), String> {
+    take_events(c, &format!("{n} events"), |got| got.len() >= n).await
+}
+
+/// The events on `c` other than RESYNC up to every one whose data is in
+/// `until`; see [`take_events`].
 async fn take_until(c: &mut SseClient, until: &[&str]) -> Result<(Vec<SseEvent>, usize), String> {
-    let mut got: Vec<SseEvent> = Vec::new();
-    let mut resyncs = 0;
-    while !until.iter().all(|u| got.iter().any(|e| e.data == *u)) {
-        let Some(ev) = c.next_non_heartbeat(WAIT).await else {
-            return Err(format!(
-                "no event within {WAIT:?} while waiting for {until:?}; got {got:?} and \
-                 {resyncs} RESYNC"
-            ));
-        };
-        if ev.event == "RESYNC" {
-            if ev.id.is_some() {
-                return Err(format!("a RESYNC must carry no id: {ev:?}"));
-            }
-            resyncs += 1;
-        } else {
-            got.push(ev);
-        }
-    }
-    Ok((got, resyncs))
+    take_events(c, &format!("{until:?}"), |got| {
+        until.iter().all(|u| got.iter().any(|e| e.data == *u))
+    })
+    .await
 }
 
 /// Every stream of `subs` gets exactly what it wants of `published[from..]`,
