@@ -62,6 +62,11 @@ impl Conn {
         self.topics.iter().map(|(t, _)| &**t)
     }
 
+    /// The writer has reached this connection: later news lists it again.
+    pub fn unmark(&mut self) {
+        self.dirty = false;
+    }
+
     /// Wake the hyper body task of a stream that has no socket of its own.
     pub fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
@@ -226,18 +231,21 @@ impl ConnTable {
         }
     }
 
-    /// Move the dirty list into `out` (emptied first), clearing the marks.
+    /// Whether some connection has something to write or to close.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Move the dirty list into `out` (emptied first). The marks stay until the
+    /// writer reaches each connection ([`Conn::unmark`]): a connection still
+    /// waiting in a flush round that is given more to write is not listed twice,
+    /// its one write of the round takes it all.
     pub fn take_dirty(&mut self, out: &mut Vec<u32>) {
         // Copy rather than swap: the table's list keeps the capacity reserved for
         // it at insert, so marking never allocates.
         out.clear();
         out.extend_from_slice(&self.dirty);
         self.dirty.clear();
-        for &k in out.iter() {
-            if let Some(conn) = self.slab.get_mut(k as usize) {
-                conn.dirty = false;
-            }
-        }
     }
 
     /// Queue `ev` on every matching open connection.

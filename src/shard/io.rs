@@ -155,19 +155,26 @@ fn drain_input(sock: &mut mio::net::TcpStream) -> Option<CloseReason> {
 
 /// Write what every dirty connection has queued; close those that are done.
 pub fn flush(shard: &Shard) {
-    let io = &shard.io;
-    let mut dirty = io.dirty.borrow_mut();
-    let mut table = shard.table.borrow_mut();
-    table.take_dirty(&mut dirty);
-    if dirty.is_empty() {
-        return;
+    let mut dirty = shard.io.dirty.borrow_mut();
+    shard.table.borrow_mut().take_dirty(&mut dirty);
+    if !dirty.is_empty() {
+        write_keys(shard, &dirty);
     }
+}
+
+/// Give each of `keys` (taken from the dirty list) one write of everything it
+/// has queued, more only while the kernel takes it all; close those that are
+/// done. A flush round may call this slice by slice ([`super::fanout_loop`]).
+pub fn write_keys(shard: &Shard, keys: &[u32]) {
+    let io = &shard.io;
+    let mut table = shard.table.borrow_mut();
     let now = clock::now_ns();
     let mut closing = io.closing.borrow_mut();
-    for &key in dirty.iter() {
+    for &key in keys {
         let Some(conn) = table.get_mut(key as usize) else {
             continue;
         };
+        conn.unmark();
         let Some(sock) = conn.io.as_mut() else {
             // Served through hyper: its body task writes.
             conn.wake();

@@ -50,9 +50,33 @@ pub struct Shard {
     /// The poll of lean-stream sockets and the flush's reusable lists.
     pub io: io::IoSet,
     pub counters: m::ConnCounters,
+    /// Events queued since the current flush round began (they go out in the
+    /// next one); publishes wait for the round's end past [`ROUND_BACKLOG`].
+    pub queued_in_round: std::cell::Cell<u32>,
+    /// Notified at the end of every flush round.
+    pub round_end: Notify,
 }
 
+/// Events a flush round may gather for the next before publishes on this shard
+/// wait for it: a round's `writev`s carry [`io::MAX_SLICES`] frames, and the
+/// queues stay far below the slow-consumer bound, however fast publishers go.
+pub const ROUND_BACKLOG: u32 = io::MAX_SLICES as u32;
+
 impl Shard {
+    /// A flush round ended: what it gathered goes out in the next.
+    fn round_done(&self) {
+        self.queued_in_round.set(0);
+        self.round_end.notify_waiters();
+    }
+
+    /// Wait, before answering a publish, while the next round already holds a
+    /// full write's worth of events (the publisher's backpressure).
+    pub async fn publish_backpressure(&self) {
+        while self.queued_in_round.get() >= ROUND_BACKLOG {
+            self.round_end.notified().await;
+        }
+    }
+
     /// Publish the table size after a change.
     pub fn table_changed(&self, table: &ConnTable) {
         self.stats
@@ -126,6 +150,8 @@ async fn run(
             clock::now_ns(),
         )),
         emptied: Notify::new(),
+        queued_in_round: std::cell::Cell::new(0),
+        round_end: Notify::new(),
         shared: shared.clone(),
     });
     let listener = match TcpListener::from_std(listener) {
@@ -169,54 +195,84 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// Drain the inbox: queue each event on the matching connections of this shard.
+/// Connections written per slice of a flush round before the shard yields.
+const ROUND_SLICE: usize = 256;
+
+/// Drain the inbox and write. Each wake-up queues what the inbox holds on the
+/// matching connections, then writes every connection with news once, in a
+/// round of slices: between two slices the shard yields (publishes are
+/// answered, connects served) and queues whatever arrived meanwhile, so a
+/// connection not yet reached takes the new events in the same `writev`, and the
+/// others in the next round. How many events one write carries therefore
+/// depends on how long a round takes, not on how many publishes are in flight.
 async fn fanout_loop(shard: Rc<Shard>) {
     let hub = shard.shared.broker.hub();
     let id = shard.id as usize;
+    let mut round: Vec<u32> = Vec::new();
     loop {
-        hub.ready(id).await;
-        // Handle a bounded batch, then let the writers run: they flush everything
-        // queued so far in one write per connection.
-        for _ in 0..256 {
-            let Some(msg) = hub.pop(id) else { break };
-            match msg {
-                ShardMsg::Event(ev) => {
-                    let d = shard.table.borrow_mut().deliver(&ev);
-                    if d.slow_closed > 0 {
-                        m::dropped("slow_consumer", d.dropped_frames);
-                    }
+        if !shard.table.borrow().has_dirty() {
+            hub.ready(id).await;
+        }
+        take_inbox(&shard);
+        shard.table.borrow_mut().take_dirty(&mut round);
+        // What was queued so far goes out in this round.
+        shard.queued_in_round.set(0);
+        let mut at = 0;
+        while at < round.len() {
+            let end = (at + ROUND_SLICE).min(round.len());
+            io::write_keys(&shard, &round[at..end]);
+            at = end;
+            if at < round.len() {
+                tokio::task::yield_now().await;
+                take_inbox(&shard);
+            }
+        }
+        shard.round_done();
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Queue a bounded batch of the inbox's messages on this shard's connections.
+fn take_inbox(shard: &Shard) {
+    let hub = shard.shared.broker.hub();
+    let id = shard.id as usize;
+    for _ in 0..256 {
+        let Some(msg) = hub.pop(id) else { break };
+        match msg {
+            ShardMsg::Event(ev) => {
+                let d = shard.table.borrow_mut().deliver(&ev);
+                if d.slow_closed > 0 {
+                    m::dropped("slow_consumer", d.dropped_frames);
                 }
-                ShardMsg::UnnumberedTo { loc, frame } => {
-                    let d = shard.table.borrow_mut().push_unnumbered(
-                        loc.key as usize,
-                        loc.serial,
-                        &frame,
-                    );
-                    if d.slow_closed > 0 {
-                        m::dropped("slow_consumer", d.dropped_frames);
-                    }
-                }
-                ShardMsg::Unnumbered(frame) => {
-                    let d = shard.table.borrow_mut().deliver_all_unnumbered(&frame);
-                    if d.slow_closed > 0 {
-                        m::dropped("slow_consumer", d.dropped_frames);
-                    }
-                }
-                ShardMsg::Close { loc, reason, ack } => {
-                    let found = shard
+                shard.queued_in_round.set(shard.queued_in_round.get() + 1);
+            }
+            ShardMsg::UnnumberedTo { loc, frame } => {
+                let d =
+                    shard
                         .table
                         .borrow_mut()
-                        .close(loc.key as usize, loc.serial, reason)
-                        .is_some();
-                    if let Some(ack) = ack {
-                        let _ = ack.send(found);
-                    }
+                        .push_unnumbered(loc.key as usize, loc.serial, &frame);
+                if d.slow_closed > 0 {
+                    m::dropped("slow_consumer", d.dropped_frames);
+                }
+            }
+            ShardMsg::Unnumbered(frame) => {
+                let d = shard.table.borrow_mut().deliver_all_unnumbered(&frame);
+                if d.slow_closed > 0 {
+                    m::dropped("slow_consumer", d.dropped_frames);
+                }
+            }
+            ShardMsg::Close { loc, reason, ack } => {
+                let found = shard
+                    .table
+                    .borrow_mut()
+                    .close(loc.key as usize, loc.serial, reason)
+                    .is_some();
+                if let Some(ack) = ack {
+                    let _ = ack.send(found);
                 }
             }
         }
-        // One writev per connection for everything this batch queued.
-        io::flush(&shard);
-        tokio::task::yield_now().await;
     }
 }
 
