@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLISH_BUFFER", default_value_t = 10_000)]
     pub publish_buffer: usize,
 
+    /// How long the answer to a publish with an `Idempotency-Key` is kept: a
+    /// repeat within it gets the same answer and publishes nothing (in a
+    /// cluster, also on another pod). `0` keeps none.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = duration)]
+    pub idempotency_window: Duration,
+
     /// Partitions of the cluster's users (cluster mode): each under a Redis hash
     /// tag of its own, so that a Redis Cluster spreads them over its masters.
     /// Every pod of a cluster must use the same number. With more than one, SSE

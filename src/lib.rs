@@ -35,6 +35,7 @@ pub mod event;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod registry;
 pub mod seam;
@@ -64,6 +65,8 @@ pub struct Shared {
     /// (embedded) or the cluster's Redis (`--redis`).
     pub registry: Arc<dyn seam::ConnectionRegistry>,
     pub bus: Arc<dyn seam::EventBus>,
+    /// `Idempotency-Key` answers and the keys in flight on this pod.
+    pub idempotency: idempotency::Store,
     pub prometheus: PrometheusHandle,
     pub shard_stats: Vec<Arc<metrics::ShardStats>>,
     pub queue_limits: QueueLimits,
@@ -130,6 +133,12 @@ impl Server {
             broker: Broker::new(shards, pod_id, limits),
             registry,
             bus,
+            // A repeat waits for the first at most as long as the first can take
+            // (a Redis call, then buffered).
+            idempotency: idempotency::Store::new(
+                config.idempotency_window,
+                config.redis_timeout * 3 + Duration::from_secs(5),
+            ),
             queue_limits: QueueLimits {
                 max_frames: config.max_queue_events,
                 max_bytes: config.max_queue_bytes,

@@ -43,6 +43,11 @@ pub const MARKED_INACTIVE: &str = "herald_connections_marked_inactive_total";
 pub const DELIVERING: &str = "herald_delivery_ok";
 pub const PROBE_FAILURES: &str = "herald_delivery_probe_failures_total";
 pub const PROBE_ROUNDTRIP: &str = "herald_delivery_probe_seconds";
+pub const IDEMPOTENCY_RECORDS: &str = "herald_idempotency_records";
+pub const IDEMPOTENCY_BYTES: &str = "herald_idempotency_record_bytes";
+pub const IDEMPOTENCY_REPLAYED: &str = "herald_idempotency_replayed_total";
+pub const IDEMPOTENCY_EVICTED: &str = "herald_idempotency_evicted_total";
+pub const PUBLISH_RETRIES_APPLIED: &str = "herald_publish_retries_recognised_total";
 
 /// Upper bounds of the count histograms (Redis commands and items per batch).
 pub const COUNT_BUCKETS: [f64; 12] = [
@@ -120,6 +125,27 @@ fn describe() {
         "Connections carried by one Redis batch, by operation"
     );
     describe_gauge!(PUBLISH_BUFFERED, "Publishes waiting for Redis to return");
+    describe_gauge!(
+        IDEMPOTENCY_RECORDS,
+        "Idempotency-Key answers this pod keeps (within --idempotency-window)"
+    );
+    describe_gauge!(
+        IDEMPOTENCY_BYTES,
+        Unit::Bytes,
+        "Memory the pod's Idempotency-Key records take (keys and answers)"
+    );
+    describe_counter!(
+        IDEMPOTENCY_REPLAYED,
+        "Publishes answered from an earlier one with the same Idempotency-Key"
+    );
+    describe_counter!(
+        IDEMPOTENCY_EVICTED,
+        "Idempotency-Key records dropped before their window ended (memory bound)"
+    );
+    describe_counter!(
+        PUBLISH_RETRIES_APPLIED,
+        "Publishes re-sent after a Redis timeout that Redis had already applied (not appended again)"
+    );
     describe_counter!(
         PUBLISH_BUFFERED_TOTAL,
         "Publishes buffered while Redis was unreachable"
@@ -233,6 +259,23 @@ pub fn publish_buffered(now_held: usize) {
 /// One more publish buffered.
 pub fn publish_buffered_one() {
     counter!(PUBLISH_BUFFERED_TOTAL).increment(1);
+}
+
+pub fn set_idempotency(records: usize, bytes: usize) {
+    gauge!(IDEMPOTENCY_RECORDS).set(records as f64);
+    gauge!(IDEMPOTENCY_BYTES).set(bytes as f64);
+}
+
+pub fn idempotency_replayed() {
+    counter!(IDEMPOTENCY_REPLAYED).increment(1);
+}
+
+pub fn idempotency_evicted() {
+    counter!(IDEMPOTENCY_EVICTED).increment(1);
+}
+
+pub fn publish_retry_recognised(n: u64) {
+    counter!(PUBLISH_RETRIES_APPLIED).increment(n);
 }
 
 pub fn publish_buffer_full() {

@@ -128,14 +128,17 @@ pub trait ConnectionRegistry: Send + Sync {
     fn drain(&self, within: Duration);
 }
 
-/// What became of a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of a publish request (one event, or a batch: all or none).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
-    /// Sequenced with this id.
-    Id(u64),
-    /// The shared store is unreachable: held, sent when it returns.
-    Buffered,
-    /// The shared store is unreachable and the buffer is full.
+    /// Sequenced: one id per event, in the request's order. `replayed`: the
+    /// shared store already held this `Idempotency-Key` (another pod took the
+    /// publish first; nothing was published again).
+    Ids { ids: Vec<u64>, replayed: bool },
+    /// The shared store does not answer: held, sent in order when it returns
+    /// (`replayed` as above, for a held publish seen again).
+    Buffered { replayed: bool },
+    /// The shared store does not answer and the buffer is full: nothing taken.
     Full,
 }
 
@@ -151,24 +154,16 @@ pub struct PublishRequest {
 
 /// See the module doc.
 pub trait EventBus: Send + Sync {
-    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishRequest) -> Pending<'a, Published>;
-
-    /// Publish a batch in its order; one outcome per element. A batch is held
-    /// back whole (`Full` for every element) rather than in part when it cannot
-    /// be taken.
-    fn publish_batch<'a>(
+    /// Publish one event or a batch, in its order, whole or not at all. `key`
+    /// is the request's `Idempotency-Key`: a shared bus keeps it with the
+    /// publish so that a repeat reaching another pod publishes nothing (this
+    /// pod's own repeats are caught before, by [`crate::idempotency`]).
+    fn publish<'a>(
         &'a self,
         broker: &'a Broker,
         batch: Vec<PublishRequest>,
-    ) -> Pending<'a, Vec<Published>> {
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(batch.len());
-            for p in batch {
-                out.push(self.publish(broker, p).await);
-            }
-            out
-        })
-    }
+        key: Option<&'a str>,
+    ) -> Pending<'a, Published>;
 }
 
 /// The embedded registry and bus: everything is in this pod's broker.
@@ -212,13 +207,26 @@ impl ConnectionRegistry for Local {
 }
 
 impl EventBus for Local {
-    fn publish<'a>(&'a self, broker: &'a Broker, p: PublishRequest) -> Pending<'a, Published> {
-        let id = broker.publish(Publish {
-            event: &p.event,
-            data: &p.data,
-            target: p.target,
-            ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
-        });
-        Box::pin(std::future::ready(Published::Id(id)))
+    fn publish<'a>(
+        &'a self,
+        broker: &'a Broker,
+        batch: Vec<PublishRequest>,
+        _: Option<&'a str>,
+    ) -> Pending<'a, Published> {
+        let ids = batch
+            .into_iter()
+            .map(|p| {
+                broker.publish(Publish {
+                    event: &p.event,
+                    data: &p.data,
+                    target: p.target,
+                    ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
+                })
+            })
+            .collect();
+        Box::pin(std::future::ready(Published::Ids {
+            ids,
+            replayed: false,
+        }))
     }
 }

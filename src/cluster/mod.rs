@@ -64,7 +64,9 @@
 //! fred reconnects with exponential backoff. While Redis is unreachable the pod
 //! serves its own connections, heartbeats and fan-out, readiness says degraded,
 //! publishes wait in a bounded buffer (503 past it), ends wait in a bounded retry
-//! set; when Redis returns the buffer is sent in order and the next heartbeat
+//! set; when Redis returns the buffer is sent in order, and a publish whose call
+//! timed out but that Redis applied is recognised, not appended twice
+//! ([`publish`]) and the next heartbeat
 //! puts back every local connection the registry lost. Every interval the pod
 //! sends itself a probe through its inbox; one that does not come back within
 //! the bound turns readiness degraded and reconnects the reader ([`probe`]).
@@ -90,7 +92,6 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use crate::metrics as m;
-use crate::seam::PublishRequest;
 use crate::Shared;
 use interest::TopicInterest;
 use registry::{HeartbeatBatch, RegisterReq, Removal};
@@ -115,6 +116,7 @@ struct Settings {
     history_seconds: u64,
     max_pending: usize,
     publish_buffer: usize,
+    idempotency_window: Duration,
     /// Length bound of the inboxes and the broadcast stream.
     inbox_max: usize,
     topic_linger: Duration,
@@ -246,8 +248,8 @@ pub struct Cluster {
     remove_tx: mpsc::UnboundedSender<Removal>,
     heartbeat_tx: mpsc::UnboundedSender<HeartbeatBatch>,
     drain_tx: mpsc::UnboundedSender<std::sync::mpsc::Sender<()>>,
-    buffer: Mutex<VecDeque<PublishRequest>>,
-    buffered: Notify,
+    publishes: Mutex<publish::Queue>,
+    publish_wake: Notify,
     receivers: Mutex<Option<Receivers>>,
 }
 
@@ -315,6 +317,7 @@ impl Cluster {
                 history_seconds: cfg.history_seconds,
                 max_pending: cfg.max_pending,
                 publish_buffer: cfg.publish_buffer,
+                idempotency_window: cfg.idempotency_window,
                 inbox_max: cfg.history_events.max(1000),
                 topic_linger: cfg.topic_linger,
                 partitions,
@@ -329,8 +332,8 @@ impl Cluster {
             remove_tx,
             heartbeat_tx,
             drain_tx,
-            buffer: Mutex::new(VecDeque::new()),
-            buffered: Notify::new(),
+            publishes: Mutex::new(publish::Queue::new()),
+            publish_wake: Notify::new(),
             receivers: Mutex::new(Some(Receivers {
                 register,
                 remove,
@@ -390,7 +393,7 @@ impl Cluster {
             m::set_redis_up(up);
             if up {
                 info!("redis reachable: cluster mode resumes");
-                self.buffered.notify_one();
+                self.publish_wake.notify_one();
             } else {
                 warn!("redis unreachable: serving local connections, buffering publishes");
             }
@@ -541,7 +544,7 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     local.spawn_local(registry::heartbeat_loop(c.clone(), rx.heartbeat));
     local.spawn_local(registry::cleanup_loop(c.clone()));
     local.spawn_local(probe::probe_loop(shared.clone(), c.clone()));
-    local.spawn_local(publish::flush_loop(c.clone()));
+    local.spawn_local(publish::publish_loop(c.clone()));
     local.spawn_local(registry::drain_loop(shared.clone(), c.clone(), rx.drain));
     local.await;
 }

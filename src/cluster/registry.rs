@@ -692,15 +692,10 @@ pub(super) async fn drain_loop(
         }
         // Publishes still buffered get one more chance.
         for _ in 0..20 {
-            if c.buffer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-                || !c.is_up()
-            {
+            if c.queue_is_empty() || !c.is_up() {
                 break;
             }
-            c.buffered.notify_one();
+            c.publish_wake.notify_one();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = done.send(());

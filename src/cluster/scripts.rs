@@ -236,25 +236,48 @@ to_inbox(pod, 'o', 'sync', 'p', last_all(), 'l', last_id)
 return {last_id, calls, out, first_id}
 "#;
 
-/// Append one event to the log (the history, and the source of its id) and
-/// route it: `all` to the broadcast stream every pod reads; users and topics to
-/// the inbox of each pod with a connection for them (once per pod); a targeted
-/// user with no connection anywhere keeps it as pending. An inbox entry carries
-/// `p`, the broadcast stream's last id, so the pod merges its two sources in log
-/// order. ARGV: tag, imax, event, data, kind (a/u/t), targets (comma separated),
-/// ttl_ms, max_pending, maxlen, now_ms, publish unix ns. (The age trim of the
-/// log runs with the cleanup job, not per event.)
-/// Returns `{id, calls, dropped, pended, pods sent to (-1 for all)}`.
+/// Publish jobs (a publish request's events for this tag: one event, or a
+/// batch's, in order). Each event is appended to the log (the history, and the
+/// source of its id) and routed: `all` to the broadcast stream every pod reads;
+/// users and topics to the inbox of each pod with a connection for them (once
+/// per pod); a targeted user with no connection anywhere keeps it as pending.
+/// An inbox entry carries `p`, the last broadcast id before it, so the pod
+/// merges its two sources in log order; the broadcast entries of the whole call
+/// are written after its inbox entries (the reader's rule, see the prelude).
+///
+/// Every job is recorded, so that a job sent again is recognised and answered
+/// with its first outcome instead of being appended twice: under its
+/// `Idempotency-Key` (`{p}:idem:<key>`, for the window: a repeat from any pod),
+/// and under the sending pod's sequence number (`{p}:applied:<pod>`, a sorted
+/// set by sequence: herald's own re-send after a timed-out call). The pod sends
+/// with every call the lowest sequence it has not settled; records below it are
+/// dropped, so that set holds only the jobs whose outcome the pod may still ask.
+/// A record is `N` (answered with ids) or `B` (answered "buffered") then the
+/// ids, comma separated.
+///
+/// ARGV: tag, imax, max_pending, maxlen, now_ms, pod, lowest unsettled
+/// sequence, window_ms, number of jobs, then per job: sequence, check (1: may
+/// have been applied already), key ('' for none), answer flag (N/B), publish unix
+/// ns, number of events, then per event: event, data, kind (a/u/t), targets
+/// (comma separated), ttl_ms. (The age trim of the log runs with the cleanup
+/// job, not per event.)
+/// Returns `{calls, dropped, then per job: 'F' (fresh) or 'R' (a repeat under
+/// its key) or 'S' (this pod's own re-send), followed by the record}`.
 const PUBLISH: &str = r#"
-local e, d, kind, names, ns = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
-local id = rc('XADD', KEYS[1], 'MAXLEN', '~', ARGV[9], '*',
-  'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
-local dropped, pended, sent = 0, 0, -1
-if kind == 'a' then
-  rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, id, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
-  rc('SET', alast, id)
-else
-  local ttl, maxp = tonumber(ARGV[7]), tonumber(ARGV[8])
+local maxp, hmax, now, pod = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local low, window, njobs = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local applied = T .. ':applied:' .. pod
+local dropped = 0
+local pa = nil
+local bcasts = {}
+local function publish_one(e, d, kind, names, ttl, ns)
+  local id = rc('XADD', KEYS[1], 'MAXLEN', '~', hmax, '*',
+    'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+  if kind == 'a' then
+    bcasts[#bcasts + 1] = {id, e, d, names, ns}
+    pa = id
+    return id
+  end
   local seen, found, order = {}, {}, {}
   local entry = nil
   for x in string.gmatch(names, '[^,]+') do
@@ -263,7 +286,7 @@ else
       local ps
       if kind == 'u' then ps = rc('HKEYS', upods(x)) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
       if #ps == 0 and kind == 'u' and ttl > 0 and maxp > 0 then
-        entry = entry or (id .. ' ' .. (tonumber(ARGV[10]) + ttl) .. ' ' .. e .. '\n' .. d)
+        entry = entry or (id .. ' ' .. (now + ttl) .. ' ' .. e .. '\n' .. d)
         local k = T .. ':pending:' .. x
         local n = rc('RPUSH', k, entry)
         if n > maxp then
@@ -271,7 +294,6 @@ else
           dropped = dropped + n - maxp
         end
         if rc('PTTL', k) < ttl then rc('PEXPIRE', k, ttl) end
-        pended = pended + 1
       end
       for _, p in ipairs(ps) do
         if not found[p] then
@@ -282,14 +304,64 @@ else
     end
   end
   if #order > 0 then
-    local pa = last_all()
+    pa = pa or last_all()
     for _, p in ipairs(order) do
       to_inbox(p, 'i', id, 'p', pa, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
     end
   end
-  sent = #order
+  return id
 end
-return {id, calls, dropped, pended, sent}
+if low ~= '0' then rc('ZREMRANGEBYSCORE', applied, '-inf', '(' .. low) end
+local out = {}
+local records = {}
+local i = 10
+for _ = 1, njobs do
+  local seq, check, key, flag, ns, n =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+  i = i + 6
+  local prior, how = nil, nil
+  if check == '1' then
+    local r = rc('ZRANGEBYSCORE', applied, seq, seq)
+    if r[1] then
+      prior = string.sub(r[1], #seq + 2)
+      how = 'S'
+    end
+  end
+  if not prior and key ~= '' then
+    prior = rc('GET', T .. ':idem:' .. key)
+    how = 'R'
+  end
+  if prior then
+    out[#out + 1] = how .. prior
+    i = i + 5 * n
+  else
+    local ids = {}
+    for _ = 1, n do
+      ids[#ids + 1] = publish_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+        tonumber(ARGV[i + 4]), ns)
+      i = i + 5
+    end
+    local rec = flag .. table.concat(ids, ',')
+    if key ~= '' and window ~= '0' then
+      rc('SET', T .. ':idem:' .. key, rec, 'PX', window)
+    end
+    records[#records + 1] = seq
+    records[#records + 1] = seq .. ':' .. rec
+    out[#out + 1] = 'F' .. rec
+  end
+end
+for _, b in ipairs(bcasts) do
+  rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, b[1], 'e', b[2], 'd', b[3], 'k', 'a', 't', b[4], 'ns', b[5])
+end
+if #bcasts > 0 then rc('SET', alast, bcasts[#bcasts][1]) end
+if #records > 0 then
+  chunked('ZADD', applied, records, 2)
+  -- A pod that is gone leaves at most its unsettled records behind.
+  rc('PEXPIRE', applied, 3600000)
+end
+local reply = {calls, dropped}
+for _, o in ipairs(out) do reply[#reply + 1] = o end
+return reply
 "#;
 
 /// Forget connections that ended. ARGV: tag, imax, now_ms, then (member,

@@ -73,15 +73,12 @@ impl ConnectionRegistry for Cluster {
 }
 
 impl EventBus for Cluster {
-    fn publish<'a>(&'a self, _: &'a Broker, p: PublishRequest) -> Pending<'a, Published> {
-        Box::pin(Cluster::publish(self, p))
-    }
-
-    fn publish_batch<'a>(
+    fn publish<'a>(
         &'a self,
         _: &'a Broker,
         batch: Vec<PublishRequest>,
-    ) -> Pending<'a, Vec<Published>> {
-        Box::pin(Cluster::publish_batch(self, batch))
+        key: Option<&'a str>,
+    ) -> Pending<'a, Published> {
+        Box::pin(Cluster::publish(self, batch, key))
     }
 }

@@ -12,7 +12,8 @@ pub fn allowed<'a>(origins: &[String], origin: Option<&'a str>) -> Option<&'a st
 
 /// Methods and request headers a preflight may ask for.
 pub const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
-pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID, Cache-Control";
+pub const ALLOW_HEADERS: &str =
+    "Authorization, Content-Type, Last-Event-ID, Cache-Control, Idempotency-Key";
 /// How long a browser may cache a preflight answer (seconds).
 pub const MAX_AGE: &str = "600";
 

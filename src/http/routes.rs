@@ -21,6 +21,7 @@ use crate::clock;
 use crate::conn::table::NewConn;
 use crate::conn::{CloseReason, QueuedFrame};
 use crate::error::ApiError;
+use crate::idempotency::{Answer, Claim};
 use crate::metrics as m;
 use crate::seam::{Elsewhere, Health, Published, Registration, ResumeFrom};
 use crate::shard::stream::{QueueBody, StreamGuard};
@@ -451,6 +452,7 @@ async fn broadcast(
     shard: &Rc<Shard>,
     req: Request<Incoming>,
 ) -> Result<Response<HeraldBody>, ApiError> {
+    let key = idempotency_key(req.headers())?;
     let max = shard.shared.config.max_body;
     let too_large = || {
         ApiError::new(
@@ -477,35 +479,107 @@ async fn broadcast(
             ))
         }
     };
-    let bus = &shard.shared.bus;
-    let broker = &shard.shared.broker;
-    let p = match publish::parse_body(&body)? {
-        publish::PublishBody::One(p) => p,
-        publish::PublishBody::Batch(items) => {
-            let labels: Vec<&'static str> = items.iter().map(|p| p.target.label()).collect();
-            let outcomes = bus.publish_batch(broker, items).await;
-            return batch_answer(&labels, &outcomes);
+    let (items, is_batch) = match publish::parse_body(&body)? {
+        publish::PublishBody::One(p) => (vec![p], false),
+        publish::PublishBody::Batch(items) => (items, true),
+    };
+    let shared = &shard.shared;
+    let ticket = match &key {
+        None => None,
+        Some(k) => match shared.idempotency.claim(k).await {
+            Claim::First(t) => Some(t),
+            Claim::Replay(answer) => {
+                m::idempotency_replayed();
+                return Ok(answer_response(&answer, true));
+            }
+            Claim::Busy => {
+                return Err(ApiError::new(
+                    409,
+                    "idempotency_key_in_flight",
+                    "a publish with this Idempotency-Key is still in flight; retry later",
+                ))
+            }
+        },
+    };
+    let labels: Vec<&'static str> = items.iter().map(|p| p.target.label()).collect();
+    let outcome = shared
+        .bus
+        .publish(&shared.broker, items, key.as_deref())
+        .await;
+    let (body, replayed) = match outcome {
+        Published::Full => return Err(buffer_full()),
+        Published::Ids { ids, replayed } => {
+            let mut ids = ids.iter().map(|id| json!(id.to_string()));
+            let body = if is_batch {
+                json!({ "ids": ids.collect::<Vec<_>>() })
+            } else {
+                json!({ "id": ids.next_back() })
+            };
+            (body, replayed)
+        }
+        // No id yet: it is assigned when Redis takes the events.
+        Published::Buffered { replayed } => {
+            let body = if is_batch {
+                json!({ "ids": vec![serde_json::Value::Null; labels.len()], "buffered": true })
+            } else {
+                json!({ "id": null, "buffered": true })
+            };
+            (body, replayed)
         }
     };
-    let label = p.target.label();
-    match bus.publish(broker, p).await {
-        Published::Id(id) => {
+    if replayed {
+        m::idempotency_replayed();
+    } else {
+        for label in &labels {
             m::published(label);
-            Ok(json_response(
-                StatusCode::ACCEPTED,
-                json!({ "id": id.to_string() }),
-            ))
         }
-        Published::Buffered => {
-            m::published(label);
-            // No id yet: it is assigned when Redis takes the event.
-            Ok(json_response(
-                StatusCode::ACCEPTED,
-                json!({ "id": null, "buffered": true }),
-            ))
-        }
-        Published::Full => Err(buffer_full()),
     }
+    let answer = Answer {
+        status: StatusCode::ACCEPTED.as_u16(),
+        body: Bytes::from(body.to_string()),
+    };
+    let response = answer_response(&answer, replayed);
+    // Recorded before the wait below: the events are taken whatever happens to
+    // this request now.
+    if let Some(t) = ticket {
+        t.complete(answer);
+    }
+    shard.publish_backpressure().await;
+    Ok(response)
+}
+
+/// The request's `Idempotency-Key`, if any (one header, 1-128 bytes of the
+/// name alphabet).
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<Box<str>>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
+    if !crate::idempotency::valid_key(v.as_bytes()) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-128 bytes of letters, digits and . _ : @ -",
+        ));
+    }
+    Ok(std::str::from_utf8(v.as_bytes()).ok().map(Into::into))
+}
+
+/// A publish's answer; a replay carries `Idempotent-Replayed: true`.
+fn answer_response(a: &Answer, replayed: bool) -> Response<HeraldBody> {
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(a.status).unwrap_or(StatusCode::ACCEPTED))
+        .header(header::CONTENT_TYPE, "application/json");
+    if replayed {
+        b = b.header("idempotent-replayed", "true");
+    }
+    b.body(Either::Left(Full::new(a.body.clone())))
+        .expect("static response parts")
 }
 
 fn buffer_full() -> ApiError {
@@ -514,47 +588,6 @@ fn buffer_full() -> ApiError {
         "redis_unavailable",
         "the cluster's Redis is unreachable and the publish buffer is full; retry later",
     )
-}
-
-/// `202 {"ids":[…]}` in the batch's order (`null` for an event buffered while
-/// Redis is unreachable, with `"buffered":true`), or `503` when the buffer could
-/// not take it.
-fn batch_answer(
-    labels: &[&'static str],
-    outcomes: &[Published],
-) -> Result<Response<HeraldBody>, ApiError> {
-    let taken = outcomes
-        .iter()
-        .filter(|o| !matches!(o, Published::Full))
-        .count();
-    for (label, o) in labels.iter().zip(outcomes) {
-        if !matches!(o, Published::Full) {
-            m::published(label);
-        }
-    }
-    if taken < outcomes.len() {
-        let mut e = buffer_full();
-        if taken > 0 {
-            e.message = format!(
-                "{} (the first {taken} of the batch's {} events were taken)",
-                e.message,
-                outcomes.len()
-            );
-        }
-        return Err(e);
-    }
-    let ids: Vec<serde_json::Value> = outcomes
-        .iter()
-        .map(|o| match o {
-            Published::Id(id) => json!(id.to_string()),
-            _ => serde_json::Value::Null,
-        })
-        .collect();
-    let mut body = json!({ "ids": ids });
-    if outcomes.iter().any(|o| matches!(o, Published::Buffered)) {
-        body["buffered"] = json!(true);
-    }
-    Ok(json_response(StatusCode::ACCEPTED, body))
 }
 
 /// The built-in page (web/index.html, compiled into the binary): connect, watch

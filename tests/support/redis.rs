@@ -327,6 +327,25 @@ impl RedisServer {
         );
     }
 
+    /// Freeze the server (SIGSTOP): its clients' commands hang instead of
+    /// failing, as in a stalled host or a long fork. [`RedisServer::resume`]
+    /// continues it; a drop kills it frozen or not.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Continue a frozen server (SIGCONT): it runs the commands that waited.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        let r = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(r, 0, "kill({sig}) failed");
+    }
+
     /// Start again, empty, on the same port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running redis-server");
