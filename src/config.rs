@@ -33,8 +33,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_REDIS_TIMEOUT", default_value = "2s", value_parser = duration)]
     pub redis_timeout: Duration,
 
-    /// Publishes held while Redis is unreachable (sent in order when it returns;
-    /// past this, publishes get 503).
+    /// Published events held while Redis is unreachable (sent in order when it
+    /// returns; past this, publishes get 503; a batch counts its events).
     #[arg(long, env = "HERALD_PUBLISH_BUFFER", default_value_t = 10_000)]
     pub publish_buffer: usize,
 
