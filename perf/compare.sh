@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# perf/compare.sh: herald, the previous herald build, nginx+nchan and the floor,
-# side by side, under the same load client, in one run. See perf/README.md.
+# perf/compare.sh: herald, the previous herald build, nginx+nchan, an axum peer
+# and the floor, side by side, under the same load client, in one run. See
+# perf/README.md.
 #
-#   perf/compare.sh                 # full: 5 servers x 6 points x 3 runs (~17 min)
-#   QUICK=1 perf/compare.sh         # 2 s windows, 1 run (~3 min)
+#   perf/compare.sh                 # full: 6 servers x 12 points x 3 runs (~45 min)
+#   QUICK=1 perf/compare.sh         # 2 s windows, 1 run (~7 min)
 #   SERVERS="herald floor" POINTS="throughput" RUNS=5 perf/compare.sh
 #
 # Results: perf/out/<date>/<point>__<server>__r<k>.json (the load client's JSON),
@@ -12,13 +13,15 @@
 # Environment (defaults in brackets):
 #   QUICK [0]            1: DURATION=2s, IDLE_DURATION=2s, RUNS=1
 #   RUNS [3]             runs per server and point, fresh server process per run
-#   DURATION [10s]       publish window of low, mid, throughput, churn
+#   DURATION [10s]       publish window of every point but idle
 #   IDLE_DURATION [5s]   how long the idle connections are held
-#   SERVERS              [herald herald-prev nchan floor floor16]
-#   POINTS               [idle low mid throughput burst million churn]
+#   SERVERS              [herald herald-prev nchan axum floor floor16]
+#   POINTS               [idle low mid throughput burst million churn pub1 pub4 pub16 batch16 pubonly]
 #   IDLE_CONNS [10000] LOW_CONNS [1000] LOW_RATE [25] MID_CONNS [10000] MID_RATE [5]
-#   TP_CONNS [10000] (throughput, burst, million) BURST_PUBLISHERS [8]
+#   TP_CONNS [10000] (throughput, burst, million, pub1/4/16, batch16) BURST_PUBLISHERS [8]
 #   MILLION_RATE [100] MILLION_PUBLISHERS [16]  (10k x 100/s = 1,000,000 deliveries/s offered)
+#   PUB_BATCH [16] (batch16: events per request; herald only)
+#   PUBONLY_PUBLISHERS [16] (pubonly: keep-alive publishers, no subscriber)
 #   CHURN_CONCURRENCY [64] PAYLOAD_BYTES [100]
 #   HERALD_BASE [HEAD~1] the commit built as herald-prev
 #   SERVER_CPU [0] CLIENT_CPU [1]   taskset CPUs of the server and the load client
@@ -41,8 +44,8 @@ else
     DURATION=${DURATION:-10s}
     IDLE_DURATION=${IDLE_DURATION:-5s}
 fi
-SERVERS=${SERVERS:-herald herald-prev nchan floor floor16}
-POINTS=${POINTS:-idle low mid throughput burst million churn}
+SERVERS=${SERVERS:-herald herald-prev nchan axum floor floor16}
+POINTS=${POINTS:-idle low mid throughput burst million churn pub1 pub4 pub16 batch16 pubonly}
 MILLION_RATE=${MILLION_RATE:-100}
 MILLION_PUBLISHERS=${MILLION_PUBLISHERS:-16}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -52,6 +55,8 @@ MID_CONNS=${MID_CONNS:-10000}
 MID_RATE=${MID_RATE:-5}
 TP_CONNS=${TP_CONNS:-10000}
 BURST_PUBLISHERS=${BURST_PUBLISHERS:-8}
+PUB_BATCH=${PUB_BATCH:-16}
+PUBONLY_PUBLISHERS=${PUBONLY_PUBLISHERS:-16}
 CHURN_CONCURRENCY=${CHURN_CONCURRENCY:-64}
 PAYLOAD_BYTES=${PAYLOAD_BYTES:-100}
 HERALD_BASE=${HERALD_BASE:-HEAD~1}
@@ -76,16 +81,20 @@ seconds() {
     esac
 }
 
-for v in RUNS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CONNS BURST_PUBLISHERS CHURN_CONCURRENCY PAYLOAD_BYTES LOADTEST_THREADS; do
+for v in RUNS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CONNS BURST_PUBLISHERS PUB_BATCH PUBONLY_PUBLISHERS CHURN_CONCURRENCY PAYLOAD_BYTES LOADTEST_THREADS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 ((RUNS >= 1 && RUNS <= 20)) || die "RUNS must be within 1..20"
 for p in $POINTS; do
-    case $p in idle | low | mid | throughput | burst | million | churn) ;; *) die "unknown point '$p'" ;; esac
+    case $p in idle | low | mid | throughput | burst | million | churn | pub1 | pub4 | pub16 | batch16 | pubonly) ;;
+        *) die "unknown point '$p'" ;;
+    esac
 done
 for s in $SERVERS; do
-    case $s in herald | herald-prev | nchan | floor | floor16) ;; *) die "unknown server '$s'" ;; esac
+    case $s in herald | herald-prev | nchan | axum | floor | floor16) ;; *) die "unknown server '$s'" ;; esac
 done
+((PUB_BATCH >= 2 && PUB_BATCH <= 1000)) || die "PUB_BATCH must be within 2..1000 (herald's batch limit)"
+((PUBONLY_PUBLISHERS >= 1 && PUBONLY_PUBLISHERS <= 4096)) || die "PUBONLY_PUBLISHERS must be within 1..4096"
 command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 command -v python3 >/dev/null || die "python3 is missing"
 (($(nproc) >= 2)) || note "only $(nproc) CPU: server and client will share it"
@@ -109,15 +118,20 @@ mkdir -p "$OUT/logs" "$OUT/bin"
 note "results in $OUT"
 
 # ---- build ------------------------------------------------------------------
-note "building herald, floor and loadtest (release)"
-(cd "$ROOT" && timeout "$CARGO_TIMEOUT" cargo build --release -q -p herald -p floor -p loadtest) ||
+crates=(herald floor loadtest)
+[[ " $SERVERS " != *" axum "* ]] || crates+=(axum-peer)
+build_args=()
+for c in "${crates[@]}"; do build_args+=(-p "$c"); done
+note "building ${crates[*]} (release)"
+(cd "$ROOT" && timeout "$CARGO_TIMEOUT" cargo build --release -q "${build_args[@]}") ||
     die "cargo build failed"
 # Copies, so that a rebuild while this runs does not change what is measured.
-cp "$TARGET/release/herald" "$TARGET/release/floor" "$TARGET/release/loadtest" "$OUT/bin/"
+for c in "${crates[@]}"; do cp "$TARGET/release/$c" "$OUT/bin/"; done
 {
     echo "herald: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml || echo '+dirty')"
 } >"$OUT/versions.txt"
 
+PREV_BATCH=
 if [[ " $SERVERS " == *" herald-prev "* ]]; then
     prev_ok=
     if base=$(git -C "$ROOT" rev-parse --verify -q "$HERALD_BASE^{commit}") &&
@@ -134,6 +148,10 @@ if [[ " $SERVERS " == *" herald-prev "* ]]; then
             cp "$PREV_TARGET/release/herald" "$OUT/bin/herald-prev"
             echo "herald-prev: $(git -C "$ROOT" rev-parse --short "$base") ($HERALD_BASE)" >>"$OUT/versions.txt"
             prev_ok=1
+            # Publish batches (a JSON array body) came with f97a0e2.
+            if [[ $(git -C "$ROOT" show "$base:src/http/publish.rs" 2>/dev/null) == *MAX_BATCH* ]]; then
+                PREV_BATCH=1
+            fi
         else
             note "herald at $HERALD_BASE does not build: herald-prev skipped"
         fi
@@ -154,12 +172,18 @@ if [[ " $SERVERS " == *" nchan "* ]]; then
     fi
 fi
 
+if [[ " $SERVERS " == *" axum "* ]]; then
+    lock_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$ROOT/Cargo.lock"; }
+    echo "axum: axum-peer, axum $(lock_version axum), tokio $(lock_version tokio), ${AXUM_THREADS:-1} runtime thread(s)" >>"$OUT/versions.txt"
+fi
+
 # ---- runs -------------------------------------------------------------------
 start_named() { # SERVER LOG
     case $1 in
         herald) start_herald "$OUT/bin/herald" "$2" ;;
         herald-prev) start_herald "$OUT/bin/herald-prev" "$2" ;;
         nchan) start_nchan "$2" ;;
+        axum) start_axum "$OUT/bin/axum-peer" "$2" ;;
         floor) start_floor "$OUT/bin/floor" 1 "$2" ;;
         floor16) start_floor "$OUT/bin/floor" 16 "$2" ;;
     esac
@@ -175,7 +199,24 @@ point_args() {
         burst) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency $BURST_PUBLISHERS --duration $DURATION" ;;
         million) echo "fanout --connections $TP_CONNS --rate $MILLION_RATE --pub-concurrency $MILLION_PUBLISHERS --duration $DURATION" ;;
         churn) echo "churn --concurrency $CHURN_CONCURRENCY --duration $DURATION" ;;
+        pub1 | pub4 | pub16) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency ${1#pub} --duration $DURATION" ;;
+        batch16) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency 1 --pub-batch $PUB_BATCH --duration $DURATION" ;;
+        pubonly) echo "fanout --connections 0 --rate 0 --pub-concurrency $PUBONLY_PUBLISHERS --duration $DURATION" ;;
     esac
+}
+
+# has_batches SERVER: whether it takes herald's batch publish (a JSON array).
+has_batches() {
+    case $1 in
+        herald) return 0 ;;
+        herald-prev) [[ -n $PREV_BATCH ]] ;;
+        *) return 1 ;;
+    esac
+}
+
+# runs_on POINT SERVER: whether that point applies to that server.
+runs_on() {
+    [[ $1 != batch16 ]] || has_batches "$2"
 }
 
 # Upper bound of one load-client run: its window plus connecting and draining.
@@ -183,7 +224,17 @@ RUN_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$IDLE_DURATION") + 120))
 
 read -r -a server_list <<<"$SERVERS"
 read -r -a point_list <<<"$POINTS"
-total=$((${#server_list[@]} * ${#point_list[@]} * RUNS))
+total=0
+for point in "${point_list[@]}"; do
+    skipped=()
+    for server in "${server_list[@]}"; do
+        if runs_on "$point" "$server"; then total=$((total + RUNS)); else skipped+=("$server"); fi
+    done
+    if ((${#skipped[@]})); then
+        echo "$point: not run on ${skipped[*]} (no batch publishes: one event per request)" >>"$OUT/notes.txt"
+        note "$point: skipping ${skipped[*]} (no batch publishes)"
+    fi
+done
 n=0
 failed=0
 started_at=$SECONDS
@@ -192,6 +243,7 @@ for point in "${point_list[@]}"; do
     read -r -a args <<<"$(point_args "$point")"
     for ((k = 1; k <= RUNS; k++)); do
         for server in "${server_list[@]}"; do
+            runs_on "$point" "$server" || continue
             n=$((n + 1))
             name="${point}__${server}__r$k"
             log="$OUT/logs/$name"

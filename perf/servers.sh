@@ -84,6 +84,21 @@ start_floor() {
     PUB_BODY='{payload}'
 }
 
+# start_axum BIN LOG: axum-peer (axum + tokio::sync::broadcast), current-thread
+# runtime (AXUM_THREADS, default 1: a multi-thread runtime with that many workers
+# above 1).
+start_axum() {
+    local bin=$1 log=$2 line
+    taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --threads "${AXUM_THREADS:-1}" >"$log.out" 2>"$log" &
+    SERVER_PID=$!
+    SERVER_STOP=$SERVER_PID
+    line=$(wait_for_line "$log.out" 'listening on http://' "$SERVER_PID") || return 1
+    SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    SUB_URL="http://$SERVER_ADDR/sub/{i}"
+    PUB_URL="http://$SERVER_ADDR/pub"
+    PUB_BODY='{payload}'
+}
+
 # start_nchan LOG: nginx + nchan from perf/nchan.conf.in (the reference peer's
 # configuration, unchanged) in a fresh temp dir; SERVER_PID is the worker.
 start_nchan() {

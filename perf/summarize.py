@@ -4,10 +4,12 @@ per point and server, as Markdown on stdout.
 
     python3 perf/summarize.py perf/out/<date>
 
-Reads <point>__<server>__r<k>.json (the load client's --json reports) and
-versions.txt from that directory. Each table has a "÷ floor" column: the
-point's main figure divided by the floor's (one write per event) median, the
-ratio that stays meaningful on a noisy machine.
+Reads <point>__<server>__r<k>.json (the load client's --json reports),
+versions.txt and notes.txt from that directory. Each table has a "÷ floor"
+column: the point's main figure divided by the floor's (one write per event)
+median, the ratio that stays meaningful on a noisy machine. When the
+publisher points (pub1, pub4, pub16, batch16) were run, a last table puts
+their deliveries/s side by side per server.
 """
 
 import json
@@ -16,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-SERVER_ORDER = ["herald", "herald-prev", "nchan", "floor", "floor16"]
+SERVER_ORDER = ["herald", "herald-prev", "nchan", "axum", "floor", "floor16"]
 
 # point -> (title, what it measures, [(column, path, unit, better)]);
 # the first column is the point's main figure.
@@ -27,6 +29,17 @@ THROUGHPUT_COLUMNS = [
     ("p99 µs", "latency_us.p99", "µs", "low"),
     ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
     ("events", "events_published", "", "high"),
+    ("client %", "client.max_thread_percent", "%", "low"),
+]
+
+# Columns of the points that vary the publishers (issue 11: full speed with few
+# publishers): deliveries/s, and the events/s the publishers got through.
+PUBLISHER_COLUMNS = [
+    ("deliveries/s", "deliveries_per_sec", "", "high"),
+    ("events/s", "publishes_per_sec", "", "high"),
+    ("lost", "lost", "", "low"),
+    ("p99 µs", "latency_us.p99", "µs", "low"),
+    ("CPU ns/delivery", "server.cpu_ns_per_delivery", "ns", "low"),
     ("client %", "client.max_thread_percent", "%", "low"),
 ]
 
@@ -85,6 +98,45 @@ POINTS = {
         "publishers: sustained only with zero loss and a bounded p99",
         THROUGHPUT_COLUMNS,
     ),
+    "pub1": (
+        "pub1: 10k subscribers, one publisher, unthrottled",
+        "one publish request in flight, one event per request (the throughput "
+        "load): how close one publisher gets to the server's full speed",
+        PUBLISHER_COLUMNS,
+    ),
+    "pub4": (
+        "pub4: 10k subscribers, 4 publishers, unthrottled",
+        "four publish requests in flight, one event each",
+        PUBLISHER_COLUMNS,
+    ),
+    "pub16": (
+        "pub16: 10k subscribers, 16 publishers, unthrottled",
+        "sixteen publish requests in flight, one event each: the full speed the "
+        "fewer publishers are measured against",
+        PUBLISHER_COLUMNS,
+    ),
+    "batch16": (
+        "batch16: 10k subscribers, one publisher, 16 events per request",
+        "herald only (servers without batch publishes are not run): one publisher "
+        "sending herald's batch, a JSON array of 16 publish objects per request; "
+        "events/s counts events, not requests",
+        PUBLISHER_COLUMNS,
+    ),
+    "pubonly": (
+        "pubonly: publishes only, no subscriber",
+        "16 keep-alive publishers, one event per request, unthrottled, nobody "
+        "subscribed: server CPU per publish (the cost of taking an event, robust "
+        "to noise) and publishes/s; client % is the whole load client (its "
+        "publisher threads) in % of its core: near 100% publishes/s is bounded by "
+        "the client, CPU per publish still stands",
+        [
+            ("CPU µs/publish", "server.cpu_us_per_publish", "µs", "low"),
+            ("publishes/s", "publishes_per_sec", "", "high"),
+            ("errors", "publish_errors", "", "low"),
+            ("rtt p99 µs", "publisher.rtt_us_p99", "µs", "low"),
+            ("client %", "client.cpu_percent", "%", "low"),
+        ],
+    ),
     "churn": (
         "churn: connect, first bytes, close",
         "connects per second with a fixed number of concurrent connect/close loops",
@@ -97,7 +149,10 @@ POINTS = {
     ),
 }
 
-NAME = re.compile(r"^(?P<point>[a-z]+)__(?P<server>[a-z0-9-]+)__r(?P<run>\d+)\.json$")
+NAME = re.compile(r"^(?P<point>[a-z0-9]+)__(?P<server>[a-z0-9-]+)__r(?P<run>\d+)\.json$")
+
+# The publisher series side by side (deliveries/s).
+SERIES = ["pub1", "pub4", "pub16", "batch16"]
 
 
 def get(report, path):
@@ -150,11 +205,12 @@ def main():
         runs.setdefault((m["point"], m["server"]), []).append(report)
 
     print(f"# herald side-by-side comparison ({out.name})\n")
-    versions = out / "versions.txt"
-    if versions.exists():
-        for line in versions.read_text().splitlines():
-            print(f"- {line}")
-        print()
+    for extra in ("versions.txt", "notes.txt"):
+        path = out / extra
+        if path.exists():
+            for line in path.read_text().splitlines():
+                print(f"- {line}")
+            print()
     print(
         "Median of the runs, (min–max) when they differ. Server pinned to one "
         "core, load client to another; same client for every server. "
@@ -210,6 +266,39 @@ def main():
             print(f"- {n}")
         if notes:
             print()
+    series(runs)
+
+
+def series(runs):
+    """deliveries/s of the publisher points side by side, per server."""
+    points = [p for p in SERIES if any(k[0] == p for k in runs)]
+    if len(points) < 2:
+        return
+    servers = sorted(
+        {s for p, s in runs if p in points},
+        key=lambda s: (SERVER_ORDER.index(s) if s in SERVER_ORDER else 99, s),
+    )
+    ratio = "pub1" in points and "pub16" in points
+    print("## publishers: deliveries/s by publish requests in flight\n")
+    print(
+        "Medians of the points above. pub1 ÷ pub16: how close one publisher "
+        "comes to the server's full speed (issue 11).\n"
+    )
+    header = ["server"] + points + (["pub1 ÷ pub16"] if ratio else [])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for server in servers:
+        meds = {}
+        for p in points:
+            vals = [get(r, "deliveries_per_sec") for r in runs.get((p, server), [])]
+            vals = [v for v in vals if v is not None]
+            meds[p] = statistics.median(vals) if vals else None
+        row = [server] + [fmt(meds[p]) for p in points]
+        if ratio:
+            a, b = meds.get("pub1"), meds.get("pub16")
+            row.append(f"{a / b:.2f}" if a is not None and b else "–")
+        print("| " + " | ".join(row) + " |")
+    print()
 
 
 if __name__ == "__main__":

@@ -13,10 +13,16 @@
 //! not quietly lowered (no coordinated omission). Rate 0: each publisher sends
 //! its next request as soon as its previous response arrived.
 //!
+//! With `--pub-batch N` a request carries N events: a JSON array of N publish
+//! objects (herald's batch), each rendered from the body template with its own
+//! sequence number and payload (all stamped with the same `send_ns`). A slot
+//! of the schedule is then one request of N events (the rate and
+//! `max_events` still count events; the last request may carry fewer).
+//!
 //! A non-2xx answer is a publish error and does not use up its sequence
-//! number: the publisher keeps it for its next request (the server refused
-//! the event); an I/O error does use it up (the server may have taken it). A
-//! number still kept when a publisher stops is a *hole*: never published.
+//! numbers: the publisher keeps them for its next request (the server refused
+//! the events); an I/O error does use them up (the server may have taken
+//! them). A number still kept when a publisher stops is a *hole*: never published.
 //! Holes at the top of the range just lower the end (with one publisher that
 //! is the only case, so numbering is as if there were no counter); others are
 //! passed to the subscribers' accounting, which does not expect them.
@@ -245,6 +251,9 @@ pub struct PubSpec {
     /// Targeted: `{user}` is `seq % users`.
     pub users: u64,
     pub timeout: Duration,
+    /// Events per request: 1 sends the body as is; N > 1 sends a JSON array of
+    /// N bodies, one per event.
+    pub batch: usize,
 }
 
 /// One publishing run.
@@ -264,6 +273,9 @@ pub struct PubPlan {
 pub struct PubResult {
     /// Events answered 2xx.
     pub published: u64,
+    /// Requests answered 2xx (= `published` without batches).
+    pub requests: u64,
+    /// Requests answered non-2xx or failed.
     pub errors: u64,
     pub error_reasons: BTreeMap<String, u64>,
     /// One past the last sequence number used.
@@ -281,6 +293,16 @@ pub struct PubResult {
 }
 
 impl PubSpec {
+    /// The template values of event `seq` with its `payload`.
+    fn vars<'a>(&self, seq: u64, payload: &'a [u8]) -> Vars<'a> {
+        Vars {
+            index: seq,
+            payload,
+            user: if self.users > 0 { seq % self.users } else { 0 },
+            seq,
+        }
+    }
+
     /// The request head after the path, up to the `Content-Length` value.
     fn request_rest(&self) -> Vec<u8> {
         let mut p = Vec::new();
@@ -312,6 +334,7 @@ impl PubResult {
     fn new(started_ns: u64) -> PubResult {
         PubResult {
             published: 0,
+            requests: 0,
             errors: 0,
             error_reasons: BTreeMap::new(),
             end_seq: 0,
@@ -326,6 +349,7 @@ impl PubResult {
 
     fn merge(&mut self, o: PubResult) {
         self.published += o.published;
+        self.requests += o.requests;
         self.errors += o.errors;
         for (k, v) in o.error_reasons {
             *self.error_reasons.entry(k).or_insert(0) += v;
@@ -393,24 +417,30 @@ pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
 /// One publisher: its own connection, at most one request in flight.
 fn publish(spec: &PubSpec, plan: &PubPlan, shared: &Shared, t0: u64) -> PubResult {
     let rest = spec.request_rest();
+    let batch = spec.batch.max(1) as u64;
     let mut client = HttpClient::new(spec.url.addr, spec.timeout);
     let mut payload_buf = Vec::with_capacity(spec.payload_bytes + 64);
-    let mut body = Vec::with_capacity(spec.payload_bytes + 256);
-    let mut req = Vec::with_capacity(rest.len() + spec.payload_bytes + 512);
+    let mut body = Vec::with_capacity((spec.payload_bytes + 256) * batch as usize);
+    let mut req = Vec::with_capacity(rest.len() + body.capacity() + 512);
     let mut r = PubResult::new(t0);
     let end = t0 + plan.duration.as_nanos() as u64;
+    // One slot of the schedule is one request of `batch` events.
     let interval = if plan.rate > 0.0 {
-        1e9 / plan.rate
+        1e9 * batch as f64 / plan.rate
     } else {
         0.0
     };
-    // A sequence number refused by the server, kept for the next request.
-    let mut kept: Option<u64> = None;
+    // Sequence numbers refused by the server, kept for the next request.
+    let mut kept: Vec<u64> = Vec::new();
+    // The sequence numbers of the current request.
+    let mut seqs: Vec<u64> = Vec::with_capacity(batch as usize);
     loop {
         let slot = shared.next_slot.fetch_add(1, Ordering::Relaxed);
-        if slot >= plan.max_events {
+        let first_event = slot.saturating_mul(batch);
+        if first_event >= plan.max_events {
             break;
         }
+        let events = (plan.max_events - first_event).min(batch) as usize;
         let mut now = sys::now_ns();
         if interval > 0.0 {
             let sched = t0 + (slot as f64 * interval) as u64;
@@ -429,24 +459,35 @@ fn publish(spec: &PubSpec, plan: &PubPlan, shared: &Shared, t0: u64) -> PubResul
         } else if now >= end {
             break;
         }
-        let seq = match kept.take() {
-            Some(s) => s,
-            None => shared.next_seq.fetch_add(1, Ordering::Relaxed),
-        };
+        // Refused numbers first, then fresh ones.
+        seqs.clear();
+        seqs.extend(kept.drain(..kept.len().min(events)));
+        let fresh = (events - seqs.len()) as u64;
+        if fresh > 0 {
+            let base = shared.next_seq.fetch_add(fresh, Ordering::Relaxed);
+            seqs.extend(base..base + fresh);
+        }
         // Build the request; send_ns is taken right before it is written.
         let send_ns = sys::now_ns();
-        payload::encode(&mut payload_buf, send_ns, seq, spec.payload_bytes);
-        let vars = Vars {
-            index: seq,
-            payload: &payload_buf,
-            user: if spec.users > 0 { seq % spec.users } else { 0 },
-            seq,
-        };
         body.clear();
-        spec.body.render(&vars, &mut body);
+        if batch > 1 {
+            body.push(b'[');
+        }
+        for (j, &seq) in seqs.iter().enumerate() {
+            if j > 0 {
+                body.push(b',');
+            }
+            payload::encode(&mut payload_buf, send_ns, seq, spec.payload_bytes);
+            spec.body.render(&spec.vars(seq, &payload_buf), &mut body);
+        }
+        if batch > 1 {
+            body.push(b']');
+        }
         req.clear();
         req.extend_from_slice(b"POST ");
-        spec.path.render(&vars, &mut req);
+        // With batches the path has no per-event placeholder (checked by the caller).
+        spec.path
+            .render(&spec.vars(seqs[0], &payload_buf), &mut req);
         req.extend_from_slice(&rest);
         push_u64(&mut req, body.len() as u64);
         req.extend_from_slice(b"\r\n\r\n");
@@ -456,11 +497,13 @@ fn publish(spec: &PubSpec, plan: &PubPlan, shared: &Shared, t0: u64) -> PubResul
             .saturating_record(sys::now_ns().saturating_sub(send_ns) / 1000);
         match res {
             Ok(resp) if (200..300).contains(&resp.status) => {
-                r.published += 1;
+                r.published += seqs.len() as u64;
+                r.requests += 1;
             }
             Ok(resp) => {
                 r.errors += 1;
-                kept = Some(seq);
+                kept.append(&mut seqs);
+                kept.sort_unstable();
                 let text = String::from_utf8_lossy(&resp.body);
                 let text: String = text.chars().take(80).collect();
                 *r.error_reasons
@@ -582,6 +625,7 @@ mod tests {
             payload_bytes: 50,
             users: 0,
             timeout: Duration::from_secs(5),
+            batch: 1,
         }
     }
 
@@ -638,6 +682,92 @@ mod tests {
         assert!(r.holes.is_empty());
     }
 
+    /// A server taking one keep-alive connection of batch publishes: refuses
+    /// (503) its `refuse`-th request (from 0), accepts (202) the others and
+    /// reports each accepted request's sequence numbers, checking that every
+    /// element is a publish object with its own stamped payload.
+    fn serve_batches(refuse: usize) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u64>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut n = 0;
+            while let Some(body) = read_request(&mut s) {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let seqs: Vec<u64> = v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        assert_eq!(e["target"], "all");
+                        let data = e["data"].as_str().unwrap();
+                        assert_eq!(data.len(), 50);
+                        payload::decode(data.as_bytes()).unwrap().seq
+                    })
+                    .collect();
+                if n == refuse {
+                    s.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+                        .unwrap();
+                } else {
+                    tx.send(seqs).unwrap();
+                    s.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
+                        .unwrap();
+                }
+                n += 1;
+            }
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn batches_carry_one_stamped_object_per_event() {
+        let (addr, rx) = serve_batches(usize::MAX);
+        let spec = PubSpec {
+            body: Template::new(r#"{"data":"{payload}","target":"all"}"#),
+            batch: 4,
+            ..spec_for(addr)
+        };
+        let plan = PubPlan {
+            first_seq: 10,
+            rate: 0.0,
+            duration: Duration::from_secs(5),
+            max_events: 10,
+            concurrency: 1,
+        };
+        let r = run(&spec, &plan);
+        // 10 events: requests of 4, 4 and 2.
+        assert_eq!(
+            (r.published, r.requests, r.errors, r.end_seq),
+            (10, 3, 0, 20)
+        );
+        assert!(r.holes.is_empty());
+        let got: Vec<Vec<u64>> = rx.try_iter().collect();
+        assert_eq!(
+            got,
+            vec![vec![10, 11, 12, 13], vec![14, 15, 16, 17], vec![18, 19]]
+        );
+
+        // A refused batch keeps its numbers for the next request.
+        let (addr, rx) = serve_batches(1);
+        let spec = PubSpec {
+            body: Template::new(r#"{"data":"{payload}","target":"all"}"#),
+            batch: 4,
+            ..spec_for(addr)
+        };
+        let plan = PubPlan {
+            first_seq: 0,
+            max_events: 12,
+            ..plan
+        };
+        let r = run(&spec, &plan);
+        assert_eq!((r.published, r.requests, r.errors, r.end_seq), (8, 2, 1, 8));
+        assert!(r.holes.is_empty());
+        let got: Vec<Vec<u64>> = rx.try_iter().collect();
+        assert_eq!(got, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+    }
+
     #[test]
     fn keep_alive_sized_and_chunked() {
         let addr = serve(vec![
@@ -673,6 +803,7 @@ mod tests {
             payload_bytes: 50,
             users: 3,
             timeout: Duration::from_secs(5),
+            batch: 1,
         };
         let r = run(
             &spec,

@@ -41,6 +41,9 @@ pub struct Server {
     /// utime + stime over the measured window.
     pub cpu_seconds: Option<f64>,
     pub cpu_ns_per_delivery: Option<f64>,
+    /// Server CPU over the window / events published (a publish = one event,
+    /// so one request without `--pub-batch`), µs.
+    pub cpu_us_per_publish: Option<f64>,
     /// RSS before the first connect.
     pub rss_before: Option<u64>,
     /// RSS once every stream is open (after the settle time).
@@ -131,6 +134,8 @@ pub struct Report {
     pub rate: Option<f64>,
     /// Publisher connections (`--pub-concurrency`).
     pub pub_concurrency: Option<usize>,
+    /// Events per publish request (`--pub-batch`).
+    pub pub_batch: Option<usize>,
     pub connections: u64,
     pub connections_open: u64,
     pub connections_failed: u64,
@@ -143,7 +148,16 @@ pub struct Report {
     /// Publish window (first request to last delivery or drain timeout), or hold time.
     pub window_seconds: f64,
     pub events_published: u64,
+    /// Publish requests answered 2xx (= events_published without `--pub-batch`).
+    pub publish_requests: u64,
+    /// Publish requests answered non-2xx or failed.
     pub publish_errors: u64,
+    /// Events published per second of publishing: first request to last
+    /// response (at a fixed rate at least events / rate); the delivery window
+    /// can be longer.
+    pub publishes_per_sec: f64,
+    /// Publish requests answered 2xx per second of publishing.
+    pub requests_per_sec: f64,
     pub expected_deliveries: u64,
     pub delivered: u64,
     pub lost: u64,
@@ -280,6 +294,18 @@ impl Report {
                     self.publish_errors
                 ),
             );
+            let batch = match self.pub_batch {
+                Some(b) if b > 1 => format!(", {b} events per request"),
+                _ => String::new(),
+            };
+            row(
+                "publishes/s",
+                format!(
+                    "{} events/s, {} requests/s{batch}",
+                    num(self.publishes_per_sec),
+                    num(self.requests_per_sec)
+                ),
+            );
             row("expected deliveries", num(self.expected_deliveries as f64));
             row(
                 "delivered",
@@ -347,6 +373,9 @@ impl Report {
                     _ => "-".into(),
                 },
             );
+            if let Some(u) = s.cpu_us_per_publish {
+                row("server cpu/publish", format!("{u:.2} µs"));
+            }
             row(
                 "server rss",
                 format!(

@@ -1,5 +1,5 @@
-//! The scenarios: `idle`, `fanout` (and its rate ladder), `targeted`,
-//! `churn` and `cluster`. Each one prepares the targets, opens the streams,
+//! The scenarios: `idle`, `fanout` (and its rate ladder; with `--connections
+//! 0` publish only, no subscriber), `targeted`, `churn` and `cluster`. Each one prepares the targets, opens the streams,
 //! samples the server (`/proc/PID`), the kernel (`/proc/net/sockstat`) and the
 //! client itself around a measured window, and returns [`Report`]s.
 //!
@@ -16,8 +16,11 @@ use crate::conn::{self, ChurnPlan, PhaseStats, Streams, SubSpec};
 use crate::publisher::{self, PubPlan, PubSpec};
 use crate::report::{self, Client, Kernel, Latency, Publisher, Redis, Report, Server};
 use crate::sys;
-use crate::target::{parse_header, parse_url, Template, Url};
+use crate::target::{parse_header, parse_url, Template, Url, Vars};
 use crate::{ChurnArgs, ClusterArgs, IdleArgs, PubArgs, SubArgs};
+
+/// Most events in one publish request (herald's batch limit).
+pub const MAX_PUB_BATCH: usize = 1000;
 
 /// Default publish bodies (herald's `/api/broadcast`).
 pub const BODY_ALL: &str = r#"{"data":"{payload}","target":"all"}"#;
@@ -140,8 +143,11 @@ impl Window {
     }
 }
 
+/// The client's own CPU over the window. `publishers` > 0: a publish-only run,
+/// where the publisher threads, not the event loops, are the client's work.
 fn client_figures(
     threads: usize,
+    publishers: usize,
     wall: f64,
     cpu: f64,
     max_thread_cpu_ns: u64,
@@ -150,14 +156,28 @@ fn client_figures(
     let wall = wall.max(1e-9);
     let pct = cpu / wall * 100.0;
     let max_thread = max_thread_cpu_ns as f64 / 1e9 / wall * 100.0;
-    let cores = threads.min(sys::affinity_cpus()) as f64;
-    let bound = max_thread > 90.0 || pct > 90.0 * cores;
-    if bound {
-        warnings.push(format!(
-            "client-bound: the load client used {pct:.0}% CPU (busiest loop thread {max_thread:.0}%); \
-             figures measure the client as much as the server: add --threads or cores"
-        ));
-    }
+    let bound = if publishers > 0 {
+        let cores = publishers.min(sys::affinity_cpus());
+        let bound = pct > 90.0 * cores as f64;
+        if bound {
+            warnings.push(format!(
+                "client-bound: the {publishers} publisher threads used {pct:.0}% CPU of the \
+                 {cores} core(s) they may use; publishes/s measures the client as much as the \
+                 server (CPU per publish still stands): give the client more cores"
+            ));
+        }
+        bound
+    } else {
+        let cores = threads.min(sys::affinity_cpus()) as f64;
+        let bound = max_thread > 90.0 || pct > 90.0 * cores;
+        if bound {
+            warnings.push(format!(
+                "client-bound: the load client used {pct:.0}% CPU (busiest loop thread {max_thread:.0}%); \
+                 figures measure the client as much as the server: add --threads or cores"
+            ));
+        }
+        bound
+    };
     Client {
         threads,
         cpu_seconds: cpu,
@@ -334,6 +354,7 @@ pub fn idle(a: &IdleArgs) -> Result<Vec<Report>, String> {
     let mut warnings = std::mem::take(&mut r.warnings);
     r.client = client_figures(
         env.threads,
+        0,
         wall,
         client_cpu,
         st.max_thread_cpu_ns,
@@ -372,6 +393,17 @@ pub fn publishing(
     if p.pub_concurrency == 0 || p.pub_concurrency > 4096 {
         return Err("--pub-concurrency must be between 1 and 4096".into());
     }
+    if p.pub_batch == 0 || p.pub_batch > MAX_PUB_BATCH {
+        return Err(format!("--pub-batch must be between 1 and {MAX_PUB_BATCH}"));
+    }
+    // No subscriber: only the publishers run (publishes/s, server CPU per publish).
+    let publish_only = sub.connections == 0;
+    if publish_only && kind != Kind::Fanout {
+        return Err(format!(
+            "{}: --connections 0 (publish only) is a fanout mode",
+            kind.name()
+        ));
+    }
     let env = prepare(
         sub,
         kind.name(),
@@ -386,12 +418,49 @@ pub fn publishing(
             BODY_ALL.into()
         }
     });
-    let body = Template::new(&body);
+    let body_text = body;
+    let body = Template::new(&body_text);
     if !body.has("{payload}") {
         return Err("--pub-body must contain {payload}".into());
     }
     let users = if kind == Kind::Targeted { env.n } else { 0 };
     let pub_path = Template::new(&pub_url.path);
+    if p.pub_batch > 1 {
+        // Each element must be a publish object: the template, filled in, must
+        // be a JSON object (herald's default is; a raw `{payload}` is not).
+        let mut sample = Vec::new();
+        body.render(
+            &Vars {
+                payload: b"T0S0P",
+                ..Default::default()
+            },
+            &mut sample,
+        );
+        let is_object = matches!(
+            serde_json::from_slice::<serde_json::Value>(&sample),
+            Ok(serde_json::Value::Object(_))
+        );
+        if !is_object {
+            return Err(format!(
+                "--pub-batch {}: each request would carry a JSON array of publish objects \
+                 (herald's batch: [{{\"data\":\"…\",\"target\":\"all\"}}, …]), but the \
+                 --pub-body template {body_text:?} does not make a JSON object, so this server \
+                 takes no such batches (nchan, the floor and axum-peer take one raw event per \
+                 request): use --pub-batch 1, or a --pub-body that is one publish object",
+                p.pub_batch
+            ));
+        }
+        if ["{user}", "{seq}", "{payload}"]
+            .iter()
+            .any(|ph| pub_path.has(ph))
+        {
+            return Err(format!(
+                "--pub-batch {}: the --pub-url path cannot use {{user}}, {{seq}} or {{payload}}: \
+                 one request carries several events",
+                p.pub_batch
+            ));
+        }
+    }
     if kind == Kind::Targeted {
         if !body.has("{user}") && !pub_path.has("{user}") {
             return Err(
@@ -418,6 +487,7 @@ pub fn publishing(
         payload_bytes: p.payload_bytes,
         users,
         timeout: p.pub_timeout,
+        batch: p.pub_batch,
     });
     let redis_url: Option<Url> = match cluster.and_then(|c| c.redis_url.as_deref()) {
         Some(u) => Some(parse_url(u, "redis", 6379)?),
@@ -436,7 +506,7 @@ pub fn publishing(
     }
 
     let o = open_streams(&env, sub, false)?;
-    if o.ready == 0 {
+    if o.ready == 0 && !publish_only {
         let mut r = base_report(&env, kind.name(), &o);
         r.warnings
             .push("no stream opened: nothing to measure".into());
@@ -483,7 +553,7 @@ pub fn publishing(
             concurrency: p.pub_concurrency,
         };
         eprintln!(
-            "loadtest: {}: publishing at {} for {:?} to {subs} subscribers{}",
+            "loadtest: {}: publishing at {} for {:?} to {subs} subscribers{}{}",
             kind.name(),
             if rate > 0.0 {
                 format!("{rate}/s")
@@ -493,6 +563,11 @@ pub fn publishing(
             p.duration,
             if p.pub_concurrency > 1 {
                 format!(" from {} publishers", p.pub_concurrency)
+            } else {
+                String::new()
+            },
+            if p.pub_batch > 1 {
+                format!(", {} events per request", p.pub_batch)
             } else {
                 String::new()
             }
@@ -525,9 +600,21 @@ pub fn publishing(
         r.pub_url = Some(p.pub_url.clone());
         r.rate = Some(rate);
         r.pub_concurrency = Some(p.pub_concurrency);
+        r.pub_batch = Some(p.pub_batch);
         r.window_seconds = wall;
         r.events_published = pres.published;
+        r.publish_requests = pres.requests;
         r.publish_errors = pres.errors;
+        // Publishing time: first request to last response; at a fixed rate at
+        // least the schedule's time for the events published (the last
+        // request's slot ends 1/rate after it).
+        let mut pub_secs = pres.finished_ns.saturating_sub(pres.started_ns) as f64 / 1e9;
+        if rate > 0.0 {
+            pub_secs = pub_secs.max(pres.published as f64 / rate);
+        }
+        let pub_secs = pub_secs.max(1e-9);
+        r.publishes_per_sec = pres.published as f64 / pub_secs;
+        r.requests_per_sec = pres.requests as f64 / pub_secs;
         r.expected_deliveries = st.expected;
         r.delivered = st.delivered;
         r.lost = st.lost.max(0) as u64;
@@ -552,6 +639,9 @@ pub fn publishing(
             s.cpu_ns_per_delivery = server_cpu
                 .filter(|_| st.delivered > 0)
                 .map(|c| c * 1e9 / st.delivered as f64);
+            s.cpu_us_per_publish = server_cpu
+                .filter(|_| pres.published > 0)
+                .map(|c| c * 1e6 / pres.published as f64);
             s.rss_after = env.pid.and_then(sys::proc_rss_bytes);
         }
         r.kernel.tcp_mem_after = sys::tcp_mem_bytes();
@@ -577,6 +667,7 @@ pub fn publishing(
         let mut warnings = std::mem::take(&mut r.warnings);
         r.client = client_figures(
             env.threads,
+            if publish_only { p.pub_concurrency } else { 0 },
             wall,
             client_cpu,
             st.max_thread_cpu_ns,
@@ -641,6 +732,7 @@ pub fn churn(a: &ChurnArgs) -> Result<Vec<Report>, String> {
     let mut warnings = env.warnings.clone();
     let client = client_figures(
         env.threads,
+        0,
         wall,
         client_cpu,
         s.max_thread_cpu_ns,
@@ -687,6 +779,7 @@ pub fn churn(a: &ChurnArgs) -> Result<Vec<Report>, String> {
             pid,
             cpu_seconds: server_cpu,
             cpu_ns_per_delivery: None,
+            cpu_us_per_publish: None,
             rss_before,
             rss_connected: None,
             rss_after: sys::proc_rss_bytes(pid),
