@@ -509,23 +509,10 @@ async fn broadcast(
     let (body, replayed) = match outcome {
         Published::Full => return Err(buffer_full()),
         Published::Ids { ids, replayed } => {
-            let mut ids = ids.iter().map(|id| json!(id.to_string()));
-            let body = if is_batch {
-                json!({ "ids": ids.collect::<Vec<_>>() })
-            } else {
-                json!({ "id": ids.next_back() })
-            };
-            (body, replayed)
+            (ids_body(Some(&ids), labels.len(), is_batch), replayed)
         }
         // No id yet: it is assigned when Redis takes the events.
-        Published::Buffered { replayed } => {
-            let body = if is_batch {
-                json!({ "ids": vec![serde_json::Value::Null; labels.len()], "buffered": true })
-            } else {
-                json!({ "id": null, "buffered": true })
-            };
-            (body, replayed)
-        }
+        Published::Buffered { replayed } => (ids_body(None, labels.len(), is_batch), replayed),
     };
     if replayed {
         m::idempotency_replayed();
@@ -536,7 +523,7 @@ async fn broadcast(
     }
     let answer = Answer {
         status: StatusCode::ACCEPTED.as_u16(),
-        body: Bytes::from(body.to_string()),
+        body: Bytes::from(body),
     };
     let response = answer_response(&answer, replayed);
     // Recorded before the wait below: the events are taken whatever happens to
@@ -546,6 +533,34 @@ async fn broadcast(
     }
     shard.publish_backpressure().await;
     Ok(response)
+}
+
+/// A publish's `202` body, written directly (it is on every publish):
+/// `{"id":"…"}`, or for a batch `{"ids":["…",…]}`; `null`s and
+/// `"buffered":true` when Redis has not taken the events yet.
+fn ids_body(ids: Option<&[u64]>, n: usize, is_batch: bool) -> String {
+    use std::fmt::Write;
+    let mut b = String::with_capacity(16 + n * 24);
+    b.push_str(if is_batch { "{\"ids\":[" } else { "{\"id\":" });
+    for i in 0..n {
+        if i > 0 {
+            b.push(',');
+        }
+        match ids.and_then(|ids| ids.get(i)) {
+            Some(id) => {
+                let _ = write!(b, "\"{id}\"");
+            }
+            None => b.push_str("null"),
+        }
+    }
+    if is_batch {
+        b.push(']');
+    }
+    if ids.is_none() {
+        b.push_str(",\"buffered\":true");
+    }
+    b.push('}');
+    b
 }
 
 /// The request's `Idempotency-Key`, if any (one header, 1-128 bytes of the
@@ -671,4 +686,30 @@ fn error_response(e: &ApiError) -> Response<HeraldBody> {
             .insert(header::ALLOW, header::HeaderValue::from_static(allow));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ids_body;
+
+    #[test]
+    fn publish_answers_are_the_json_they_say() {
+        let parse = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap();
+        assert_eq!(
+            parse(ids_body(Some(&[7]), 1, false)),
+            serde_json::json!({"id": "7"})
+        );
+        assert_eq!(
+            parse(ids_body(Some(&[1, 2]), 2, true)),
+            serde_json::json!({"ids": ["1", "2"]})
+        );
+        assert_eq!(
+            parse(ids_body(None, 1, false)),
+            serde_json::json!({"id": null, "buffered": true})
+        );
+        assert_eq!(
+            parse(ids_body(None, 3, true)),
+            serde_json::json!({"ids": [null, null, null], "buffered": true})
+        );
+    }
 }
