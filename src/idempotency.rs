@@ -208,6 +208,30 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// The `Idempotency-Key` of a request whose values of that header are
+/// `values`: none, one valid key, or a `400`.
+pub fn key_of<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<Box<str>>, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
+    match std::str::from_utf8(v) {
+        Ok(k) if valid_key(v) => Ok(Some(k.into())),
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-128 bytes of letters, digits and . _ : @ -",
+        )),
+    }
+}
+
 /// Whether `key` is a valid `Idempotency-Key`: 1–128 bytes of the name
 /// alphabet (letters, digits and `. _ : @ -`).
 pub fn valid_key(key: &[u8]) -> bool {

@@ -191,7 +191,10 @@ fn describe() {
     }
 }
 
-pub fn published(target: &'static str) {
+pub fn published(target: &'static str, n: u64) {
+    if n == 0 {
+        return;
+    }
     // The handles are looked up once per thread (a registry lookup per publish
     // was measurable on the publish path).
     thread_local! {
@@ -206,7 +209,7 @@ pub fn published(target: &'static str) {
         "users" => 1,
         _ => 2,
     };
-    PUBLISHED.with(|c| c[i].increment(1));
+    PUBLISHED.with(|c| c[i].increment(n));
 }
 
 pub fn dropped(reason: &'static str, n: u64) {

@@ -27,7 +27,8 @@ pub enum HeadError {
 /// What herald needs from a request head.
 #[derive(Debug)]
 pub struct Head {
-    pub method: String,
+    /// `GET`, `POST`, `OPTIONS`, `HEAD` or `OTHER`.
+    pub method: &'static str,
     pub path: String,
     pub query: String,
     pub last_event_id: Option<String>,
@@ -35,6 +36,16 @@ pub struct Head {
     pub authorization: Option<String>,
     /// The `Origin` header (CORS).
     pub origin: Option<String>,
+    /// Bytes of the head: where the body starts.
+    pub len: usize,
+    /// The connection stays open after the answer (HTTP/1.1 without
+    /// `Connection: close`).
+    pub keep_alive: bool,
+    /// The body's length when it is framed plainly: one valid `Content-Length`
+    /// (or none: 0), no `Transfer-Encoding`, no `Expect`. `None`: anything else.
+    pub plain_body: Option<u64>,
+    /// The `Idempotency-Key` header, validated (see [`crate::idempotency`]).
+    pub idempotency_key: Result<Option<Box<str>>, crate::error::ApiError>,
 }
 
 /// Read from `io` into `buf` until a whole head is there; returns it parsed.
@@ -62,33 +73,94 @@ pub async fn read<R: AsyncRead + Unpin>(
     }
 }
 
+/// The methods herald routes itself (any other is served by hyper, which
+/// parses the head again).
+fn method_name(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "POST" => "POST",
+        "OPTIONS" => "OPTIONS",
+        "HEAD" => "HEAD",
+        _ => "OTHER",
+    }
+}
+
 /// Parse a request head from `buf`: `None` while incomplete. Pure (fuzzed).
 pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) => {
             let target = req.path.unwrap_or("/");
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let header = |name: &str| {
-                req.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-                    .map(|v| v.trim().to_string())
+            // One pass over the headers (this runs for every request).
+            let text = |v: &[u8]| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .map(str::trim)
                     .filter(|v| !v.is_empty())
+                    .map(str::to_string)
             };
-            let last_event_id = header("last-event-id");
-            let authorization = header("authorization");
-            let origin = header("origin");
+            let (mut last_event_id, mut authorization, mut origin) = (None, None, None);
+            let (mut close, mut framed_otherwise) = (false, false);
+            let (mut lengths, mut length) = (0, None);
+            let (mut keys, mut key) = (0, None);
+            for h in req.headers.iter() {
+                let n = h.name.as_bytes();
+                let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
+                match n.len() {
+                    6 if is("origin") => origin = origin.or_else(|| text(h.value)),
+                    6 if is("expect") => framed_otherwise = true,
+                    10 if is("connection") => {
+                        close |= h
+                            .value
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                    }
+                    13 if is("last-event-id") => {
+                        last_event_id = last_event_id.or_else(|| text(h.value))
+                    }
+                    13 if is("authorization") => {
+                        authorization = authorization.or_else(|| text(h.value))
+                    }
+                    14 if is("content-length") => {
+                        lengths += 1;
+                        length = Some(h.value);
+                    }
+                    15 if is("idempotency-key") => {
+                        keys += 1;
+                        key = Some(h.value);
+                    }
+                    17 if is("transfer-encoding") => framed_otherwise = true,
+                    _ => {}
+                }
+            }
+            let keep_alive = req.version == Some(1) && !close;
+            let plain_body = match (lengths, length) {
+                _ if framed_otherwise || lengths > 1 => None,
+                (_, None) => Some(0),
+                (_, Some(v)) => std::str::from_utf8(v)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse().ok()),
+            };
+            let idempotency_key = match (keys, key) {
+                (0, _) | (_, None) => Ok(None),
+                (1, Some(k)) => crate::idempotency::key_of(std::iter::once(k)),
+                (_, Some(k)) => crate::idempotency::key_of([k, k].into_iter()),
+            };
             Ok(Some(Head {
-                method: req.method.unwrap_or("").to_string(),
+                method: method_name(req.method.unwrap_or("")),
                 path: path.to_string(),
                 query: query.to_string(),
                 last_event_id,
                 authorization,
                 origin,
+                len,
+                keep_alive,
+                plain_body,
+                idempotency_key,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),

@@ -1,12 +1,14 @@
 //! HTTP: every accepted connection starts here. The request head is read with
 //! [`head::read`] under the header timeout; `GET /api/user/sse/connect` becomes a
 //! lean stream (its socket handed to the shard's poll, [`crate::shard::io`]),
-//! anything else is served by
+//! keep-alive publishes with a plain body are served by [`lean`], anything else
+//! by
 //! hyper's HTTP/1.1 connection (keep-alive, its own header timeout) with the
 //! routes in [`routes`].
 
 pub mod cors;
 pub mod head;
+pub mod lean;
 pub mod params;
 pub mod publish;
 pub mod routes;
@@ -90,13 +92,17 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         return;
     }
+    if lean::takes(&head) {
+        // Boxed: the publish loop's state is not part of every connection's task.
+        return Box::pin(lean::serve(shard, stream, buf, head)).await;
+    }
     // hyper's connection future is large: a task of its own, so that the many
     // short-lived tasks of a connect burst stay small.
     tokio::task::spawn_local(serve_hyper(shard, stream, buf));
 }
 
 /// Serve a non-stream connection with hyper, starting with the bytes already read.
-async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: BytesMut) {
+pub(crate) async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: BytesMut) {
     let cfg = &shard.shared.config;
     let header_timeout = cfg.header_timeout;
     let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;

@@ -5,6 +5,10 @@
 //! `{"topics":[…]}`; `ttlSeconds` (default 86400) bounds how long a user-targeted
 //! event waits for an offline user.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::params::valid_name;
@@ -33,87 +37,124 @@ pub enum PublishBody {
 /// Parse a publish body: an object, or an array of 1–1,000 objects, all
 /// validated before anything is published (a bad element's error names its
 /// index, `[3]`).
+///
+/// Every publish comes through here, so the body is read without building a
+/// JSON tree: the object's fields are borrowed raw and each is parsed for what
+/// it must be (only an object target, or non-string `data`, is parsed whole).
 pub fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| bad("invalid_json", format!("body is not valid JSON: {e}")))?;
-    match value {
-        Value::Array(items) => {
-            if items.is_empty() || items.len() > MAX_BATCH {
-                return Err(bad(
-                    "invalid_batch",
-                    format!(
-                        "a batch is an array of 1 to {MAX_BATCH} publish objects, not {}",
-                        items.len()
-                    ),
-                ));
-            }
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                let r = request(item).map_err(|e| ApiError {
-                    message: format!("[{i}] {}", e.message),
-                    ..e
-                })?;
-                out.push(r);
-            }
-            Ok(PublishBody::Batch(out))
-        }
-        other => request(other).map(PublishBody::One),
+    let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
+    if !raw.get().starts_with('[') {
+        return request(raw).map(PublishBody::One);
     }
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(invalid_json)?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(bad(
+            "invalid_batch",
+            format!(
+                "a batch is an array of 1 to {MAX_BATCH} publish objects, not {}",
+                items.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let r = request(item).map_err(|e| ApiError {
+            message: format!("[{i}] {}", e.message),
+            ..e
+        })?;
+        out.push(r);
+    }
+    Ok(PublishBody::Batch(out))
 }
 
 /// Parse a publish body that must be one object (not a batch).
 pub fn parse(body: &[u8]) -> Result<PublishRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| bad("invalid_json", format!("body is not valid JSON: {e}")))?;
-    request(value)
+    let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
+    request(raw)
 }
 
-/// One publish object.
-fn request(value: Value) -> Result<PublishRequest, ApiError> {
-    let Value::Object(mut obj) = value else {
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    bad("invalid_json", format!("body is not valid JSON: {e}"))
+}
+
+/// A publish object's fields, unparsed (unknown fields are ignored); a field
+/// given as `null` is `Some("null")`, not absent.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default, deserialize_with = "raw")]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    target: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw", rename = "ttlSeconds")]
+    ttl_seconds: Option<&'a RawValue>,
+}
+
+fn raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A field that is absent or `null`.
+fn given(v: Option<&RawValue>) -> Option<&str> {
+    v.map(RawValue::get).filter(|s| *s != "null")
+}
+
+/// One publish object (valid JSON already).
+fn request(raw: &RawValue) -> Result<PublishRequest, ApiError> {
+    if !raw.get().starts_with('{') {
         return Err(bad(
             "invalid_body",
             "body must be a JSON object, or an array of them",
         ));
+    }
+    let f: Fields = serde_json::from_str(raw.get()).map_err(|e| {
+        bad(
+            "invalid_body",
+            format!("body is not a valid publish object: {e}"),
+        )
+    })?;
+    let event = match given(f.event) {
+        None => "message".to_string(),
+        Some(e) => match serde_json::from_str::<Cow<str>>(e) {
+            Ok(s) if valid_name(&s) => s.into_owned(),
+            _ => {
+                return Err(bad(
+                    "invalid_event",
+                    "event must be 1-128 bytes of letters, digits and . _ : @ -",
+                ))
+            }
+        },
     };
-    let event = match obj.remove("event") {
-        None | Some(Value::Null) => "message".to_string(),
-        Some(Value::String(s)) if valid_name(&s) => s,
-        Some(_) => {
-            return Err(bad(
-                "invalid_event",
-                "event must be 1-128 bytes of letters, digits and . _ : @ -",
-            ))
-        }
-    };
-    let data = match obj.remove("data") {
+    let data = match f.data.map(RawValue::get) {
         None => String::new(),
-        Some(Value::String(s)) => s,
-        Some(other) => other.to_string(),
+        Some(d) if d.starts_with('"') => serde_json::from_str::<String>(d).map_err(invalid_json)?,
+        // Any other JSON value is sent compact, on one line.
+        Some(d) => serde_json::from_str::<Value>(d)
+            .map_err(invalid_json)?
+            .to_string(),
     };
-    let target = match obj.remove("target") {
-        None | Some(Value::Null) => {
+    let target = match given(f.target) {
+        None => {
             return Err(bad(
                 "missing_target",
                 "target is required: \"all\", {\"users\":[…]} or {\"topics\":[…]}",
             ))
         }
-        Some(t) => target(t)?,
+        Some("\"all\"") => Target::All,
+        Some(t) => target(serde_json::from_str(t).map_err(invalid_json)?)?,
     };
-    let ttl_seconds = match obj.remove("ttlSeconds") {
-        None | Some(Value::Null) => DEFAULT_TTL_SECONDS,
-        Some(Value::Number(n)) => n.as_u64().filter(|&n| n <= 365 * 86_400).ok_or_else(|| {
-            bad(
-                "invalid_ttl",
-                "ttlSeconds must be a whole number from 0 to 31536000",
-            )
-        })?,
-        Some(_) => {
-            return Err(bad(
-                "invalid_ttl",
-                "ttlSeconds must be a whole number from 0 to 31536000",
-            ))
-        }
+    let ttl_seconds = match given(f.ttl_seconds) {
+        None => DEFAULT_TTL_SECONDS,
+        Some(t) => serde_json::from_str::<u64>(t)
+            .ok()
+            .filter(|&n| n <= 365 * 86_400)
+            .ok_or_else(|| {
+                bad(
+                    "invalid_ttl",
+                    "ttlSeconds must be a whole number from 0 to 31536000",
+                )
+            })?,
     };
     Ok(PublishRequest {
         event,
@@ -189,6 +230,38 @@ mod tests {
             Target::Users(vec![Box::from("u1"), Box::from("u2")].into_boxed_slice())
         );
         assert_eq!(r.ttl_seconds, 5);
+    }
+
+    #[test]
+    fn whitespace_and_escapes_anywhere() {
+        let b = parse_body(b" \n [ { \"target\" :  \"all\" , \"data\" : \"a\\nb\" } ] \n").unwrap();
+        let PublishBody::Batch(items) = b else {
+            panic!("a batch")
+        };
+        assert_eq!(
+            (items[0].target.clone(), items[0].data.as_str()),
+            (Target::All, "a\nb")
+        );
+        let r = parse(
+            br#" {"target": "\u0061ll", "event" : "n\u0061me", "data": null, "ttlSeconds" : 7 } "#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.target, r.event.as_str(), r.data.as_str(), r.ttl_seconds),
+            (Target::All, "name", "null", 7)
+        );
+        assert_eq!(
+            parse(br#"{"target":"all","target":"all"}"#)
+                .unwrap_err()
+                .code,
+            "invalid_body"
+        );
+        assert_eq!(
+            parse(br#"{"target":"all","x":{"deep":[1]}}"#)
+                .unwrap()
+                .target,
+            Target::All
+        );
     }
 
     #[test]

@@ -452,7 +452,12 @@ async fn broadcast(
     shard: &Rc<Shard>,
     req: Request<Incoming>,
 ) -> Result<Response<HeraldBody>, ApiError> {
-    let key = idempotency_key(req.headers())?;
+    let key = crate::idempotency::key_of(
+        req.headers()
+            .get_all("idempotency-key")
+            .iter()
+            .map(|v| v.as_bytes()),
+    )?;
     let max = shard.shared.config.max_body;
     let too_large = || {
         ApiError::new(
@@ -479,7 +484,19 @@ async fn broadcast(
             ))
         }
     };
-    let (items, is_batch) = match publish::parse_body(&body)? {
+    let (answer, replayed) = publish_body(shard, &body, key).await?;
+    Ok(answer_response(&answer, replayed))
+}
+
+/// Publish a request's body (one event or a batch) under its `Idempotency-Key`:
+/// the answer, and whether it is a replay of an earlier one. Shared by hyper's
+/// route and the lean publish path ([`super::lean`]).
+pub async fn publish_body(
+    shard: &Rc<Shard>,
+    body: &[u8],
+    key: Option<Box<str>>,
+) -> Result<(Answer, bool), ApiError> {
+    let (items, is_batch) = match publish::parse_body(body)? {
         publish::PublishBody::One(p) => (vec![p], false),
         publish::PublishBody::Batch(items) => (items, true),
     };
@@ -490,7 +507,7 @@ async fn broadcast(
             Claim::First(t) => Some(t),
             Claim::Replay(answer) => {
                 m::idempotency_replayed();
-                return Ok(answer_response(&answer, true));
+                return Ok(((*answer).clone(), true));
             }
             Claim::Busy => {
                 return Err(ApiError::new(
@@ -501,38 +518,43 @@ async fn broadcast(
             }
         },
     };
-    let labels: Vec<&'static str> = items.iter().map(|p| p.target.label()).collect();
+    let n = items.len();
+    let mut per_kind = [0u64; 3];
+    for p in &items {
+        per_kind[match p.target {
+            crate::event::Target::All => 0,
+            crate::event::Target::Users(_) => 1,
+            crate::event::Target::Topics(_) => 2,
+        }] += 1;
+    }
     let outcome = shared
         .bus
         .publish(&shared.broker, items, key.as_deref())
         .await;
     let (body, replayed) = match outcome {
         Published::Full => return Err(buffer_full()),
-        Published::Ids { ids, replayed } => {
-            (ids_body(Some(&ids), labels.len(), is_batch), replayed)
-        }
+        Published::Ids { ids, replayed } => (ids_body(Some(&ids), n, is_batch), replayed),
         // No id yet: it is assigned when Redis takes the events.
-        Published::Buffered { replayed } => (ids_body(None, labels.len(), is_batch), replayed),
+        Published::Buffered { replayed } => (ids_body(None, n, is_batch), replayed),
     };
     if replayed {
         m::idempotency_replayed();
     } else {
-        for label in &labels {
-            m::published(label);
+        for (label, count) in ["all", "users", "topics"].into_iter().zip(per_kind) {
+            m::published(label, count);
         }
     }
     let answer = Answer {
         status: StatusCode::ACCEPTED.as_u16(),
         body: Bytes::from(body),
     };
-    let response = answer_response(&answer, replayed);
     // Recorded before the wait below: the events are taken whatever happens to
     // this request now.
     if let Some(t) = ticket {
-        t.complete(answer);
+        t.complete(answer.clone());
     }
     shard.publish_backpressure().await;
-    Ok(response)
+    Ok((answer, replayed))
 }
 
 /// A publish's `202` body, written directly (it is on every publish):
@@ -561,28 +583,6 @@ fn ids_body(ids: Option<&[u64]>, n: usize, is_batch: bool) -> String {
     }
     b.push('}');
     b
-}
-
-/// The request's `Idempotency-Key`, if any (one header, 1-128 bytes of the
-/// name alphabet).
-fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<Box<str>>, ApiError> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(v) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_idempotency_key",
-            "send one Idempotency-Key header, not several",
-        ));
-    }
-    if !crate::idempotency::valid_key(v.as_bytes()) {
-        return Err(ApiError::bad_request(
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 1-128 bytes of letters, digits and . _ : @ -",
-        ));
-    }
-    Ok(std::str::from_utf8(v.as_bytes()).ok().map(Into::into))
 }
 
 /// A publish's answer; a replay carries `Idempotent-Replayed: true`.

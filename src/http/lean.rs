@@ -1,0 +1,195 @@
+//! The lean publish path: a keep-alive connection whose requests are plain
+//! publishes (`POST /api/broadcast` with a `Content-Length` body) is served
+//! here, without hyper: the head is parsed once with httparse (the one
+//! [`super::head::read`] already did), the body is the bytes after it, and the
+//! answer is written with one `write`. Publishing is the same call as hyper's
+//! route ([`super::routes::publish_body`]), so the answers are the same; what
+//! this saves is hyper's per-request machinery (its own parse into a header
+//! map, the body channel, the response encoder), which measured as most of
+//! herald's user-space CPU per publish.
+//!
+//! Anything else on the connection (another route, a chunked body, `Expect`,
+//! HTTP/1.0) is handed to hyper with the bytes already read, and hyper serves
+//! the rest of the connection. A request must arrive whole (head and body)
+//! within `--header-timeout` once its first byte came (`408` past it); an idle
+//! keep-alive connection waits for its next request as hyper's do.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::head::{self, Head, HeadError};
+use super::{cors, routes};
+use crate::error::{self, ApiError};
+use crate::shard::Shard;
+
+/// The publish route.
+pub const PUBLISH_PATH: &str = "/api/broadcast";
+
+/// Whether this path serves the request `h`.
+pub fn takes(h: &Head) -> bool {
+    h.method == "POST" && h.path == PUBLISH_PATH && h.keep_alive && h.plain_body.is_some()
+}
+
+/// Serve publishes on `stream` (whose first head, `head`, is parsed and still
+/// at the start of `buf`) until the client closes or sends something else.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, mut head: Head) {
+    let cfg = &shard.shared.config;
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    // The first request's head is in; its body (if it is not) gets the bound.
+    let mut deadline = None;
+    loop {
+        let len = head.plain_body.unwrap_or(0);
+        if len > cfg.max_body as u64 {
+            let e = ApiError::new(
+                413,
+                "body_too_large",
+                format!("publish body exceeds {} bytes", cfg.max_body),
+            );
+            return super::write_error(&mut stream, &e).await;
+        }
+        let need = head.len + len as usize;
+        while buf.len() < need {
+            buf.reserve(need - buf.len());
+            let until = *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout);
+            match tokio::time::timeout_at(until, stream.read_buf(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    let e = ApiError::new(
+                        408,
+                        "body_timeout",
+                        "the request body did not arrive in time",
+                    );
+                    return super::write_error(&mut stream, &e).await;
+                }
+            }
+        }
+        let request = buf.split_to(need);
+        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
+        let result = match (
+            shard
+                .shared
+                .auth
+                .check_publisher(head.authorization.as_deref()),
+            std::mem::replace(&mut head.idempotency_key, Ok(None)),
+        ) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(key)) => routes::publish_body(&shard, &request[head.len..], key).await,
+        };
+        drop(request);
+        encode(&mut out, &result, cors_origin, !cfg.cors_origins.is_empty());
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        deadline = None;
+        // The next request: its first byte may take as long as the client
+        // likes; the rest of it is bounded.
+        head = loop {
+            match head::parse(&buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(HeadError::TooLarge) => return too_large(&shard, &mut stream).await,
+                Err(_) => {
+                    let e =
+                        ApiError::bad_request("malformed_request", "not a valid HTTP/1.1 request");
+                    return super::write_error(&mut stream, &e).await;
+                }
+            }
+            if buf.len() >= cfg.max_header_bytes {
+                return too_large(&shard, &mut stream).await;
+            }
+            if buf.is_empty() {
+                if buf.capacity() > 4096 {
+                    // An idle connection gives a large body's memory back.
+                    buf = BytesMut::new();
+                }
+                buf.reserve(512);
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                // Its first byte came: the rest of it is bounded from here.
+                deadline = Some(Instant::now() + cfg.header_timeout);
+                continue;
+            }
+            buf.reserve(4096.min(cfg.max_header_bytes + 1 - buf.len()));
+            let until = *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout);
+            match tokio::time::timeout_at(until, stream.read_buf(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    let e = ApiError::new(
+                        408,
+                        "header_timeout",
+                        "request headers did not arrive in time",
+                    );
+                    return super::write_error(&mut stream, &e).await;
+                }
+            }
+        };
+        if !takes(&head) {
+            // Another kind of request: hyper serves the rest of the connection,
+            // from this request's first byte.
+            return Box::pin(super::serve_hyper(shard, stream, buf)).await;
+        }
+    }
+}
+
+async fn too_large(shard: &Shard, stream: &mut TcpStream) {
+    let e = ApiError::new(
+        431,
+        "headers_too_large",
+        format!(
+            "request headers exceed {} bytes",
+            shard.shared.config.max_header_bytes
+        ),
+    );
+    super::write_error(stream, &e).await
+}
+
+/// The answer to one publish, head and body, into `out`: the same status, body
+/// and headers hyper's route gives (CORS included), kept alive.
+fn encode(
+    out: &mut Vec<u8>,
+    result: &Result<(crate::idempotency::Answer, bool), ApiError>,
+    cors_origin: Option<&str>,
+    cors_on: bool,
+) {
+    use std::io::Write;
+    let (status, body, replayed) = match result {
+        Ok((a, replayed)) => (a.status, &a.body[..], *replayed),
+        Err(e) => (e.status, &[][..], false),
+    };
+    let error_body;
+    let body = match result {
+        Ok(_) => body,
+        Err(e) => {
+            error_body = e.body();
+            error_body.as_bytes()
+        }
+    };
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        error::reason(status),
+        body.len()
+    );
+    if replayed {
+        out.extend_from_slice(b"idempotent-replayed: true\r\n");
+    }
+    if status == 401 {
+        out.extend_from_slice(b"www-authenticate: Bearer\r\n");
+    }
+    match cors_origin {
+        Some(origin) => out.extend_from_slice(cors::head_lines(origin).as_bytes()),
+        None if cors_on => out.extend_from_slice(b"vary: origin\r\n"),
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
