@@ -553,7 +553,7 @@ pub async fn publish_body(
     if let Some(t) = ticket {
         t.complete(answer.clone());
     }
-    shard.publish_backpressure().await;
+    shard.publish_backpressure(n).await;
     Ok((answer, replayed))
 }
 
