@@ -527,10 +527,12 @@ pub async fn publish_body(
             crate::event::Target::Topics(_) => 2,
         }] += 1;
     }
+    shard.publish_room().await;
     let outcome = shared
         .bus
         .publish(&shared.broker, items, key.as_deref())
         .await;
+    shard.published(n);
     let (body, replayed) = match outcome {
         Published::Full => return Err(buffer_full()),
         Published::Ids { ids, replayed } => (ids_body(Some(&ids), n, is_batch), replayed),
@@ -548,12 +550,9 @@ pub async fn publish_body(
         status: StatusCode::ACCEPTED.as_u16(),
         body: Bytes::from(body),
     };
-    // Recorded before the wait below: the events are taken whatever happens to
-    // this request now.
     if let Some(t) = ticket {
         t.complete(answer.clone());
     }
-    shard.publish_backpressure(n).await;
     Ok((answer, replayed))
 }
 

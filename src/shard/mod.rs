@@ -77,16 +77,20 @@ impl Shard {
         self.round_end.notify_waiters();
     }
 
-    /// Count `n` events published on this shard for its next round, and wait,
-    /// before answering, while that round already holds [`ROUND_BACKLOG`] (the
-    /// publishers' backpressure; counted when published, not when the fan-out
-    /// takes them, so that a batch or a burst is held back at once).
-    pub async fn publish_backpressure(&self, n: usize) {
-        self.queued_in_round
-            .set(self.queued_in_round.get().saturating_add(n as u32));
+    /// Wait, before publishing, while a flush round is under way and its next
+    /// round already holds [`ROUND_BACKLOG`] events published on this shard (the
+    /// publishers' backpressure: checked before publishing, so that however many
+    /// publishes are in flight the next round gets about that many events).
+    pub async fn publish_room(&self) {
         while self.in_round.get() && self.queued_in_round.get() >= ROUND_BACKLOG {
             self.round_end.notified().await;
         }
+    }
+
+    /// Count `n` events just published on this shard (see [`Shard::publish_room`]).
+    pub fn published(&self, n: usize) {
+        self.queued_in_round
+            .set(self.queued_in_round.get().saturating_add(n as u32));
     }
 
     /// Publish the table size after a change.
