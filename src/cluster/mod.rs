@@ -149,6 +149,9 @@ pub(crate) struct Source {
     probe_seen: AtomicU64,
     /// The probe asks the reader to reconnect and check its positions.
     reset_requested: AtomicBool,
+    /// The lowest unsettled publish sequence last sent to trim this source's
+    /// record of applied publishes ([`publish`]).
+    trimmed_to: AtomicU64,
 }
 
 /// Registration markers remembered per source (a connect looks its own up right
@@ -297,6 +300,7 @@ impl Cluster {
                 probe_sent: AtomicU64::new(0),
                 probe_seen: AtomicU64::new(0),
                 reset_requested: AtomicBool::new(false),
+                trimmed_to: AtomicU64::new(0),
                 tag,
             });
         }

@@ -264,7 +264,7 @@ impl Cluster {
                 Value::from(self.set.history_events.max(1) as i64),
                 Value::from(clock::unix_ms() as i64),
                 self.pod_value(),
-                Value::from(low.to_string()),
+                Value::from(trim_to(src, low)),
                 Value::from(
                     self.set
                         .idempotency_window
@@ -361,6 +361,24 @@ impl Cluster {
         }
         m::publish_buffered(q.buffered_events);
         all_ok
+    }
+}
+
+/// Records of applied publishes are trimmed once the lowest unsettled sequence
+/// moved this far (not on every call: the trim and the key's expiry are two
+/// commands, a single event's call is five).
+const TRIM_EVERY: u64 = 64;
+
+/// The trim bound to send to `src` with a call whose lowest unsettled sequence
+/// is `low` (`"0"`: no trim this time).
+fn trim_to(src: &super::Source, low: u64) -> String {
+    use std::sync::atomic::Ordering;
+    let last = src.trimmed_to.load(Ordering::Relaxed);
+    if low >= last + TRIM_EVERY {
+        src.trimmed_to.store(low, Ordering::Relaxed);
+        low.to_string()
+    } else {
+        "0".to_string()
     }
 }
 

@@ -249,9 +249,10 @@ return {last_id, calls, out, first_id}
 /// with its first outcome instead of being appended twice: under its
 /// `Idempotency-Key` (`{p}:idem:<key>`, for the window: a repeat from any pod),
 /// and under the sending pod's sequence number (`{p}:applied:<pod>`, a sorted
-/// set by sequence: herald's own re-send after a timed-out call). The pod sends
-/// with every call the lowest sequence it has not settled; records below it are
-/// dropped, so that set holds only the jobs whose outcome the pod may still ask.
+/// set by sequence: herald's own re-send after a timed-out call). The pod sends,
+/// every 64 sequences, the lowest one it has not settled; records below it are
+/// dropped, so that set holds only the jobs whose outcome the pod may still ask
+/// and the few settled since the last trim.
 /// A record is `N` (answered with ids) or `B` (answered "buffered") then the
 /// ids, comma separated.
 ///
@@ -354,9 +355,9 @@ for _, b in ipairs(bcasts) do
   rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, b[1], 'e', b[2], 'd', b[3], 'k', 'a', 't', b[4], 'ns', b[5])
 end
 if #bcasts > 0 then rc('SET', alast, bcasts[#bcasts][1]) end
-if #records > 0 then
-  chunked('ZADD', applied, records, 2)
-  -- A pod that is gone leaves at most its unsettled records behind.
+if #records > 0 then chunked('ZADD', applied, records, 2) end
+if low ~= '0' then
+  -- A pod that is gone leaves at most its last records behind.
   rc('PEXPIRE', applied, 3600000)
 end
 local reply = {calls, dropped}
