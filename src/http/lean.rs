@@ -161,16 +161,12 @@ fn encode(
     cors_on: bool,
 ) {
     use std::io::Write;
+    let error_body;
     let (status, body, replayed) = match result {
         Ok((a, replayed)) => (a.status, &a.body[..], *replayed),
-        Err(e) => (e.status, &[][..], false),
-    };
-    let error_body;
-    let body = match result {
-        Ok(_) => body,
         Err(e) => {
             error_body = e.body();
-            error_body.as_bytes()
+            (e.status, error_body.as_bytes(), false)
         }
     };
     let _ = write!(
