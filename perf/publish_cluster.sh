@@ -21,6 +21,8 @@ set -euo pipefail
 
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$PERF_DIR/.." && pwd)
+# shellcheck source=servers.sh
+source "$PERF_DIR/servers.sh"
 PUBLISHERS=${PUBLISHERS:-16}
 KINDS=${KINDS:-all pending batch16}
 DURATION=${DURATION:-5s}
@@ -41,16 +43,14 @@ LOADTEST=${LOADTEST:-$TARGET/release/loadtest}
 BUILDS="herald=$HERALD"
 [[ -z ${PREV:-} ]] || BUILDS="$BUILDS prev=$PREV"
 
-REDIS_PID= POD= REDIS_DIR=
+REDIS_PID= REDIS_DIR=
 cleanup() {
-    [[ -z $POD ]] || { kill -TERM "$POD" 2>/dev/null || true; wait "$POD" 2>/dev/null || true; }
+    stop_server
     [[ -z $REDIS_PID ]] || { kill -KILL "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; }
     [[ -z $REDIS_DIR ]] || rm -rf "$REDIS_DIR"
-    POD= REDIS_PID= REDIS_DIR=
+    REDIS_PID= REDIS_DIR=
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 calls() { redis-cli -p "$1" info commandstats | awk -F'[=,:]' '/^cmdstat_/ {s += $3} END {print s}'; }
 
 printf 'build\tkind\tpublishers\trun\tevents_per_s\tpod_cpu_us_per_event\tredis_cmds_per_event\n' >"$OUT/points.tsv"
@@ -66,16 +66,8 @@ for run in $(seq 1 "$RUNS"); do
                 REDIS_PID=$!
                 for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
                 log=$OUT/logs/$name-$kind-$p-r$run.log
-                taskset -c 0 "$bin" --listen 127.0.0.1:0 --shards 1 --log warn \
-                    --redis "redis://127.0.0.1:$rport" >"$log" 2>&1 &
-                POD=$!
-                port=
-                for _ in $(seq 100); do
-                    port=$(grep -o 'http://127.0.0.1:[0-9]*' "$log" | head -1 | sed 's/.*://') || true
-                    [[ -n $port ]] && break
-                    sleep 0.1
-                done
-                [[ -n $port ]] || die "pod did not start: $(cat "$log")"
+                start_herald "$bin" "$log" --redis "redis://127.0.0.1:$rport" ||
+                    die "pod did not start: $(cat "$log")"
                 extra=()
                 case $kind in
                     all) body='{"data":"{payload}","target":"all"}' ;;
@@ -86,10 +78,9 @@ for run in $(seq 1 "$RUNS"); do
                 before=$(calls "$rport")
                 json=$OUT/$name-$kind-$p-r$run.json
                 timeout 120 taskset -c 1 "$LOADTEST" fanout \
-                    --sub-url "http://127.0.0.1:$port/api/user/sse/connect?userId=u{i}" \
-                    --pub-url "http://127.0.0.1:$port/api/broadcast" --pub-body "$body" "${extra[@]}" \
+                    --sub-url "$SUB_URL" --pub-url "$PUB_URL" --pub-body "$body" "${extra[@]}" \
                     --connections 0 --rate 0 --pub-concurrency "$p" --duration "$DURATION" \
-                    --server-pid "$POD" --json "$json" >"$OUT/logs/$name-$kind-$p-r$run.out" 2>&1 ||
+                    --server-pid "$SERVER_PID" --json "$json" >"$OUT/logs/$name-$kind-$p-r$run.out" 2>&1 ||
                     echo "publish_cluster.sh: load client failed ($name $kind $p)" >&2
                 after=$(calls "$rport")
                 python3 - "$json" "$before" "$after" "$name" "$kind" "$p" "$run" >>"$OUT/points.tsv" <<'PY'

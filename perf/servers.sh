@@ -58,14 +58,23 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_herald BIN LOG: herald with one shard, on a free loopback port.
-start_herald() {
-    local bin=$1 log=$2 line
-    taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --shards 1 --grace-period 1s --log warn >"$log.out" 2>"$log" &
+# started OUT: the server just started in the background prints
+# "... listening on http://ADDR" on OUT; sets SERVER_PID, SERVER_STOP and
+# SERVER_ADDR once it does (fails if it exits first).
+started() {
+    local line
     SERVER_PID=$!
     SERVER_STOP=$SERVER_PID
-    line=$(wait_for_line "$log.out" 'listening on http://' "$SERVER_PID") || return 1
+    line=$(wait_for_line "$1" 'listening on http://' "$SERVER_PID") || return 1
     SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+}
+
+# start_herald BIN LOG [ARGS...]: herald with one shard, on a free loopback
+# port, with any more flags after LOG (e.g. --redis URL).
+start_herald() {
+    local bin=$1 log=$2
+    taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --shards 1 --grace-period 1s --log warn "${@:3}" >"$log.out" 2>"$log" &
+    started "$log.out" || return 1
     SUB_URL="http://$SERVER_ADDR/api/user/sse/connect?userId=u{i}"
     PUB_URL="http://$SERVER_ADDR/api/broadcast"
     PUB_BODY='{"data":"{payload}","target":"all"}'
@@ -73,12 +82,9 @@ start_herald() {
 
 # start_floor BIN COALESCE LOG: the floor, one write per event (1) or coalescing.
 start_floor() {
-    local bin=$1 coalesce=$2 log=$3 line
+    local bin=$1 coalesce=$2 log=$3
     taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --coalesce "$coalesce" >"$log.out" 2>"$log" &
-    SERVER_PID=$!
-    SERVER_STOP=$SERVER_PID
-    line=$(wait_for_line "$log.out" 'listening on http://' "$SERVER_PID") || return 1
-    SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    started "$log.out" || return 1
     SUB_URL="http://$SERVER_ADDR/sub/{i}"
     PUB_URL="http://$SERVER_ADDR/pub"
     PUB_BODY='{payload}'
@@ -88,12 +94,9 @@ start_floor() {
 # runtime (AXUM_THREADS, default 1: a multi-thread runtime with that many workers
 # above 1).
 start_axum() {
-    local bin=$1 log=$2 line
+    local bin=$1 log=$2
     taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --threads "${AXUM_THREADS:-1}" >"$log.out" 2>"$log" &
-    SERVER_PID=$!
-    SERVER_STOP=$SERVER_PID
-    line=$(wait_for_line "$log.out" 'listening on http://' "$SERVER_PID") || return 1
-    SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    started "$log.out" || return 1
     SUB_URL="http://$SERVER_ADDR/sub/{i}"
     PUB_URL="http://$SERVER_ADDR/pub"
     PUB_BODY='{payload}'

@@ -25,12 +25,9 @@ use crate::metrics as m;
 /// Bytes of records (keys and bodies) one pod keeps at most.
 pub const MAX_BYTES: usize = 64 << 20;
 
-/// What a repeat gets: the first publish's status and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Bytes,
-}
+/// What a repeat gets: the first publish's body (only `202` answers are kept,
+/// so that is its status too).
+pub type Answer = Bytes;
 
 enum Entry {
     /// The first publish with this key is in flight; its outcome is sent here
@@ -52,7 +49,7 @@ struct Inner {
 
 impl Inner {
     fn record_bytes(key: &str, a: &Answer) -> usize {
-        key.len() * 2 + a.body.len() + 96
+        key.len() * 2 + a.len() + 96
     }
 
     /// Drop what expired, and the oldest records past `max_bytes`.
@@ -243,10 +240,7 @@ mod tests {
     use super::*;
 
     fn answer(s: &str) -> Answer {
-        Answer {
-            status: 202,
-            body: Bytes::copy_from_slice(s.as_bytes()),
-        }
+        Bytes::copy_from_slice(s.as_bytes())
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -265,7 +259,7 @@ mod tests {
             };
             t.complete(answer("one"));
             match s.claim("k").await {
-                Claim::Replay(a) => assert_eq!(a.body, "one"),
+                Claim::Replay(a) => assert_eq!(*a, "one"),
                 _ => panic!("replay expected"),
             }
             assert_eq!(s.len(), 1);
@@ -287,7 +281,7 @@ mod tests {
                 s.claim("k")
             );
             let () = first;
-            assert!(matches!(second, Claim::Replay(a) if a.body == "one"));
+            assert!(matches!(second, Claim::Replay(a) if *a == "one"));
 
             let Claim::First(t) = s.claim("g").await else {
                 panic!("first")

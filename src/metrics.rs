@@ -186,30 +186,41 @@ fn describe() {
     for reason in ["draining", "overloaded", "pod_full", "user_full"] {
         counter!(CONNECTS_REJECTED, "reason" => reason).absolute(0);
     }
-    for target in ["all", "users", "topics"] {
+    for target in PublishedCount::KINDS {
         counter!(EVENTS_PUBLISHED, "target" => target).absolute(0);
     }
 }
 
-pub fn published(target: &'static str, n: u64) {
-    if n == 0 {
-        return;
+/// A publish request's events by target kind, counted in
+/// `herald_events_published_total` once the request is taken.
+#[derive(Debug, Default)]
+pub struct PublishedCount([u64; 3]);
+
+impl PublishedCount {
+    const KINDS: [&'static str; 3] = ["all", "users", "topics"];
+
+    pub fn add(&mut self, target: &crate::event::Target) {
+        let label = target.label();
+        if let Some(i) = Self::KINDS.iter().position(|k| *k == label) {
+            self.0[i] += 1;
+        }
     }
-    // The handles are looked up once per thread (a registry lookup per publish
-    // was measurable on the publish path).
-    thread_local! {
-        static PUBLISHED: [metrics::Counter; 3] = [
-            counter!(EVENTS_PUBLISHED, "target" => "all"),
-            counter!(EVENTS_PUBLISHED, "target" => "users"),
-            counter!(EVENTS_PUBLISHED, "target" => "topics"),
-        ];
+
+    pub fn record(self) {
+        // The handles are looked up once per thread (a registry lookup per
+        // publish was measurable on the publish path).
+        thread_local! {
+            static PUBLISHED: [metrics::Counter; 3] = PublishedCount::KINDS
+                .map(|t| counter!(EVENTS_PUBLISHED, "target" => t));
+        }
+        PUBLISHED.with(|c| {
+            for (c, n) in c.iter().zip(self.0) {
+                if n > 0 {
+                    c.increment(n);
+                }
+            }
+        });
     }
-    let i = match target {
-        "all" => 0,
-        "users" => 1,
-        _ => 2,
-    };
-    PUBLISHED.with(|c| c[i].increment(n));
 }
 
 pub fn dropped(reason: &'static str, n: u64) {
@@ -274,8 +285,8 @@ pub fn publish_buffered(now_held: usize) {
 }
 
 /// One more publish buffered.
-pub fn publish_buffered_one() {
-    counter!(PUBLISH_BUFFERED_TOTAL).increment(1);
+pub fn publish_buffered_total(n: u64) {
+    counter!(PUBLISH_BUFFERED_TOTAL).increment(n);
 }
 
 pub fn set_idempotency(records: usize, bytes: usize) {

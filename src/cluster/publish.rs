@@ -124,7 +124,7 @@ impl Queue {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.events == 0
+        self.events == 0
     }
 
     fn buffer(&mut self, job: &mut Job) {
@@ -132,9 +132,7 @@ impl Queue {
             job.buffered = true;
             let n = job.items.len();
             self.buffered_events += n;
-            for _ in 0..n {
-                m::publish_buffered_one();
-            }
+            m::publish_buffered_total(n as u64);
         }
         job.answer(Published::Buffered { replayed: false });
     }

@@ -105,7 +105,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
             let (mut last_event_id, mut authorization, mut origin) = (None, None, None);
             let (mut close, mut framed_otherwise) = (false, false);
             let (mut lengths, mut length) = (0, None);
-            let (mut keys, mut key) = (0, None);
+            let mut keys = false;
             for h in req.headers.iter() {
                 let n = h.name.as_bytes();
                 let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
@@ -128,10 +128,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                         lengths += 1;
                         length = Some(h.value);
                     }
-                    15 if is("idempotency-key") => {
-                        keys += 1;
-                        key = Some(h.value);
-                    }
+                    15 if is("idempotency-key") => keys = true,
                     17 if is("transfer-encoding") => framed_otherwise = true,
                     _ => {}
                 }
@@ -145,10 +142,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|v| v.parse().ok()),
             };
-            let idempotency_key = match (keys, key) {
-                (0, _) | (_, None) => Ok(None),
-                (1, Some(k)) => crate::idempotency::key_of(std::iter::once(k)),
-                (_, Some(k)) => crate::idempotency::key_of([k, k].into_iter()),
+            let idempotency_key = if keys {
+                crate::idempotency::key_of(
+                    req.headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case("idempotency-key"))
+                        .map(|h| h.value),
+                )
+            } else {
+                Ok(None)
             };
             Ok(Some(Head {
                 method: method_name(req.method.unwrap_or("")),

@@ -10,9 +10,10 @@
 //!
 //! Anything else on the connection (another route, a chunked body, `Expect`,
 //! HTTP/1.0) is handed to hyper with the bytes already read, and hyper serves
-//! the rest of the connection. A request must arrive whole (head and body)
-//! within `--header-timeout` once its first byte came (`408` past it); an idle
-//! keep-alive connection waits for its next request as hyper's do.
+//! the rest of the connection. Once a request's first byte came, its head must
+//! arrive within `--header-timeout` ([`super::read_head`], as every head) and
+//! then its body within as long again (`408` past either); an idle keep-alive
+//! connection waits for its next request as hyper's do.
 
 use std::rc::Rc;
 
@@ -21,9 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::head::{self, Head, HeadError};
+use super::head::Head;
 use super::{cors, routes};
-use crate::error::{self, ApiError};
+use crate::error::ApiError;
 use crate::shard::Shard;
 
 /// The publish route.
@@ -39,7 +40,7 @@ pub fn takes(h: &Head) -> bool {
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, mut head: Head) {
     let cfg = &shard.shared.config;
     let mut out: Vec<u8> = Vec::with_capacity(256);
-    // The first request's head is in; its body (if it is not) gets the bound.
+    // When the body being read must be complete (set when it is not yet).
     let mut deadline = None;
     loop {
         let len = head.plain_body.unwrap_or(0);
@@ -88,68 +89,29 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
         out.clear();
         deadline = None;
         // The next request: its first byte may take as long as the client
-        // likes; the rest of it is bounded.
-        head = loop {
-            match head::parse(&buf) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(HeadError::TooLarge) => return too_large(&shard, &mut stream).await,
-                Err(_) => {
-                    let e =
-                        ApiError::bad_request("malformed_request", "not a valid HTTP/1.1 request");
-                    return super::write_error(&mut stream, &e).await;
-                }
+        // likes (as on hyper's keep-alive connections); the rest of its head
+        // is read as every head is.
+        if buf.is_empty() {
+            if buf.capacity() > 4096 {
+                // An idle connection gives a large body's memory back.
+                buf = BytesMut::new();
             }
-            if buf.len() >= cfg.max_header_bytes {
-                return too_large(&shard, &mut stream).await;
+            buf.reserve(512);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
-            if buf.is_empty() {
-                if buf.capacity() > 4096 {
-                    // An idle connection gives a large body's memory back.
-                    buf = BytesMut::new();
-                }
-                buf.reserve(512);
-                match stream.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                // Its first byte came: the rest of it is bounded from here.
-                deadline = Some(Instant::now() + cfg.header_timeout);
-                continue;
-            }
-            buf.reserve(4096.min(cfg.max_header_bytes + 1 - buf.len()));
-            let until = *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout);
-            match tokio::time::timeout_at(until, stream.read_buf(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(_)) => {}
-                Err(_) => {
-                    let e = ApiError::new(
-                        408,
-                        "header_timeout",
-                        "request headers did not arrive in time",
-                    );
-                    return super::write_error(&mut stream, &e).await;
-                }
-            }
+        }
+        let Some(next) = super::read_head(&shard, &mut stream, &mut buf).await else {
+            return;
         };
+        head = next;
         if !takes(&head) {
             // Another kind of request: hyper serves the rest of the connection,
             // from this request's first byte.
             return Box::pin(super::serve_hyper(shard, stream, buf)).await;
         }
     }
-}
-
-async fn too_large(shard: &Shard, stream: &mut TcpStream) {
-    let e = ApiError::new(
-        431,
-        "headers_too_large",
-        format!(
-            "request headers exceed {} bytes",
-            shard.shared.config.max_header_bytes
-        ),
-    );
-    super::write_error(stream, &e).await
 }
 
 /// The answer to one publish, head and body, into `out`: the same status, body
@@ -160,26 +122,17 @@ fn encode(
     cors_origin: Option<&str>,
     cors_on: bool,
 ) {
-    use std::io::Write;
     let error_body;
     let (status, body, replayed) = match result {
-        Ok((a, replayed)) => (a.status, &a.body[..], *replayed),
+        Ok((a, replayed)) => (202, &a[..], *replayed),
         Err(e) => {
             error_body = e.body();
             (e.status, error_body.as_bytes(), false)
         }
     };
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        error::reason(status),
-        body.len()
-    );
+    super::json_head(out, status, body.len());
     if replayed {
         out.extend_from_slice(b"idempotent-replayed: true\r\n");
-    }
-    if status == 401 {
-        out.extend_from_slice(b"www-authenticate: Bearer\r\n");
     }
     match cors_origin {
         Some(origin) => out.extend_from_slice(cors::head_lines(origin).as_bytes()),

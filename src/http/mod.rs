@@ -36,35 +36,8 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     let cfg = &shard.shared.config;
     // Most heads fit in 512 bytes; a larger one grows the buffer (to the limit).
     let mut buf = BytesMut::with_capacity(512);
-    let head = match tokio::time::timeout(
-        cfg.header_timeout,
-        head::read(&mut stream, &mut buf, cfg.max_header_bytes),
-    )
-    .await
-    {
-        Err(_) => {
-            debug!("request head timed out");
-            let err = ApiError::new(
-                408,
-                "header_timeout",
-                "request headers did not arrive in time",
-            );
-            return Box::pin(write_error(&mut stream, &err)).await;
-        }
-        Ok(Err(HeadError::Closed)) => return,
-        Ok(Err(HeadError::TooLarge)) => {
-            let err = ApiError::new(
-                431,
-                "headers_too_large",
-                format!("request headers exceed {} bytes", cfg.max_header_bytes),
-            );
-            return Box::pin(write_error(&mut stream, &err)).await;
-        }
-        Ok(Err(HeadError::Malformed)) => {
-            let err = ApiError::bad_request("malformed_request", "not a valid HTTP/1.1 request");
-            return Box::pin(write_error(&mut stream, &err)).await;
-        }
-        Ok(Ok(head)) => head,
+    let Some(head) = read_head(&shard, &mut stream, &mut buf).await else {
+        return;
     };
     if head.method == "GET" && head.path == CONNECT_PATH {
         let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
@@ -160,6 +133,54 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
     io::flush(shard);
 }
 
+/// Read a request head into `buf` within `--header-timeout`. A head that does
+/// not come whole is answered (`408`, `431`, `400`) and the connection closed,
+/// or, when the client went away, dropped: `None` either way.
+pub(crate) async fn read_head(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Option<head::Head> {
+    let cfg = &shard.shared.config;
+    let read = head::read(&mut *stream, buf, cfg.max_header_bytes);
+    let err = match tokio::time::timeout(cfg.header_timeout, read).await {
+        Ok(Ok(head)) => return Some(head),
+        Ok(Err(HeadError::Closed)) => return None,
+        Err(_) => {
+            debug!("request head timed out");
+            ApiError::new(
+                408,
+                "header_timeout",
+                "request headers did not arrive in time",
+            )
+        }
+        Ok(Err(HeadError::TooLarge)) => ApiError::new(
+            431,
+            "headers_too_large",
+            format!("request headers exceed {} bytes", cfg.max_header_bytes),
+        ),
+        Ok(Err(HeadError::Malformed)) => {
+            ApiError::bad_request("malformed_request", "not a valid HTTP/1.1 request")
+        }
+    };
+    Box::pin(write_error(stream, &err)).await;
+    None
+}
+
+/// The head of a JSON response up to its extra header lines: the status line,
+/// the content type and length, and `WWW-Authenticate` on a `401`.
+pub(crate) fn json_head(out: &mut Vec<u8>, status: u16, body_len: usize) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
+        error::reason(status),
+    );
+    if status == 401 {
+        out.extend_from_slice(b"www-authenticate: Bearer\r\n");
+    }
+}
+
 /// Write a JSON error response and close the connection.
 pub async fn write_error(stream: &mut TcpStream, err: &ApiError) {
     write_error_with(stream, err, "").await
@@ -168,19 +189,12 @@ pub async fn write_error(stream: &mut TcpStream, err: &ApiError) {
 /// As [`write_error`], with extra header lines (each ending in CRLF).
 pub async fn write_error_with(stream: &mut TcpStream, err: &ApiError, extra: &str) {
     let body = err.body();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}{extra}connection: close\r\n\r\n",
-        err.status,
-        error::reason(err.status),
-        body.len(),
-        if err.status == 401 {
-            "www-authenticate: Bearer\r\n"
-        } else {
-            ""
-        }
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+    let mut out = Vec::with_capacity(160 + extra.len() + body.len());
+    json_head(&mut out, err.status, body.len());
+    out.extend_from_slice(extra.as_bytes());
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
     // Read what the client still sends (briefly, boundedly) before closing, so the
     // close is a FIN and not a reset that could destroy the response in flight.

@@ -519,13 +519,9 @@ pub async fn publish_body(
         },
     };
     let n = items.len();
-    let mut per_kind = [0u64; 3];
+    let mut published = m::PublishedCount::default();
     for p in &items {
-        per_kind[match p.target {
-            crate::event::Target::All => 0,
-            crate::event::Target::Users(_) => 1,
-            crate::event::Target::Topics(_) => 2,
-        }] += 1;
+        published.add(&p.target);
     }
     shard.publish_room().await;
     let outcome = shared
@@ -542,14 +538,9 @@ pub async fn publish_body(
     if replayed {
         m::idempotency_replayed();
     } else {
-        for (label, count) in ["all", "users", "topics"].into_iter().zip(per_kind) {
-            m::published(label, count);
-        }
+        published.record();
     }
-    let answer = Answer {
-        status: StatusCode::ACCEPTED.as_u16(),
-        body: Bytes::from(body),
-    };
+    let answer = Answer::from(body);
     if let Some(t) = ticket {
         t.complete(answer.clone());
     }
@@ -584,15 +575,15 @@ fn ids_body(ids: Option<&[u64]>, n: usize, is_batch: bool) -> String {
     b
 }
 
-/// A publish's answer; a replay carries `Idempotent-Replayed: true`.
+/// A publish's `202` answer; a replay carries `Idempotent-Replayed: true`.
 fn answer_response(a: &Answer, replayed: bool) -> Response<HeraldBody> {
     let mut b = Response::builder()
-        .status(StatusCode::from_u16(a.status).unwrap_or(StatusCode::ACCEPTED))
+        .status(StatusCode::ACCEPTED)
         .header(header::CONTENT_TYPE, "application/json");
     if replayed {
         b = b.header("idempotent-replayed", "true");
     }
-    b.body(Either::Left(Full::new(a.body.clone())))
+    b.body(Either::Left(Full::new(a.clone())))
         .expect("static response parts")
 }
 
