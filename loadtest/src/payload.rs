@@ -40,7 +40,7 @@ pub fn decode(data: &[u8]) -> Option<Stamp> {
     }
     let mut from = 1;
     while from < data.len() {
-        let p = data[from..].iter().position(|&b| b == b'T')? + from;
+        let p = memchr::memchr(b'T', &data[from..])? + from;
         if let Some(s) = decode_at(&data[p..]) {
             return Some(s);
         }

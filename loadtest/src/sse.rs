@@ -71,7 +71,7 @@ impl SseParser {
             }
         }
         while !input.is_empty() {
-            let Some(p) = input.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(p) = memchr::memchr2(b'\n', b'\r', input) else {
                 if self.partial.len() + input.len() > MAX_LINE {
                     return Err(TooLong);
                 }
@@ -79,6 +79,31 @@ impl SseParser {
                 return Ok(());
             };
             if self.partial.is_empty() {
+                // Fast path for the common event, a lone `data:` line followed
+                // by a blank line (LF endings) in this read: dispatched from the
+                // read buffer, without copying the data into `self.data`.
+                if self.started
+                    && self.data.is_empty()
+                    && input[p] == b'\n'
+                    && input.get(p + 1) == Some(&b'\n')
+                {
+                    if let Some(v) = input[..p].strip_prefix(b"data:") {
+                        let value = v.strip_prefix(b" ").unwrap_or(v);
+                        let event: &[u8] = if self.event.is_empty() {
+                            b"message"
+                        } else {
+                            &self.event
+                        };
+                        on_event(&Event {
+                            event,
+                            data: value,
+                            id: &self.id,
+                        });
+                        self.event.clear();
+                        input = &input[p + 2..];
+                        continue;
+                    }
+                }
                 self.line(&input[..p], on_event)?;
             } else {
                 let mut line = std::mem::take(&mut self.partial);
