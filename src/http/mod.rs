@@ -170,12 +170,14 @@ pub(crate) async fn read_head(
 /// The head of a JSON response up to its extra header lines: the status line,
 /// the content type and length, and `WWW-Authenticate` on a `401`.
 pub(crate) fn json_head(out: &mut Vec<u8>, status: u16, body_len: usize) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
-        error::reason(status),
-    );
+    use crate::sse::frame::push_decimal;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(error::reason(status).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    push_decimal(out, body_len as u64);
+    out.extend_from_slice(b"\r\n");
     if status == 401 {
         out.extend_from_slice(b"www-authenticate: Bearer\r\n");
     }

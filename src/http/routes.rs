@@ -550,28 +550,33 @@ pub async fn publish_body(
 /// A publish's `202` body, written directly (it is on every publish):
 /// `{"id":"…"}`, or for a batch `{"ids":["…",…]}`; `null`s and
 /// `"buffered":true` when Redis has not taken the events yet.
-fn ids_body(ids: Option<&[u64]>, n: usize, is_batch: bool) -> String {
-    use std::fmt::Write;
-    let mut b = String::with_capacity(16 + n * 24);
-    b.push_str(if is_batch { "{\"ids\":[" } else { "{\"id\":" });
+fn ids_body(ids: Option<&[u64]>, n: usize, is_batch: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16 + n * 24);
+    b.extend_from_slice(if is_batch {
+        &b"{\"ids\":["[..]
+    } else {
+        &b"{\"id\":"[..]
+    });
     for i in 0..n {
         if i > 0 {
-            b.push(',');
+            b.push(b',');
         }
         match ids.and_then(|ids| ids.get(i)) {
             Some(id) => {
-                let _ = write!(b, "\"{id}\"");
+                b.push(b'"');
+                frame::push_decimal(&mut b, *id);
+                b.push(b'"');
             }
-            None => b.push_str("null"),
+            None => b.extend_from_slice(b"null"),
         }
     }
     if is_batch {
-        b.push(']');
+        b.push(b']');
     }
     if ids.is_none() {
-        b.push_str(",\"buffered\":true");
+        b.extend_from_slice(b",\"buffered\":true");
     }
-    b.push('}');
+    b.push(b'}');
     b
 }
 
@@ -684,7 +689,7 @@ mod tests {
 
     #[test]
     fn publish_answers_are_the_json_they_say() {
-        let parse = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap();
+        let parse = |s: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&s).unwrap();
         assert_eq!(
             parse(ids_body(Some(&[7]), 1, false)),
             serde_json::json!({"id": "7"})

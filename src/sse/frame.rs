@@ -127,6 +127,13 @@ impl<'a> Iterator for Lines<'a> {
 
 type ItoaBuf = [u8; 20];
 
+/// `n` in decimal, appended to `out` (no `fmt` machinery: it runs on every
+/// publish answer).
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut itoa = itoa_buf();
+    out.extend_from_slice(fmt_u64(n, &mut itoa));
+}
+
 fn itoa_buf() -> ItoaBuf {
     [0u8; 20]
 }
