@@ -33,6 +33,7 @@ pub mod conn;
 pub mod error;
 pub mod event;
 pub mod fanout;
+pub mod fdlimit;
 pub mod history;
 pub mod http;
 pub mod idempotency;
@@ -70,6 +71,10 @@ pub struct Shared {
     pub prometheus: PrometheusHandle,
     pub shard_stats: Vec<Arc<metrics::ShardStats>>,
     pub queue_limits: QueueLimits,
+    /// `config.max_connections` was lowered to what the open-file limit leaves
+    /// room for: a connect past it is answered `503` (the pod is out of a
+    /// resource), not `429` (a limit the operator chose).
+    pub fd_bound: bool,
 }
 
 impl Shared {
@@ -86,6 +91,40 @@ impl Shared {
     }
 }
 
+/// Raise the open-file limit and lower `--max-connections` to the streams it
+/// leaves room for (one log line with both numbers). Returns whether it lowered it.
+fn cap_by_open_files(config: &mut Config, shards: usize) -> bool {
+    let limit = match fdlimit::raise() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return false;
+        }
+    };
+    if limit.soft > limit.before {
+        tracing::info!(
+            from = limit.before,
+            to = limit.soft,
+            "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+        );
+    }
+    let room = fdlimit::stream_room(limit.soft, shards);
+    if config.max_connections <= room {
+        return false;
+    }
+    tracing::info!(
+        max_connections = config.max_connections,
+        capped_at = room,
+        open_file_limit = limit.soft,
+        "--max-connections {} capped at {room}: the open-file limit is {} \
+         (connects past it get 503; raise LimitNOFILE / ulimit -n to hold more)",
+        config.max_connections,
+        limit.soft,
+    );
+    config.max_connections = room;
+    true
+}
+
 /// A running herald: its shards and the address they listen on.
 pub struct Server {
     shared: Arc<Shared>,
@@ -97,9 +136,10 @@ pub struct Server {
 
 impl Server {
     /// Validate `config`, bind its address on every shard and start serving.
-    pub fn start(config: Config) -> Result<Server, String> {
+    pub fn start(mut config: Config) -> Result<Server, String> {
         config.validate()?;
         let shards = config.shard_count();
+        let fd_bound = cap_by_open_files(&mut config, shards);
         let listeners = shard::listener::bind_all(config.listen, shards)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let local_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
@@ -107,7 +147,7 @@ impl Server {
         let limits = BrokerLimits {
             history: HistoryLimits {
                 max_events: config.history_events,
-                max_age_ns: config.history_seconds.saturating_mul(1_000_000_000),
+                max_age_ns: u64::try_from(config.history_seconds.as_nanos()).unwrap_or(u64::MAX),
                 max_bytes: config.history_bytes,
             },
             pending: PendingLimits {
@@ -146,6 +186,7 @@ impl Server {
             shard_stats: (0..shards).map(|_| Arc::default()).collect(),
             prometheus,
             config,
+            fd_bound,
         });
         if let Some(c) = &cluster {
             metrics::cluster_init();

@@ -24,6 +24,7 @@ pub const CONNECTIONS_OPEN: &str = "herald_connections_open";
 pub const CONNECTIONS_OPENED: &str = "herald_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "herald_connections_closed_total";
 pub const CONNECTS_REJECTED: &str = "herald_connects_rejected_total";
+pub const ACCEPT_FAILED: &str = "herald_accept_failed_total";
 pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
 pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
 pub const EVENTS_DROPPED: &str = "herald_events_dropped_total";
@@ -97,6 +98,11 @@ fn describe() {
     describe_counter!(CONNECTIONS_OPENED, "SSE connections opened, per shard");
     describe_counter!(CONNECTIONS_CLOSED, "SSE connections closed, by reason");
     describe_counter!(CONNECTS_REJECTED, "Connect requests refused, by reason");
+    describe_counter!(
+        ACCEPT_FAILED,
+        "accept() calls that failed (open-file limit reached, kernel out of memory)"
+    );
+    counter!(ACCEPT_FAILED).absolute(0);
     describe_counter!(EVENTS_PUBLISHED, "Events published, by target kind");
     describe_counter!(EVENTS_DROPPED, "Events dropped, by reason");
     describe_histogram!(
@@ -183,7 +189,13 @@ fn describe() {
     ] {
         counter!(EVENTS_DROPPED, "reason" => reason).absolute(0);
     }
-    for reason in ["draining", "overloaded", "pod_full", "user_full"] {
+    for reason in [
+        "draining",
+        "overloaded",
+        "pod_full",
+        "fd_limit",
+        "user_full",
+    ] {
         counter!(CONNECTS_REJECTED, "reason" => reason).absolute(0);
     }
     for target in PublishedCount::KINDS {
@@ -312,6 +324,10 @@ pub fn publish_buffer_full() {
 
 pub fn marked_inactive(n: u64) {
     counter!(MARKED_INACTIVE).increment(n);
+}
+
+pub fn accept_failed() {
+    counter!(ACCEPT_FAILED).increment(1);
 }
 
 pub fn connect_rejected(reason: &'static str) {

@@ -27,6 +27,7 @@ use crate::seam::{Elsewhere, Health, Published, Registration, ResumeFrom};
 use crate::shard::stream::{QueueBody, StreamGuard};
 use crate::shard::Shard;
 use crate::sse::frame;
+use crate::Shared;
 
 /// Response body: a complete JSON/text body, or an SSE stream.
 pub type HeraldBody = Either<Full<Bytes>, QueueBody>;
@@ -101,12 +102,7 @@ pub async fn open_stream(
     let registry = &shared.registry;
     // Refuse before registering what would be refused anyway.
     if registry.is_shared() && broker.counts().0 >= shared.config.max_connections {
-        m::connect_rejected("pod_full");
-        return Err(ApiError::new(
-            429,
-            "too_many_connections",
-            "this pod holds its maximum of connections",
-        ));
+        return Err(pod_full(shared));
     }
     let joined = registry
         .register(Registration {
@@ -136,12 +132,17 @@ pub async fn open_stream(
     };
     let opened = broker.open(&req, serial, joined).map_err(|e| {
         registry.abandon(&p.user, &conn_id, serial, &p.topics);
-        let (reason, msg) = match e {
-            OpenError::PodFull => ("pod_full", "this pod holds its maximum of connections"),
-            OpenError::UserFull => ("user_full", "this user holds its maximum of connections"),
-        };
-        m::connect_rejected(reason);
-        ApiError::new(429, "too_many_connections", msg)
+        match e {
+            OpenError::PodFull => pod_full(shared),
+            OpenError::UserFull => {
+                m::connect_rejected("user_full");
+                ApiError::new(
+                    429,
+                    "too_many_connections",
+                    "this user holds its maximum of connections",
+                )
+            }
+        }
     })?;
     let inserted = table.insert(NewConn {
         serial,
@@ -152,7 +153,8 @@ pub async fn open_stream(
     });
     debug_assert_eq!(inserted, key);
     let conn = table.get_mut(key).expect("just inserted");
-    // The response head (lean path), `retry:` and `CONNECTED` leave as one buffer.
+    // The response head (lean path) and the `CONNECTED` block, opened by its
+    // `retry:` line, leave as one buffer.
     let connected =
         json!({ "userId": p.user, "connectionId": conn_id, "podId": broker.pod_id() }).to_string();
     let mut first = BytesMut::with_capacity(SSE_HEAD.len() + connected.len() + 64);
@@ -578,6 +580,35 @@ fn ids_body(ids: Option<&[u64]>, n: usize, is_batch: bool) -> Vec<u8> {
     }
     b.push(b'}');
     b
+}
+
+/// A connect past the pod's maximum of streams: `429` when that maximum is the
+/// operator's `--max-connections`, `503` when it is what the open-file limit
+/// leaves room for (logged at most once per second, with a count).
+fn pod_full(shared: &Shared) -> ApiError {
+    if !shared.fd_bound {
+        m::connect_rejected("pod_full");
+        return ApiError::new(
+            429,
+            "too_many_connections",
+            "this pod holds its maximum of connections",
+        );
+    }
+    m::connect_rejected("fd_limit");
+    let max = shared.config.max_connections;
+    if let Some(n) = crate::fdlimit::REFUSED_AT_LIMIT.hit(clock::now_ns() / 1_000_000) {
+        tracing::warn!(
+            refused = n,
+            streams = max,
+            "{n} connect(s) refused since the last report: this pod holds the {max} streams \
+             its open-file limit leaves room for"
+        );
+    }
+    ApiError::new(
+        503,
+        "at_capacity",
+        "this pod holds all the streams its open-file limit allows; retry on another pod or later",
+    )
 }
 
 /// A publish's `202` answer; a replay carries `Idempotent-Replayed: true`.

@@ -204,9 +204,20 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 tokio::task::spawn_local(crate::http::serve_conn(shard.clone(), stream));
             }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(shard = shard.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // EMFILE and friends: the connection waits in the backlog. Back
+                // off briefly instead of spinning, and say so once a second with
+                // a count rather than once per attempt.
+                crate::metrics::accept_failed();
+                let now_ms = crate::clock::now_ns() / 1_000_000;
+                if let Some(n) = crate::fdlimit::ACCEPT_FAILED.hit(now_ms) {
+                    warn!(
+                        shard = shard.id,
+                        error = %e,
+                        failures = n,
+                        "accept failed {n} time(s) since the last report"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
