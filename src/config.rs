@@ -79,9 +79,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_EVENTS", default_value_t = 10_000)]
     pub history_events: usize,
 
-    /// Seconds an event is kept for resuming.
-    #[arg(long, env = "HERALD_HISTORY_SECONDS", default_value_t = 600)]
-    pub history_seconds: u64,
+    /// How long an event is kept for resuming: a duration (`10m`, `90s`) or a
+    /// bare number of seconds.
+    #[arg(long, env = "HERALD_HISTORY_SECONDS", default_value = "600", value_parser = seconds_or_duration)]
+    pub history_seconds: Duration,
 
     /// Bytes of framed events kept for resuming (whichever bound ends first).
     #[arg(long, env = "HERALD_HISTORY_BYTES", default_value = "64MiB", value_parser = size)]
@@ -193,9 +194,41 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `herald=debug`.
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     pub log: String,
+
+    /// Check the liveness of the herald listening on `--listen` (0.0.0.0 means
+    /// this host) and exit 0 if it answers `200`, 1 otherwise: a HEALTHCHECK for
+    /// images with no shell or curl.
+    #[arg(long)]
+    pub health_check: bool,
+
+    /// Log line format: `text` (colours only when stderr is a terminal) or
+    /// `json` (one JSON object per line, for log collectors).
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {
+    /// The process's configuration: flags, then `HERALD_*` variables. A variable
+    /// set to the empty string counts as unset (compose files and Helm values
+    /// often leave one empty meaning "not set"), whatever its kind of value:
+    /// clap reads the environment itself, so empty ones are removed from the
+    /// process environment first. Call before any thread starts.
+    pub fn from_process() -> Self {
+        for (name, value) in std::env::vars_os() {
+            if value.is_empty() && name.to_string_lossy().starts_with("HERALD_") {
+                std::env::remove_var(&name);
+            }
+        }
+        Config::parse()
+    }
+
     /// Defaults, as if run with no flags (for tests and embedding).
     pub fn defaults() -> Self {
         Config::parse_from(["herald"])
@@ -318,6 +351,14 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 500ms, 15s, 2m)"))
 }
 
+/// Parse a duration, or a bare number of seconds (`600` = `10m`).
+pub fn seconds_or_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => duration(s),
+    }
+}
+
 /// Parse `65536`, `64KiB`, `64kb`, `1MiB`, `1m`.
 pub fn size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -348,7 +389,7 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.stale_after(), Duration::from_secs(45));
         assert_eq!(c.history_events, 10_000);
-        assert_eq!(c.history_seconds, 600);
+        assert_eq!(c.history_seconds, Duration::from_secs(600));
         assert_eq!(c.max_body, 64 << 10);
         assert_eq!(c.grace_period, Duration::from_secs(10));
         assert_eq!(c.header_timeout, Duration::from_secs(10));
@@ -364,6 +405,15 @@ mod tests {
         assert_eq!(size("1MiB").unwrap(), 1 << 20);
         assert_eq!(size("100").unwrap(), 100);
         assert!(size("12parsecs").is_err());
+        assert_eq!(seconds_or_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(seconds_or_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            seconds_or_duration("10m").unwrap(),
+            Duration::from_secs(600)
+        );
+        assert!(seconds_or_duration("ten").is_err());
+        let c = Config::parse_from(["herald", "--history-seconds", "2s"]);
+        assert_eq!(c.history_seconds, Duration::from_secs(2));
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! The herald binary: parse the config, start the shards, wait for SIGTERM or
 //! SIGINT, drain within the grace period, exit.
 
-use clap::Parser;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use herald::config::LogFormat;
 use herald::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    let config = Config::from_process();
+    if config.health_check {
+        std::process::exit(health_check(config.listen));
+    }
+    init_logs(&config);
     // Signal handlers first: a SIGTERM right after the listening line must drain,
     // not kill.
     let signals = tokio::runtime::Builder::new_current_thread()
@@ -52,4 +56,68 @@ fn main() {
     let clean = server.shutdown();
     tracing::info!(clean, "herald stopped");
     std::process::exit(0);
+}
+
+/// Log lines on stderr: text, coloured only when stderr is a terminal (a file, a
+/// pipe, journald or a container log collector gets no escape codes), or one
+/// JSON object per line.
+fn init_logs(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+/// `--health-check`: `GET /health/live` on the listening address, bounded by
+/// two seconds per step. Returns the process exit code.
+fn health_check(listen: SocketAddr) -> i32 {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let step = Duration::from_secs(2);
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, step)?;
+        s.set_read_timeout(Some(step))?;
+        s.set_write_timeout(Some(step))?;
+        write!(
+            s,
+            "GET /health/live HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 64];
+        let mut n = 0;
+        while n < 12 {
+            match s.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") => 0,
+        Ok(a) => {
+            eprintln!(
+                "herald at {addr}: {}",
+                a.lines().next().unwrap_or("no answer")
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("herald at {addr}: {e}");
+            1
+        }
+    }
 }

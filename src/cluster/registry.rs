@@ -283,10 +283,11 @@ impl Cluster {
 
     /// The oldest log id the history keeps at `now_ms` (`"0"`: no age bound).
     fn minid(&self, now_ms: u64) -> String {
-        if self.set.history_seconds == 0 {
+        let age_ms = u64::try_from(self.set.history_age.as_millis()).unwrap_or(u64::MAX);
+        if age_ms == 0 {
             return "0".to_string();
         }
-        let cut = now_ms.saturating_sub(self.set.history_seconds.saturating_mul(1000));
+        let cut = now_ms.saturating_sub(age_ms);
         format!("{cut}-0")
     }
 
