@@ -52,14 +52,18 @@ fn shared(buf: BytesMut) -> Bytes {
     bytes
 }
 
-/// `retry: <ms>` followed by the blank line that dispatches it.
+/// The line `retry: <ms>`, with no blank line after it: a client applies a
+/// `retry:` field when it reads the line, and a blank line would dispatch a block
+/// that sets a field, which some clients (Python's httpx-sse) hand to the
+/// application as an empty `message` event. A stream's first `retry:` therefore
+/// opens the `CONNECTED` block, and its last one ends the stream by itself.
 pub fn retry(ms: u64) -> Bytes {
     let mut itoa = itoa_buf();
     let digits = fmt_u64(ms, &mut itoa);
-    let mut buf = BytesMut::with_capacity(digits.len() + 9);
+    let mut buf = BytesMut::with_capacity(digits.len() + 8);
     buf.put_slice(b"retry: ");
     buf.put_slice(digits);
-    buf.put_slice(b"\n\n");
+    buf.put_u8(b'\n');
     buf.freeze()
 }
 
@@ -213,8 +217,8 @@ mod tests {
             "event: RESYNC\ndata: {}\n\n"
         );
         assert_eq!(s(&heartbeat(1234)), "event: HEARTBEAT\ndata: 1234\n\n");
-        assert_eq!(s(&retry(2500)), "retry: 2500\n\n");
-        assert_eq!(s(&retry(0)), "retry: 0\n\n");
+        assert_eq!(s(&retry(2500)), "retry: 2500\n");
+        assert_eq!(s(&retry(0)), "retry: 0\n");
     }
 
     #[test]
