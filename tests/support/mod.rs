@@ -290,7 +290,7 @@ impl Herald {
     }
 
     /// Wait for a spawned herald's listening line (stdout piped) and wrap it.
-    fn from_started_child(mut child: Child) -> Herald {
+    pub fn from_started_child(mut child: Child) -> Herald {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
