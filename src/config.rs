@@ -148,6 +148,21 @@ pub struct Config {
     #[arg(long, env = "HERALD_GRACE_PERIOD", default_value = "10s", value_parser = duration)]
     pub grace_period: Duration,
 
+    /// PEM file of the certificate chain (leaf first). With --tls-key, herald
+    /// serves HTTPS on --listen, HTTP/2 and HTTP/1.1 by ALPN; both files are read
+    /// again on SIGHUP (new handshakes get the new certificate, open streams stay).
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "HERALD_TLS_KEY",
+        requires = "tls_cert",
+        hide_env_values = true
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Allow binding a non-loopback address with no publisher credential.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS_PUBLISH")]
     pub allow_anonymous_publish: bool,

@@ -42,6 +42,7 @@ pub mod registry;
 pub mod seam;
 pub mod shard;
 pub mod sse;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub struct Shared {
     /// room for: a connect past it is answered `503` (the pod is out of a
     /// resource), not `429` (a limit the operator chose).
     pub fd_bound: bool,
+    /// HTTPS (`--tls-cert`, `--tls-key`): every connection starts with a TLS
+    /// handshake, then HTTP/2 or HTTP/1.1 by ALPN.
+    pub tls: Option<tls::Tls>,
 }
 
 impl Shared {
@@ -139,6 +143,10 @@ impl Server {
     pub fn start(mut config: Config) -> Result<Server, String> {
         config.validate()?;
         let shards = config.shard_count();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::Tls::load(cert, key)?),
+            _ => None,
+        };
         let fd_bound = cap_by_open_files(&mut config, shards);
         let listeners = shard::listener::bind_all(config.listen, shards)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -187,6 +195,7 @@ impl Server {
             prometheus,
             config,
             fd_bound,
+            tls,
         });
         if let Some(c) = &cluster {
             metrics::cluster_init();
@@ -230,6 +239,26 @@ impl Server {
 
     pub fn shards(&self) -> usize {
         self.threads.len()
+    }
+
+    /// Whether this server speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
+    }
+
+    /// `SIGHUP`: load the TLS certificate and key again. New handshakes use
+    /// them; on error the previous ones stay and the error is logged.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.shared.tls else {
+            tracing::info!("SIGHUP: no --tls-cert to reload");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: TLS certificate not reloaded, the previous one stays")
+            }
+        }
     }
 
     /// Drain: readiness and new connects answer 503, every stream ends with a

@@ -31,6 +31,9 @@ fn main() {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         })
         .expect("SIGINT handler");
+    let mut hup = signals
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .expect("SIGHUP handler");
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -40,16 +43,20 @@ fn main() {
     };
     // One line on stdout that tools (and the tests) wait for.
     println!(
-        "herald listening on http://{} pod={} shards={}",
+        "herald listening on {}://{} pod={} shards={}",
+        if server.is_tls() { "https" } else { "http" },
         server.local_addr(),
         server.pod_id(),
         server.shards()
     );
     tracing::info!(addr = %server.local_addr(), pod = server.pod_id(), shards = server.shards(), "herald started");
     signals.block_on(async {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => server.reload_tls(),
+            }
         }
     });
     tracing::info!("signal received, draining");

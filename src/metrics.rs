@@ -25,6 +25,7 @@ pub const CONNECTIONS_OPENED: &str = "herald_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "herald_connections_closed_total";
 pub const CONNECTS_REJECTED: &str = "herald_connects_rejected_total";
 pub const ACCEPT_FAILED: &str = "herald_accept_failed_total";
+pub const TLS_FAILED: &str = "herald_tls_handshake_failures_total";
 pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
 pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
 pub const EVENTS_DROPPED: &str = "herald_events_dropped_total";
@@ -103,6 +104,13 @@ fn describe() {
         "accept() calls that failed (open-file limit reached, kernel out of memory)"
     );
     counter!(ACCEPT_FAILED).absolute(0);
+    describe_counter!(
+        TLS_FAILED,
+        "HTTPS connections that never completed a TLS handshake, by reason"
+    );
+    for reason in ["plain_http", "handshake", "timeout"] {
+        counter!(TLS_FAILED, "reason" => reason).absolute(0);
+    }
     describe_counter!(EVENTS_PUBLISHED, "Events published, by target kind");
     describe_counter!(EVENTS_DROPPED, "Events dropped, by reason");
     describe_histogram!(
@@ -324,6 +332,10 @@ pub fn publish_buffer_full() {
 
 pub fn marked_inactive(n: u64) {
     counter!(MARKED_INACTIVE).increment(n);
+}
+
+pub fn tls_failed(reason: &'static str) {
+    counter!(TLS_FAILED, "reason" => reason).increment(1);
 }
 
 pub fn accept_failed() {

@@ -33,6 +33,10 @@ pub const CONNECT_PATH: &str = "/api/user/sse/connect";
 
 /// Serve one accepted connection until it ends.
 pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
+    if shard.shared.tls.is_some() {
+        // Boxed: the handshake and HTTP/2 state are not part of plain connections.
+        return Box::pin(serve_tls(shard, stream)).await;
+    }
     let cfg = &shard.shared.config;
     // Most heads fit in 512 bytes; a larger one grows the buffer (to the limit).
     let mut buf = BytesMut::with_capacity(512);
@@ -88,6 +92,125 @@ pub(crate) async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: Bytes
         .serve_connection(io, service);
     if let Err(e) = conn.await {
         debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// Most concurrent HTTP/2 streams per connection (SSE streams and requests).
+pub const H2_MAX_STREAMS: u32 = 128;
+/// Most bytes hyper buffers per HTTP/2 stream before the stream's body waits:
+/// past it herald's own queue holds the frames, bounded per stream (a stalled
+/// stream is closed as a slow consumer; the others go on).
+const H2_SEND_BUFFER: usize = 64 << 10;
+
+/// An HTTPS connection: the handshake (bounded by the header timeout), then
+/// HTTP/2 or HTTP/1.1 as ALPN chose, both served by hyper with herald's routes.
+async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
+    let cfg = &shard.shared.config;
+    let Some(tls) = shard.shared.tls.as_ref() else {
+        return;
+    };
+    // A TLS connection opens with a handshake record (0x16); anything else is
+    // plain HTTP sent to the HTTPS port, told so in plain HTTP.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(cfg.header_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            crate::metrics::tls_failed("plain_http");
+            let mut stream = stream;
+            let e = ApiError::new(
+                400,
+                "https_required",
+                "this port speaks HTTPS: use https://",
+            );
+            return write_error(&mut stream, &e).await;
+        }
+        _ => return crate::metrics::tls_failed("timeout"),
+    }
+    let accepted = tokio::time::timeout(cfg.header_timeout, tls.acceptor().accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return crate::metrics::tls_failed("handshake");
+        }
+        Err(_) => return crate::metrics::tls_failed("timeout"),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        serve_h2(shard, stream).await;
+    } else {
+        serve_h1(shard, stream).await;
+    }
+}
+
+/// HTTP/1.1 over any transport (HTTPS): hyper with herald's routes.
+async fn serve_h1<I>(shard: Rc<Shard>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let cfg = &shard.shared.config;
+    let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;
+    let header_timeout = cfg.header_timeout;
+    let service = hyper::service::service_fn(move |req| routes::handle(shard.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        debug!(error = %e, "https connection ended with an error");
+    }
+}
+
+/// Runs HTTP/2 streams on the shard's own thread (they are not `Send`).
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// HTTP/2: every request, SSE streams included, is one h2 stream; many share
+/// the connection. When the pod drains, the connection sends GOAWAY (no new
+/// streams) while its SSE streams end with their `retry:` hints.
+async fn serve_h2<I>(shard: Rc<Shard>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let cfg = &shard.shared.config;
+    let mut phase = shard.phase.clone();
+    let service = {
+        let shard = shard.clone();
+        hyper::service::service_fn(move |req| routes::handle(shard.clone(), req))
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_send_buf_size(H2_SEND_BUFFER);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "h2 connection ended with an error");
+                }
+                return;
+            }
+            changed = phase.changed(), if !draining => {
+                if changed.is_err() || *phase.borrow() == crate::shard::Phase::Draining {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Shard {
     pub queued_in_round: std::cell::Cell<u32>,
     /// Notified at the end of every flush round.
     pub round_end: Notify,
+    /// The pod's lifecycle (HTTP/2 connections send GOAWAY when it drains).
+    pub phase: watch::Receiver<Phase>,
     /// A flush round is under way (publishes wait only for one that is: a shard
     /// with nothing to write has no round to wait for).
     pub in_round: std::cell::Cell<bool>,
@@ -169,6 +171,7 @@ async fn run(
         queued_in_round: std::cell::Cell::new(0),
         round_end: Notify::new(),
         in_round: std::cell::Cell::new(false),
+        phase: phase.clone(),
         shared: shared.clone(),
     });
     let listener = match TcpListener::from_std(listener) {

@@ -309,9 +309,9 @@ impl Herald {
                 panic!("herald did not print its listening line");
             }
         };
-        // "herald listening on http://127.0.0.1:PORT pod=ID shards=N"
+        // "herald listening on http(s)://127.0.0.1:PORT pod=ID shards=N"
         let addr = line
-            .split("http://")
+            .split("://")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .expect("address in line");

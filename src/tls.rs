@@ -1,0 +1,127 @@
+//! TLS: the certificate and key herald serves HTTPS with (`--tls-cert`,
+//! `--tls-key`), loaded at start and again on `SIGHUP`.
+//!
+//! rustls with the `ring` provider, TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+//! Files are checked when loaded: the chain parses, the key matches the leaf
+//! certificate, and the leaf is within its validity period. At start a bad file
+//! is a clear error (herald exits non-zero); on `SIGHUP` it is logged and the
+//! previous certificate stays. A reload only changes what new handshakes get:
+//! connections already open keep the session they negotiated.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+/// ALPN protocol ids, in herald's order of preference.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The TLS configuration new handshakes use, replaceable at run time.
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Load `cert` and `key`; the error says which file and why.
+    pub fn load(cert: &Path, key: &Path) -> Result<Tls, String> {
+        let config = server_config(cert, key)?;
+        Ok(Tls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// Load the files again (on `SIGHUP`). On error the previous certificate
+    /// stays in use and the error is returned for the log.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
+    /// An acceptor with the configuration in force now (one per handshake:
+    /// a lock read and an `Arc` clone).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        TlsAcceptor::from(config)
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!(
+            "--tls-cert {}: no PEM certificate in the file",
+            cert.display()
+        ));
+    };
+    check_validity(leaf, cert)?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let signing = provider
+        .key_provider
+        .load_private_key(private.clone_key())
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signing)
+        .keys_match()
+        .map_err(|e| {
+            format!(
+                "--tls-key {} does not belong to the certificate in --tls-cert {}: {e}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(config)
+}
+
+/// The leaf must be valid now: an expired (or not yet valid) certificate is
+/// refused up front rather than by every client.
+fn check_validity(leaf: &CertificateDer<'_>, path: &Path) -> Result<(), String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        format!(
+            "--tls-cert {}: not an X.509 certificate: {e}",
+            path.display()
+        )
+    })?;
+    let validity = parsed.validity();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if now > validity.not_after.timestamp() {
+        return Err(format!(
+            "--tls-cert {}: the certificate expired on {}",
+            path.display(),
+            validity.not_after
+        ));
+    }
+    if now < validity.not_before.timestamp() {
+        return Err(format!(
+            "--tls-cert {}: the certificate is not valid before {}",
+            path.display(),
+            validity.not_before
+        ));
+    }
+    Ok(())
+}
