@@ -65,8 +65,8 @@ started() {
     local line
     SERVER_PID=$!
     SERVER_STOP=$SERVER_PID
-    line=$(wait_for_line "$1" 'listening on http://' "$SERVER_PID") || return 1
-    SERVER_ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    line=$(wait_for_line "$1" 'listening on https?://' "$SERVER_PID") || return 1
+    SERVER_ADDR=$(sed -E 's|.*https?://([^ ]+).*|\1|' <<<"$line")
 }
 
 # start_herald BIN LOG [ARGS...]: herald with one shard, on a free loopback

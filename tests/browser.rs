@@ -79,3 +79,44 @@ fn page_in_headless_chromium() {
         png.len()
     );
 }
+
+/// Ten EventSources from one page over HTTP/2 (tests/browser/h2.mjs): over
+/// HTTP/1.1 only 6 could be open at once per origin.
+#[test]
+fn ten_eventsources_over_http2_in_headless_chromium() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if let Some(why) = missing_piece(&dir) {
+        if std::env::var("HERALD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("browser test cannot run: {why}");
+        }
+        eprintln!("SKIPPED ten_eventsources_over_http2_in_headless_chromium: {why}");
+        return;
+    }
+    let cert = support::certs::make_cert("browser", 2100);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["--listen", "127.0.0.1:0", "--log", "warn"])
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .stdout(std::process::Stdio::piped());
+    let herald = Herald::from_started_child(cmd.spawn().expect("spawn herald"));
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(dir.join("h2.mjs"))
+        .arg(format!("https://{}", herald.addr))
+        .current_dir(&dir)
+        .spawn()
+        .expect("run node");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("h2 browser test did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "h2 browser test failed: {status}");
+}

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,43 +16,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::certs::{make_cert, TestCert};
 use support::sse::{Parser, SseEvent};
 use support::{Herald, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-
-/// A self-signed certificate for `localhost` and its key, as PEM files.
-struct TestCert {
-    der: CertificateDer<'static>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_cert(name: &str, not_after_year: i32) -> TestCert {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("herald test {name}"));
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    TestCert {
-        der: cert.der().clone(),
-        cert: cert_path,
-        key: key_path,
-    }
-}
 
 fn start_tls(c: &TestCert, extra: &[&str], stderr: Option<&Path>) -> Herald {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -476,7 +446,11 @@ async fn sigterm_ends_http2_streams_and_sends_goaway() {
                 Some(Err(_)) => break,
             }
         }
-        assert_eq!(s.parser.retries.len(), 2, "the opening and a final retry: hint");
+        assert_eq!(
+            s.parser.retries.len(),
+            2,
+            "the opening and a final retry: hint"
+        );
     }
     // GOAWAY: the connection takes no new stream.
     let req = hyper::Request::get("https://localhost/health/live")

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod certs;
 pub mod check;
 pub mod ops;
 pub mod redis;

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# perf/tls_memory.sh: idle memory per stream over TLS, herald against nginx+nchan,
+# side by side: HTTP/1.1 over TLS, HTTP/2 with one stream per connection, HTTP/2
+# with 10 streams per connection. A fresh server per measurement; the client is
+# perf/tls_idle.py (Python asyncio + ssl, and the h2 package for HTTP/2), which
+# reports the server's RSS growth per stream. One self-signed P-256 certificate
+# (openssl) for both servers.
+#
+#   python3 -m venv /tmp/perf-venv && /tmp/perf-venv/bin/pip install -r perf/requirements.txt
+#   PYTHON=/tmp/perf-venv/bin/python perf/tls_memory.sh            # 2,000 streams
+#   STREAMS="2000 10000" PYTHON=/tmp/perf-venv/bin/python perf/tls_memory.sh
+set -euo pipefail
+PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$PERF_DIR/.." && pwd)
+# shellcheck source=servers.sh
+source "$PERF_DIR/servers.sh"
+PYTHON=${PYTHON:-python3}
+STREAMS=${STREAMS:-2000}
+MODES=${MODES:-0 1 10}        # 0: HTTP/1.1; K: HTTP/2 with K streams per connection
+SERVERS=${SERVERS:-herald nchan}
+CLIENT_CPU=${CLIENT_CPU:-1}
+"$PYTHON" -c 'import h2' 2>/dev/null || { echo "tls_memory.sh: $PYTHON lacks the h2 package (pip install -r perf/requirements.txt)" >&2; exit 1; }
+cargo build --release -q -p herald --manifest-path "$ROOT/Cargo.toml"
+tmp=$(mktemp -d)
+chmod 755 "$tmp"
+trap 'stop_server; rm -rf "$tmp"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj /CN=localhost -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+chmod 644 "$tmp/key.pem"
+
+start_nchan_tls() {
+    local port master worker deadline
+    port=$(free_port)
+    sed -e "s|@DIR@|$tmp|g" -e "s|@PORT@|$port|g" \
+        -e "s|listen 127.0.0.1:$port backlog=4096;|listen 127.0.0.1:$port ssl http2 backlog=4096; ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem;|" \
+        "$PERF_DIR/nchan.conf.in" >"$tmp/nginx.conf"
+    taskset -c "$SERVER_CPU" nginx -p "$tmp/" -c "$tmp/nginx.conf" -e "$tmp/error.log" >"$tmp/nginx.out" 2>&1 &
+    master=$!
+    SERVER_STOP=$master
+    wait_for_port "$port" "$master" || return 1
+    deadline=$((SECONDS + START_TIMEOUT))
+    worker=
+    while [[ -z $worker ]] && ((SECONDS < deadline)); do
+        worker=$(pgrep -P "$master" | head -n1 || true)
+        [[ -n $worker ]] || sleep 0.05
+    done
+    SERVER_PID=$worker
+    SERVER_STOP="$master $worker"
+    SERVER_ADDR=127.0.0.1:$port
+    SUB_URL="https://$SERVER_ADDR/sub/{i}"
+}
+
+printf '| server | streams | per connection | bytes per stream |\n|---|---:|---|---:|\n'
+for n in $STREAMS; do
+    for mode in $MODES; do
+        for server in $SERVERS; do
+            case $server in
+                herald)
+                    start_herald "$ROOT/target/release/herald" "$tmp/herald.log" \
+                        --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
+                    url="https://$SERVER_ADDR/api/user/sse/connect?userId=u{i}" ;;
+                nchan)
+                    start_nchan_tls
+                    url=$SUB_URL ;;
+            esac
+            out=$(taskset -c "$CLIENT_CPU" timeout 600 "$PYTHON" "$PERF_DIR/tls_idle.py" --url "$url" \
+                --streams "$n" --per-conn "$mode" --server-pid "$SERVER_PID" --hold 2 2>"$tmp/client.err") \
+                || { echo "tls_memory.sh: $server $n/$mode failed: $(tail -1 "$tmp/client.err")" >&2; stop_server; continue; }
+            per=$("$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])["bytes_per_stream"])' "$out")
+            what=$([[ $mode == 0 ]] && echo "HTTP/1.1 over TLS" || echo "HTTP/2, $mode streams per connection")
+            printf '| %s | %s | %s | %s |\n' "$server" "$n" "$what" "$per"
+            stop_server
+        done
+    done
+done
