@@ -11,8 +11,10 @@ has a deadline and the run ends by itself after --hold.
     --per-conn 0: HTTP/1.1 (one stream per TLS connection, ALPN http/1.1)
     --per-conn K: HTTP/2 with K streams on each connection (ALPN h2)
 
-Prints one JSON object: streams, connections, rss_before, rss_after,
-bytes_per_stream. Certificates are not verified (loopback load test).
+Prints one JSON object: streams, connections, rss_before, rss_open (once every
+stream is open), rss_after (after --hold), bytes_per_stream_open and
+bytes_per_stream (after the hold: the steady state, once the server has had time
+to give back what the connect burst freed). Certificates are not verified (loopback load test).
 Needs the `h2` package for HTTP/2 (perf/requirements.txt).
 """
 
@@ -161,6 +163,7 @@ async def main() -> int:
         if failed is not None:
             return await give_up(f"a connection failed: {failed.exception()!r}")
         await asyncio.sleep(0.05)
+    at_open = rss(a.server_pid)
     await asyncio.sleep(a.hold)
     after = rss(a.server_pid)
     stop.set()
@@ -173,7 +176,9 @@ async def main() -> int:
         "connections": conns,
         "per_conn": a.per_conn,
         "rss_before": before,
+        "rss_open": at_open,
         "rss_after": after,
+        "bytes_per_stream_open": round((at_open - before) / a.streams),
         "bytes_per_stream": round((after - before) / a.streams),
     }))
     return 0

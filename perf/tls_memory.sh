@@ -19,6 +19,7 @@ STREAMS=${STREAMS:-2000}
 MODES=${MODES:-0 1 10}        # 0: HTTP/1.1; K: HTTP/2 with K streams per connection
 SERVERS=${SERVERS:-herald nchan}
 CLIENT_CPU=${CLIENT_CPU:-1}
+HOLD=${HOLD:-35}              # seconds streams are held before the figure: past herald's 30 s cleanup interval
 "$PYTHON" -c 'import h2' 2>/dev/null || { echo "tls_memory.sh: $PYTHON lacks the h2 package (pip install -r perf/requirements.txt)" >&2; exit 1; }
 cargo build --release -q -p herald --manifest-path "$ROOT/Cargo.toml"
 tmp=$(mktemp -d)
@@ -50,7 +51,7 @@ start_nchan_tls() {
     SUB_URL="https://$SERVER_ADDR/sub/{i}"
 }
 
-printf '| server | streams | per connection | bytes per stream |\n|---|---:|---|---:|\n'
+printf '| server | streams | per connection | bytes per stream, all open | after %s s |\n|---|---:|---|---:|---:|\n' "$HOLD"
 for n in $STREAMS; do
     for mode in $MODES; do
         for server in $SERVERS; do
@@ -64,9 +65,9 @@ for n in $STREAMS; do
                     url=$SUB_URL ;;
             esac
             out=$(taskset -c "$CLIENT_CPU" timeout 600 "$PYTHON" "$PERF_DIR/tls_idle.py" --url "$url" \
-                --streams "$n" --per-conn "$mode" --server-pid "$SERVER_PID" --hold 2 2>"$tmp/client.err") \
+                --streams "$n" --per-conn "$mode" --server-pid "$SERVER_PID" --hold "$HOLD" 2>"$tmp/client.err") \
                 || { echo "tls_memory.sh: $server $n/$mode failed: $(tail -1 "$tmp/client.err")" >&2; stop_server; continue; }
-            per=$("$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])["bytes_per_stream"])' "$out")
+            per=$("$PYTHON" -c 'import json,sys; j = json.loads(sys.argv[1]); print(j["bytes_per_stream_open"], "|", j["bytes_per_stream"])' "$out")
             what=$([[ $mode == 0 ]] && echo "HTTP/1.1 over TLS" || echo "HTTP/2, $mode streams per connection")
             printf '| %s | %s | %s | %s |\n' "$server" "$n" "$what" "$per"
             stop_server

@@ -467,3 +467,72 @@ async fn sigterm_ends_http2_streams_and_sends_goaway() {
     let status = h.wait_exit(WAIT).expect("herald exits");
     assert!(status.success(), "{status}");
 }
+
+/// Read an HTTP/1.1-over-TLS stream until `needle` shows up; returns all read.
+async fn read_until(tls: &mut TlsStream<TcpStream>, seen: &mut Vec<u8>, needle: &str) {
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + WAIT;
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            Instant::now() < until,
+            "no {needle:?} in {}",
+            String::from_utf8_lossy(seen)
+        );
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before {needle:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn http11_tls_streams_end_on_client_close_and_on_drain() {
+    let c = make_cert("h1-end", 2100);
+    let mut h = start_tls(&c, &["--grace-period", "2s"], None);
+    let open = |user: &'static str| {
+        let h = &h;
+        let c = &c;
+        async move {
+            let mut tls = tls_connect(h, &[&c.der], &[b"http/1.1"]).await.unwrap();
+            tls.write_all(
+                format!(
+                    "GET /api/user/sse/connect?userId={user} HTTP/1.1\r\nhost: localhost\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            read_until(&mut tls, &mut seen, "event: CONNECTED").await;
+            assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200 OK\r\n"));
+            (tls, seen)
+        }
+    };
+    let (a, _) = open("gone").await;
+    let (mut b, mut seen) = open("stays").await;
+    let mut send = h2(&h, &c.der).await;
+    wait_connections_h2(&mut send, 2).await;
+    // The client goes away: herald sees it without writing to it.
+    drop(a);
+    wait_connections_h2(&mut send, 1).await;
+    // SIGTERM: the stream ends with its final retry: line and a TLS close.
+    drop(send);
+    h.signal("TERM");
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, b.read(&mut buf))
+            .await
+            .expect("the stream ends in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    let last = text.trim_end_matches('\n').rsplit('\n').next().unwrap();
+    assert!(last.starts_with("retry: "), "last line {last:?} of {text}");
+    assert!(h.wait_exit(WAIT).is_some_and(|s| s.success()));
+}

@@ -20,11 +20,13 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::conn::CloseReason;
 use crate::error::{self, ApiError};
 use crate::shard::io;
+use crate::shard::stream::{QueueBody, StreamGuard};
 use crate::shard::Shard;
 use head::{HeadError, Rewind};
 
@@ -135,10 +137,95 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
         }
         Err(_) => return crate::metrics::tls_failed("timeout"),
     };
+    // A task of its own for what follows: a task keeps room for its largest
+    // state, and the handshake's must not stay allocated for the connection's
+    // life. The stream is boxed once, so that no future holds two copies of it.
+    let stream = Box::new(stream);
     if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-        serve_h2(shard, stream).await;
+        tokio::task::spawn_local(serve_h2(shard, stream));
     } else {
-        serve_h1(shard, stream).await;
+        tokio::task::spawn_local(serve_tls_h1(shard, stream));
+    }
+}
+
+/// HTTP/1.1 over TLS: the first head is read here, as on the plain port. A
+/// connect becomes a lean TLS stream ([`tls_stream`]); anything else is served
+/// by hyper from the bytes already read.
+async fn serve_tls_h1(shard: Rc<Shard>, mut stream: Box<TlsStream<TcpStream>>) {
+    let cfg = &shard.shared.config;
+    let mut buf = BytesMut::with_capacity(512);
+    let Some(head) = read_head(&shard, &mut stream, &mut buf).await else {
+        return;
+    };
+    if head.method == "GET" && head.path == CONNECT_PATH {
+        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
+        let cors_lines = cors_origin.map(cors::head_lines).unwrap_or_default();
+        let params = match params::connect(&head.query) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
+        };
+        let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
+        let cr = routes::ConnectReq {
+            last_event_id: last_event_id.as_deref(),
+            bearer: head.authorization.as_deref().and_then(crate::auth::bearer),
+            raw_head: true,
+            cors_origin,
+        };
+        match Box::pin(routes::open_stream(&shard, &params, &cr)).await {
+            Ok(new) => {
+                drop(buf);
+                let guard = StreamGuard::new(shard.clone(), new.key, new.serial);
+                // Its own task again: the head reader's and the connect's states
+                // are not kept for the stream's life.
+                tokio::task::spawn_local(tls_stream(QueueBody::new(guard), stream));
+            }
+            Err(e) => Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
+        }
+        return;
+    }
+    Box::pin(serve_h1(shard, Rewind::new(buf.freeze(), stream))).await;
+}
+
+/// A stream over TLS: its queue's frames (the response head first) written
+/// through rustls, every frame that is ready encrypted before one flush. No
+/// hyper connection (and its read and write buffers) is kept per idle stream;
+/// what stays is the socket, the rustls connection and the table entry. The
+/// stream ends when its queue does (drain, disconnect, replacement, slow
+/// consumer: then with close_notify) or when the client closes.
+async fn tls_stream(mut body: QueueBody, mut tls: Box<TlsStream<TcpStream>>) {
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    // Anything the client sends after its request (a close_notify, an alert)
+    // only tells whether it is still there.
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            frame = body.frame() => {
+                let Some(Ok(frame)) = frame else {
+                    let _ = tls.shutdown().await;
+                    return;
+                };
+                let mut next = Some(frame);
+                while let Some(f) = next.take() {
+                    if let Ok(data) = f.into_data() {
+                        if tls.get_mut().1.writer().write_all(&data).is_err() {
+                            return;
+                        }
+                    }
+                    next = body.frame().now_or_never().flatten().and_then(Result::ok);
+                }
+                if tls.flush().await.is_err() {
+                    return;
+                }
+            }
+            read = tls.read(&mut probe) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -150,7 +237,10 @@ where
     let cfg = &shard.shared.config;
     let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;
     let header_timeout = cfg.header_timeout;
-    let service = hyper::service::service_fn(move |req| routes::handle(shard.clone(), req));
+    // Boxed: the connection keeps the service's future while a stream lasts;
+    // boxed, it is freed once the response is made.
+    let service =
+        hyper::service::service_fn(move |req| Box::pin(routes::handle(shard.clone(), req)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -185,7 +275,9 @@ where
     let mut phase = shard.phase.clone();
     let service = {
         let shard = shard.clone();
-        hyper::service::service_fn(move |req| routes::handle(shard.clone(), req))
+        // Boxed: each h2 stream's task would otherwise keep room for the whole
+        // route future for the stream's life; boxed, it is freed once answered.
+        hyper::service::service_fn(move |req| Box::pin(routes::handle(shard.clone(), req)))
     };
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
@@ -259,11 +351,14 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
 /// Read a request head into `buf` within `--header-timeout`. A head that does
 /// not come whole is answered (`408`, `431`, `400`) and the connection closed,
 /// or, when the client went away, dropped: `None` either way.
-pub(crate) async fn read_head(
+pub(crate) async fn read_head<S>(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut S,
     buf: &mut BytesMut,
-) -> Option<head::Head> {
+) -> Option<head::Head>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let cfg = &shard.shared.config;
     let read = head::read(&mut *stream, buf, cfg.max_header_bytes);
     let err = match tokio::time::timeout(cfg.header_timeout, read).await {
@@ -307,12 +402,19 @@ pub(crate) fn json_head(out: &mut Vec<u8>, status: u16, body_len: usize) {
 }
 
 /// Write a JSON error response and close the connection.
-pub async fn write_error(stream: &mut TcpStream, err: &ApiError) {
+pub async fn write_error<S>(stream: &mut S, err: &ApiError)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     write_error_with(stream, err, "").await
 }
 
 /// As [`write_error`], with extra header lines (each ending in CRLF).
-pub async fn write_error_with(stream: &mut TcpStream, err: &ApiError, extra: &str) {
+pub async fn write_error_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    err: &ApiError,
+    extra: &str,
+) {
     let body = err.body();
     let mut out = Vec::with_capacity(160 + extra.len() + body.len());
     json_head(&mut out, err.status, body.len());
