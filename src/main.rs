@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let config = Config::from_process();
     if config.health_check {
-        std::process::exit(health_check(config.listen));
+        std::process::exit(health_check(config.listen, config.tls_cert.as_deref()));
     }
     init_logs(&config);
     // Signal handlers first: a SIGTERM right after the listening line must drain,
@@ -84,9 +84,14 @@ fn init_logs(config: &Config) {
     }
 }
 
-/// `--health-check`: `GET /health/live` on the listening address, bounded by
-/// two seconds per step. Returns the process exit code.
-fn health_check(listen: SocketAddr) -> i32 {
+/// A byte stream, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// `--health-check`: `GET /health/live` on the listening address (over TLS when
+/// `--tls-cert` is set), bounded by two seconds per step. Returns the process
+/// exit code.
+fn health_check(listen: SocketAddr, tls_cert: Option<&std::path::Path>) -> i32 {
     let mut addr = listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr.ip() {
@@ -95,10 +100,27 @@ fn health_check(listen: SocketAddr) -> i32 {
         });
     }
     let step = Duration::from_secs(2);
+    // Over HTTPS when herald serves it, trusting the certificate it serves.
+    let tls = match tls_cert.map(herald::tls::self_check_client).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("herald at {addr}: {e}");
+            return 1;
+        }
+    };
     let answer = (|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, step)?;
+        let s = TcpStream::connect_timeout(&addr, step)?;
         s.set_read_timeout(Some(step))?;
         s.set_write_timeout(Some(step))?;
+        let mut s: Box<dyn ReadWrite> = match &tls {
+            None => Box::new(s),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(std::io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(conn, s))
+            }
+        };
         write!(
             s,
             "GET /health/live HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

@@ -536,3 +536,36 @@ async fn http11_tls_streams_end_on_client_close_and_on_drain() {
     assert!(last.starts_with("retry: "), "last line {last:?} of {text}");
     assert!(h.wait_exit(WAIT).is_some_and(|s| s.success()));
 }
+
+#[tokio::test]
+async fn health_check_speaks_https_when_herald_does() {
+    let c = make_cert("health", 2100);
+    let h = start_tls(&c, &[], None);
+    let check = |addr: String| {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--health-check", "--listen", &addr])
+            .arg("--tls-cert")
+            .arg(&c.cert)
+            .arg("--tls-key")
+            .arg(&c.key)
+            .output()
+            .expect("run the health check")
+    };
+    let ok = check(h.addr.to_string());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Another certificate than the one served: refused.
+    let other = make_cert("health-other", 2100);
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--health-check", "--listen", &h.addr.to_string()])
+        .arg("--tls-cert")
+        .arg(&other.cert)
+        .arg("--tls-key")
+        .arg(&other.key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
