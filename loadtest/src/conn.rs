@@ -60,6 +60,8 @@ pub struct SubSpec {
     pub sources: Vec<Ipv4Addr>,
     /// Longest from `connect` to the response head (churn: to the first body bytes).
     pub connect_timeout: Duration,
+    /// `https://`: a TLS handshake before the request ([`crate::tls`]).
+    pub tls: bool,
 }
 
 impl SubSpec {
@@ -234,6 +236,8 @@ fn on_stamp(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TLS only: the handshake, before the request is written.
+    Handshake,
     Writing,
     Head,
     Streaming,
@@ -243,6 +247,8 @@ enum State {
 /// One subscriber connection.
 pub struct Conn {
     sock: Option<TcpStream>,
+    /// The TLS session of an `https://` stream (boxed: plain streams stay small).
+    tls: Option<Box<rustls::ClientConnection>>,
     index: u64,
     state: State,
     /// A 2xx response head was received: the stream is open.
@@ -296,7 +302,11 @@ impl Conn {
     fn open(spec: &SubSpec, index: u64, registry: &Registry, token: Token) -> io::Result<Conn> {
         let mut sock = spec.connect(index)?;
         registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(Conn::slot(index, Some(sock), State::Connecting))
+        let mut conn = Conn::slot(index, Some(sock), State::Connecting);
+        if spec.tls {
+            conn.tls = Some(Box::new(crate::tls::connection(spec.addr)?));
+        }
+        Ok(conn)
     }
 
     /// A slot for a connection whose connect could not even start.
@@ -308,6 +318,7 @@ impl Conn {
     fn slot(index: u64, sock: Option<TcpStream>, state: State) -> Conn {
         Conn {
             sock,
+            tls: None,
             index,
             state,
             head_ok: false,
@@ -328,6 +339,7 @@ impl Conn {
     fn close(&mut self, step: &mut Step, reason: String) {
         self.state = State::Done;
         self.sock = None;
+        self.tls = None;
         self.head = Vec::new();
         self.sse = SseParser::default();
         step.end = Some(reason);
@@ -350,10 +362,46 @@ impl Conn {
                         }
                     }
                     match sock.peer_addr() {
+                        Ok(_) if self.tls.is_some() => self.state = State::Handshake,
                         Ok(_) => self.state = State::Writing,
                         Err(e) if e.kind() == ErrorKind::NotConnected => return step,
                         Err(e) => {
                             self.close(&mut step, format!("connect: {e}"));
+                            return step;
+                        }
+                    }
+                }
+                State::Handshake => {
+                    let tls = self.tls.as_mut().expect("a TLS stream");
+                    match drive_tls(tls, sock, false) {
+                        Ok(true) if !tls.is_handshaking() => self.state = State::Writing,
+                        Ok(_) => return step,
+                        Err(e) => {
+                            self.close(&mut step, format!("tls handshake: {e}"));
+                            return step;
+                        }
+                    }
+                }
+                State::Writing if self.tls.is_some() => {
+                    let tls = self.tls.as_mut().expect("a TLS stream");
+                    if self.written == 0 {
+                        spec.request(self.index, &mut ctx.wbuf);
+                        // Into rustls' buffer at once; flushed below, and again
+                        // on the next writable edge when the socket is full.
+                        if let Err(e) = tls.writer().write_all(&ctx.wbuf) {
+                            self.close(&mut step, format!("write: {e}"));
+                            return step;
+                        }
+                        self.written = 1;
+                    }
+                    match drive_tls(tls, sock, true) {
+                        Ok(true) => {
+                            let _ = registry.reregister(sock, token, Interest::READABLE);
+                            self.state = State::Head;
+                        }
+                        Ok(false) => return step,
+                        Err(e) => {
+                            self.close(&mut step, format!("write: {e}"));
                             return step;
                         }
                     }
@@ -388,6 +436,9 @@ impl Conn {
     }
 
     fn read_all(&mut self, ctx: &mut Ctx, step: &mut Step) {
+        if self.tls.is_some() {
+            return self.read_all_tls(ctx, step);
+        }
         loop {
             let Some(sock) = self.sock.as_mut() else {
                 return;
@@ -423,6 +474,44 @@ impl Conn {
             // read that returns EAGAIN is skipped (one syscall per wakeup).
             if n < rbuf.len() {
                 return;
+            }
+        }
+    }
+
+    /// [`Conn::read_all`] for a TLS stream: records read until the socket is
+    /// empty, their plaintext handed to [`Conn::on_bytes`] as it comes.
+    fn read_all_tls(&mut self, ctx: &mut Ctx, step: &mut Step) {
+        loop {
+            let (Some(sock), Some(tls)) = (self.sock.as_mut(), self.tls.as_mut()) else {
+                return;
+            };
+            match tls.read_tls(sock) {
+                Ok(0) => return self.close(step, "closed by the server".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.close(step, format!("read: {e}")),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                return self.close(step, format!("tls: {e}"));
+            }
+            loop {
+                let Some(tls) = self.tls.as_mut() else {
+                    return;
+                };
+                let n = match tls.reader().read(&mut ctx.rbuf) {
+                    Ok(0) => return self.close(step, "closed by the server (close_notify)".into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return self.close(step, format!("tls read: {e}")),
+                };
+                let now = sys::now_ns();
+                let Ctx {
+                    rbuf, phase, stats, ..
+                } = ctx;
+                if let Err(why) = self.on_bytes(&rbuf[..n], now, phase, stats, step) {
+                    return self.close(step, why);
+                }
             }
         }
     }
@@ -535,6 +624,43 @@ impl Conn {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+/// Moves TLS records between `tls` and the socket as far as it goes without
+/// blocking: writes what rustls has to send, and (unless `write_only`) reads and
+/// processes what the server sent while the handshake needs it. `Ok(true)` once
+/// nothing is left to write and the handshake is over; `Ok(false)` when the
+/// socket would block (a later readiness edge resumes it).
+fn drive_tls(
+    tls: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+    write_only: bool,
+) -> io::Result<bool> {
+    loop {
+        while tls.wants_write() {
+            match tls.write_tls(sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !tls.is_handshaking() {
+            return Ok(true);
+        }
+        if write_only || !tls.wants_read() {
+            return Ok(false);
+        }
+        match tls.read_tls(sock) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {
+                tls.process_new_packets().map_err(io::Error::other)?;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -1292,6 +1418,7 @@ mod tests {
             headers: vec![("X-A".into(), "b".into())],
             sources: vec![Ipv4Addr::LOCALHOST],
             connect_timeout: Duration::from_secs(1),
+            tls: false,
         };
         let mut out = Vec::new();
         spec.request(42, &mut out);

@@ -28,6 +28,7 @@ mod scenarios;
 mod sse;
 mod sys;
 mod target;
+mod tls;
 mod track;
 
 use std::path::PathBuf;

@@ -53,11 +53,16 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// A blocking HTTP/1.1 client on one keep-alive connection.
+/// A byte stream, plain or TLS.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A blocking HTTP/1.1 client on one keep-alive connection (TLS for `https://`).
 pub struct HttpClient {
     addr: SocketAddr,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    tls: bool,
+    stream: Option<Box<dyn Stream>>,
     buf: Vec<u8>,
     got_bytes: bool,
 }
@@ -67,9 +72,18 @@ impl HttpClient {
         HttpClient {
             addr,
             timeout,
+            tls: false,
             stream: None,
             buf: Vec::with_capacity(4096),
             got_bytes: false,
+        }
+    }
+
+    /// A client for `url` (TLS when it is `https://`).
+    pub fn for_url(url: &Url, timeout: Duration) -> HttpClient {
+        HttpClient {
+            tls: url.tls,
+            ..HttpClient::new(url.addr, timeout)
         }
     }
 
@@ -101,9 +115,16 @@ impl HttpClient {
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(self.timeout))?;
             s.set_write_timeout(Some(self.timeout))?;
-            self.stream = Some(s);
+            self.stream = Some(if self.tls {
+                Box::new(rustls::StreamOwned::new(
+                    crate::tls::connection(self.addr)?,
+                    s,
+                ))
+            } else {
+                Box::new(s)
+            });
         }
-        let s = self.stream.as_mut().unwrap();
+        let s = self.stream.as_mut().unwrap().as_mut();
         s.write_all(req)?;
         self.buf.clear();
         let head = loop {
@@ -174,7 +195,7 @@ impl HttpClient {
     }
 }
 
-fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+fn read_more(s: &mut (impl Read + ?Sized), buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut tmp = [0u8; 16 * 1024];
     loop {
         match s.read(&mut tmp) {
@@ -190,7 +211,7 @@ fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 
 /// A one-shot `GET` (connection closed afterwards).
 pub fn http_get(url: &Url, timeout: Duration) -> io::Result<Response> {
-    let mut c = HttpClient::new(url.addr, timeout);
+    let mut c = HttpClient::for_url(url, timeout);
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
         url.path, url.host
@@ -418,7 +439,7 @@ pub fn run(spec: &PubSpec, plan: &PubPlan) -> PubResult {
 fn publish(spec: &PubSpec, plan: &PubPlan, shared: &Shared, t0: u64) -> PubResult {
     let rest = spec.request_rest();
     let batch = spec.batch.max(1) as u64;
-    let mut client = HttpClient::new(spec.url.addr, spec.timeout);
+    let mut client = HttpClient::for_url(&spec.url, spec.timeout);
     let mut payload_buf = Vec::with_capacity(spec.payload_bytes + 64);
     let mut body = Vec::with_capacity((spec.payload_bytes + 256) * batch as usize);
     let mut req = Vec::with_capacity(rest.len() + body.capacity() + 512);
@@ -618,6 +639,7 @@ mod tests {
                 addr,
                 host: addr.to_string(),
                 path: "/pub".into(),
+                tls: false,
             },
             path: Template::new("/pub"),
             body: Template::new("{payload}"),
@@ -796,6 +818,7 @@ mod tests {
                 addr,
                 host: addr.to_string(),
                 path: "/pub/u{user}".into(),
+                tls: false,
             },
             path: Template::new("/pub/u{user}"),
             body: Template::new("{payload}"),

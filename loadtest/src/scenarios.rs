@@ -103,6 +103,7 @@ fn prepare(
             headers,
             sources,
             connect_timeout: sub.connect_timeout,
+            tls: url.tls,
         }),
         n,
         threads: sub.threads,

@@ -1,4 +1,4 @@
-//! Targets: loopback-only `http://` (and `redis://`) URLs, and the templates
+//! Targets: loopback-only `http://` and `https://` (and `redis://`) URLs, and the templates
 //! the harness fills in (`{i}` in subscribe URLs; `{payload}`, `{user}` and
 //! `{seq}` in publish bodies).
 //!
@@ -15,11 +15,20 @@ pub struct Url {
     pub host: String,
     /// Path and query, starting with `/` (may still hold template placeholders).
     pub path: String,
+    /// `https://`: TLS ([`crate::tls`]).
+    pub tls: bool,
 }
 
 /// Parses `url` with the given scheme (`http` or `redis`), refusing any host
 /// outside 127.0.0.0/8.
 pub fn parse_url(url: &str, scheme: &str, default_port: u16) -> Result<Url, String> {
+    // `http` also takes `https` (TLS, port 443 by default).
+    let tls = scheme == "http" && url.starts_with("https://");
+    let (scheme, default_port) = if tls {
+        ("https", 443)
+    } else {
+        (scheme, default_port)
+    };
     let rest = url
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix("://"))
@@ -58,6 +67,7 @@ pub fn parse_url(url: &str, scheme: &str, default_port: u16) -> Result<Url, Stri
         addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
         host: authority.to_string(),
         path: path.to_string(),
+        tls,
     })
 }
 
@@ -194,7 +204,9 @@ mod tests {
         assert!(parse_url("http://10.0.0.1:80/", "http", 80).is_err());
         assert!(parse_url("http://192.168.1.2/", "http", 80).is_err());
         assert!(parse_url("http://example.com/", "http", 80).is_err());
-        assert!(parse_url("https://127.0.0.1/", "http", 80).is_err());
+        let u = parse_url("https://127.0.0.1/", "http", 80).unwrap();
+        assert!(u.tls && u.addr.port() == 443);
+        assert!(parse_url("https://127.0.0.1/", "redis", 6379).is_err());
         assert!(parse_url("http://u:p@127.0.0.1/", "http", 80).is_err());
         let r = parse_url("redis://127.0.0.1", "redis", 6379).unwrap();
         assert_eq!(r.addr.port(), 6379);

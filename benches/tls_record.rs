@@ -1,0 +1,89 @@
+//! The cost of encryption alone on a TLS stream: one SSE event frame (an id,
+//! an event name and 100 bytes of data, as the load test publishes) written
+//! through a rustls server connection and sealed into a TLS record, TLS 1.3 with
+//! AES-256-GCM (what rustls negotiates with itself here) on the ring provider.
+//! This is what an HTTPS delivery adds to a plain one besides the syscall
+//! (perf/RESULTS.md compares it with the load test's CPU per delivery).
+//!
+//!   cargo bench --bench tls_record
+
+use std::io::Write;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// A server and a client connection that completed their handshake in memory.
+fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.der().to_vec()))
+        .unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut server = rustls::ServerConnection::new(Arc::new(server_cfg)).unwrap();
+    let mut client = rustls::ClientConnection::new(
+        Arc::new(client_cfg),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    while client.is_handshaking() || server.is_handshaking() {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).unwrap();
+        }
+        server.read_tls(&mut &buf[..]).unwrap();
+        server.process_new_packets().unwrap();
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).unwrap();
+        }
+        client.read_tls(&mut &buf[..]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    (server, client)
+}
+
+fn seal(c: &mut Criterion) {
+    let (mut server, _client) = pair();
+    let frame = format!(
+        "id: 1796131572939665\nevent: message\ndata: \"T123456789012S42P{}\"\n\n",
+        "x".repeat(83)
+    );
+    let mut out = Vec::with_capacity(1024);
+    let mut g = c.benchmark_group("tls_record");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("seal one event frame", |b| {
+        b.iter(|| {
+            server.writer().write_all(frame.as_bytes()).unwrap();
+            out.clear();
+            while server.wants_write() {
+                server.write_tls(&mut out).unwrap();
+            }
+            std::hint::black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, seal);
+criterion_main!(benches);
