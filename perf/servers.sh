@@ -85,8 +85,10 @@ start_floor() {
     local bin=$1 coalesce=$2 log=$3
     taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --coalesce "$coalesce" >"$log.out" 2>"$log" &
     started "$log.out" || return 1
-    SUB_URL="http://$SERVER_ADDR/sub/{i}"
-    PUB_URL="http://$SERVER_ADDR/pub"
+    local scheme=http
+    [[ -z ${NCHAN_TLS_CERT:-} ]] || scheme=https
+    SUB_URL="$scheme://$SERVER_ADDR/sub/{i}"
+    PUB_URL="$scheme://$SERVER_ADDR/pub"
     PUB_BODY='{payload}'
 }
 
@@ -97,8 +99,10 @@ start_axum() {
     local bin=$1 log=$2
     taskset -c "$SERVER_CPU" "$bin" --listen 127.0.0.1:0 --threads "${AXUM_THREADS:-1}" >"$log.out" 2>"$log" &
     started "$log.out" || return 1
-    SUB_URL="http://$SERVER_ADDR/sub/{i}"
-    PUB_URL="http://$SERVER_ADDR/pub"
+    local scheme=http
+    [[ -z ${NCHAN_TLS_CERT:-} ]] || scheme=https
+    SUB_URL="$scheme://$SERVER_ADDR/sub/{i}"
+    PUB_URL="$scheme://$SERVER_ADDR/pub"
     PUB_BODY='{payload}'
 }
 
@@ -112,6 +116,10 @@ start_nchan() {
     SERVER_TMP=$dir
     port=$(free_port)
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" "$PERF_DIR/nchan.conf.in" >"$dir/nginx.conf"
+    # NCHAN_TLS_CERT and NCHAN_TLS_KEY (PEM files): HTTPS with HTTP/2 on the same port.
+    if [[ -n ${NCHAN_TLS_CERT:-} ]]; then
+        sed -i "s|listen 127.0.0.1:$port backlog=4096;|listen 127.0.0.1:$port ssl http2 backlog=4096; ssl_certificate $NCHAN_TLS_CERT; ssl_certificate_key $NCHAN_TLS_KEY;|" "$dir/nginx.conf"
+    fi
     # The worker runs as nobody when nginx starts as root: let it reach its files.
     chmod 755 "$dir"
     taskset -c "$SERVER_CPU" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log.out" 2>"$log" &
@@ -128,8 +136,10 @@ start_nchan() {
     SERVER_PID=$worker
     SERVER_STOP="$master $worker"
     SERVER_ADDR=127.0.0.1:$port
-    SUB_URL="http://$SERVER_ADDR/sub/{i}"
-    PUB_URL="http://$SERVER_ADDR/pub"
+    local scheme=http
+    [[ -z ${NCHAN_TLS_CERT:-} ]] || scheme=https
+    SUB_URL="$scheme://$SERVER_ADDR/sub/{i}"
+    PUB_URL="$scheme://$SERVER_ADDR/pub"
     PUB_BODY='{payload}'
 }
 

@@ -29,28 +29,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -subj /CN=localhost -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
 chmod 644 "$tmp/key.pem"
 
-start_nchan_tls() {
-    local port master worker deadline
-    port=$(free_port)
-    sed -e "s|@DIR@|$tmp|g" -e "s|@PORT@|$port|g" \
-        -e "s|listen 127.0.0.1:$port backlog=4096;|listen 127.0.0.1:$port ssl http2 backlog=4096; ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem;|" \
-        "$PERF_DIR/nchan.conf.in" >"$tmp/nginx.conf"
-    taskset -c "$SERVER_CPU" nginx -p "$tmp/" -c "$tmp/nginx.conf" -e "$tmp/error.log" >"$tmp/nginx.out" 2>&1 &
-    master=$!
-    SERVER_STOP=$master
-    wait_for_port "$port" "$master" || return 1
-    deadline=$((SECONDS + START_TIMEOUT))
-    worker=
-    while [[ -z $worker ]] && ((SECONDS < deadline)); do
-        worker=$(pgrep -P "$master" | head -n1 || true)
-        [[ -n $worker ]] || sleep 0.05
-    done
-    SERVER_PID=$worker
-    SERVER_STOP="$master $worker"
-    SERVER_ADDR=127.0.0.1:$port
-    SUB_URL="https://$SERVER_ADDR/sub/{i}"
-}
-
 printf '| server | streams | per connection | bytes per stream, all open | after %s s |\n|---|---:|---|---:|---:|\n' "$HOLD"
 for n in $STREAMS; do
     for mode in $MODES; do
@@ -61,7 +39,7 @@ for n in $STREAMS; do
                         --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
                     url="https://$SERVER_ADDR/api/user/sse/connect?userId=u{i}" ;;
                 nchan)
-                    start_nchan_tls
+                    NCHAN_TLS_CERT=$tmp/cert.pem NCHAN_TLS_KEY=$tmp/key.pem start_nchan "$tmp/nchan.log"
                     url=$SUB_URL ;;
             esac
             out=$(taskset -c "$CLIENT_CPU" timeout 600 "$PYTHON" "$PERF_DIR/tls_idle.py" --url "$url" \

@@ -11,8 +11,8 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use support::Herald;
@@ -31,16 +31,46 @@ fn missing_piece(dir: &Path) -> Option<String> {
     None
 }
 
-#[test]
-fn page_in_headless_chromium() {
+/// tests/browser, or `None` (with a message) when a piece is missing and the
+/// browser is not required.
+fn browser_dir(test: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if let Some(why) = missing_piece(&dir) {
         if std::env::var("HERALD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
             panic!("browser test cannot run: {why}");
         }
-        eprintln!("SKIPPED page_in_headless_chromium: {why}");
-        return;
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
     }
+    Some(dir)
+}
+
+/// Run a node script of tests/browser with `args`, bounded by `limit`.
+fn run_node(dir: &Path, script: &str, args: &[&std::ffi::OsStr], limit: Duration) -> ExitStatus {
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(dir)
+        .spawn()
+        .expect("run node");
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{script} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn page_in_headless_chromium() {
+    let Some(dir) = browser_dir("page_in_headless_chromium") else {
+        return;
+    };
     let herald = Herald::start(&[
         "--heartbeat-interval",
         "500ms",
@@ -51,25 +81,14 @@ fn page_in_headless_chromium() {
     ]);
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("page.png");
     let _ = std::fs::remove_file(&shot);
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(dir.join("page.mjs"))
-        .arg(format!("http://{}", herald.addr))
-        .arg(&shot)
-        .current_dir(&dir)
-        .spawn()
-        .expect("run node");
     // Bounded: the script's own waits are 10 s each; the whole run gets 90 s.
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("browser test did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let base = format!("http://{}", herald.addr);
+    let status = run_node(
+        &dir,
+        "page.mjs",
+        &[base.as_ref(), shot.as_os_str()],
+        Duration::from_secs(90),
+    );
     assert!(status.success(), "browser test failed: {status}");
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
@@ -84,14 +103,9 @@ fn page_in_headless_chromium() {
 /// HTTP/1.1 only 6 could be open at once per origin.
 #[test]
 fn ten_eventsources_over_http2_in_headless_chromium() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if let Some(why) = missing_piece(&dir) {
-        if std::env::var("HERALD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
-            panic!("browser test cannot run: {why}");
-        }
-        eprintln!("SKIPPED ten_eventsources_over_http2_in_headless_chromium: {why}");
+    let Some(dir) = browser_dir("ten_eventsources_over_http2_in_headless_chromium") else {
         return;
-    }
+    };
     let cert = support::certs::make_cert("browser", 2100);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.args(["--listen", "127.0.0.1:0", "--log", "warn"])
@@ -101,22 +115,7 @@ fn ten_eventsources_over_http2_in_headless_chromium() {
         .arg(&cert.key)
         .stdout(std::process::Stdio::piped());
     let herald = Herald::from_started_child(cmd.spawn().expect("spawn herald"));
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(dir.join("h2.mjs"))
-        .arg(format!("https://{}", herald.addr))
-        .current_dir(&dir)
-        .spawn()
-        .expect("run node");
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("h2 browser test did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let base = format!("https://{}", herald.addr);
+    let status = run_node(&dir, "h2.mjs", &[base.as_ref()], Duration::from_secs(60));
     assert!(status.success(), "h2 browser test failed: {status}");
 }

@@ -88,17 +88,7 @@ impl SseParser {
                     && input.get(p + 1) == Some(&b'\n')
                 {
                     if let Some(v) = input[..p].strip_prefix(b"data:") {
-                        let value = v.strip_prefix(b" ").unwrap_or(v);
-                        let event: &[u8] = if self.event.is_empty() {
-                            b"message"
-                        } else {
-                            &self.event
-                        };
-                        on_event(&Event {
-                            event,
-                            data: value,
-                            id: &self.id,
-                        });
+                        self.emit(v.strip_prefix(b" ").unwrap_or(v), on_event);
                         self.event.clear();
                         input = &input[p + 2..];
                         continue;
@@ -180,7 +170,23 @@ impl SseParser {
             self.event.clear();
             return;
         }
-        let data = &self.data[..self.data.len() - 1];
+        let data = std::mem::take(&mut self.data);
+        self.emit(&data[..data.len() - 1], on_event);
+        self.data = data;
+        self.data.clear();
+        self.event.clear();
+        // Keep memory per connection small: drop a buffer a big event grew.
+        if self.data.capacity() > 4096 {
+            self.data = Vec::new();
+        }
+        if self.partial.capacity() > 4096 {
+            self.partial = Vec::new();
+        }
+    }
+
+    /// Hands one event with `data` to `on_event` (its type `message` unless an
+    /// `event:` field named it).
+    fn emit<F: FnMut(&Event)>(&self, data: &[u8], on_event: &mut F) {
         let event: &[u8] = if self.event.is_empty() {
             b"message"
         } else {
@@ -191,15 +197,6 @@ impl SseParser {
             data,
             id: &self.id,
         });
-        self.data.clear();
-        self.event.clear();
-        // Keep memory per connection small: drop a buffer a big event grew.
-        if self.data.capacity() > 4096 {
-            self.data = Vec::new();
-        }
-        if self.partial.capacity() > 4096 {
-            self.partial = Vec::new();
-        }
     }
 
     /// Bytes held for an unterminated line (0 between lines).

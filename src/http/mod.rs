@@ -39,35 +39,15 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
         // Boxed: the handshake and HTTP/2 state are not part of plain connections.
         return Box::pin(serve_tls(shard, stream)).await;
     }
-    let cfg = &shard.shared.config;
     // Most heads fit in 512 bytes; a larger one grows the buffer (to the limit).
     let mut buf = BytesMut::with_capacity(512);
     let Some(head) = read_head(&shard, &mut stream, &mut buf).await else {
         return;
     };
     if head.method == "GET" && head.path == CONNECT_PATH {
-        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
-        // A browser app must be able to read a refusal (e.g. 401) to act on it.
-        let cors_lines = cors_origin.map(cors::head_lines).unwrap_or_default();
-        let params = match params::connect(&head.query) {
-            Ok(p) => p,
-            Err(e) => return Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
-        };
-        let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
-        let cr = routes::ConnectReq {
-            last_event_id: last_event_id.as_deref(),
-            bearer: head.authorization.as_deref().and_then(crate::auth::bearer),
-            raw_head: true,
-            cors_origin,
-        };
-        // Boxed: it lives only while a connect is admitted, and keeps the
-        // per-connection task small while heads are read.
-        match Box::pin(routes::open_stream(&shard, &params, &cr)).await {
-            Ok(new) => {
-                drop(buf);
-                attach_lean(&shard, new, stream);
-            }
-            Err(e) => Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
+        if let Some(new) = open_from_head(&shard, head, &mut stream).await {
+            drop(buf);
+            attach_lean(&shard, new, stream);
         }
         return;
     }
@@ -78,6 +58,46 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     // hyper's connection future is large: a task of its own, so that the many
     // short-lived tasks of a connect burst stay small.
     tokio::task::spawn_local(serve_hyper(shard, stream, buf));
+}
+
+/// A connect whose head herald read itself (plain or TLS): its parameters, its
+/// admission and registration, its response head and first frames queued. On
+/// refusal the error (with CORS lines, so a browser app can read it) is written
+/// to `stream` and `None` returned.
+async fn open_from_head<S>(
+    shard: &Rc<Shard>,
+    head: head::Head,
+    stream: &mut S,
+) -> Option<routes::NewStream>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let cfg = &shard.shared.config;
+    let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
+    let cors_lines = cors_origin.map(cors::head_lines).unwrap_or_default();
+    let params = match params::connect(&head.query) {
+        Ok(p) => p,
+        Err(e) => {
+            Box::pin(write_error_with(stream, &e, &cors_lines)).await;
+            return None;
+        }
+    };
+    let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
+    let cr = routes::ConnectReq {
+        last_event_id: last_event_id.as_deref(),
+        bearer: head.authorization.as_deref().and_then(crate::auth::bearer),
+        raw_head: true,
+        cors_origin,
+    };
+    // Boxed: it lives only while a connect is admitted, and keeps the
+    // per-connection task small while heads are read.
+    match Box::pin(routes::open_stream(shard, &params, &cr)).await {
+        Ok(new) => Some(new),
+        Err(e) => {
+            Box::pin(write_error_with(stream, &e, &cors_lines)).await;
+            None
+        }
+    }
 }
 
 /// Serve a non-stream connection with hyper, starting with the bytes already read.
@@ -152,34 +172,17 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
 /// connect becomes a lean TLS stream ([`tls_stream`]); anything else is served
 /// by hyper from the bytes already read.
 async fn serve_tls_h1(shard: Rc<Shard>, mut stream: Box<TlsStream<TcpStream>>) {
-    let cfg = &shard.shared.config;
     let mut buf = BytesMut::with_capacity(512);
     let Some(head) = read_head(&shard, &mut stream, &mut buf).await else {
         return;
     };
     if head.method == "GET" && head.path == CONNECT_PATH {
-        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
-        let cors_lines = cors_origin.map(cors::head_lines).unwrap_or_default();
-        let params = match params::connect(&head.query) {
-            Ok(p) => p,
-            Err(e) => return Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
-        };
-        let last_event_id = head.last_event_id.or_else(|| params.last_event_id.clone());
-        let cr = routes::ConnectReq {
-            last_event_id: last_event_id.as_deref(),
-            bearer: head.authorization.as_deref().and_then(crate::auth::bearer),
-            raw_head: true,
-            cors_origin,
-        };
-        match Box::pin(routes::open_stream(&shard, &params, &cr)).await {
-            Ok(new) => {
-                drop(buf);
-                let guard = StreamGuard::new(shard.clone(), new.key, new.serial);
-                // Its own task again: the head reader's and the connect's states
-                // are not kept for the stream's life.
-                tokio::task::spawn_local(tls_stream(QueueBody::new(guard), stream));
-            }
-            Err(e) => Box::pin(write_error_with(&mut stream, &e, &cors_lines)).await,
+        if let Some(new) = open_from_head(&shard, head, &mut stream).await {
+            drop(buf);
+            let guard = StreamGuard::new(shard.clone(), new.key, new.serial);
+            // Its own task again: the head reader's and the connect's states are
+            // not kept for the stream's life.
+            tokio::task::spawn_local(tls_stream(QueueBody::new(guard), stream));
         }
         return;
     }
