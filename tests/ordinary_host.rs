@@ -220,18 +220,38 @@ async fn at_a_limit_of_600_connects_get_503_and_liveness_stays_up() {
 
 #[test]
 fn logs_through_a_pipe_have_no_colour_codes() {
-    let log = stderr_path("pipe");
-    // A file, like a pipe, is not a terminal.
-    let h = Herald::start_with_stderr_file(&["--log", "debug"], &log);
-    wait_log(&log, "herald started");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--listen", "127.0.0.1:0", "--log", "debug"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let pipe = child.stderr.take().expect("stderr pipe");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::split(std::io::BufReader::new(pipe), b'\n') {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let h = Herald::from_started_child(child);
+    let mut bytes = Vec::new();
+    loop {
+        let line = rx.recv_timeout(WAIT).expect("a log line in time");
+        bytes.extend_from_slice(&line);
+        if String::from_utf8_lossy(&line).contains("herald started") {
+            break;
+        }
+    }
+    // SIGKILLed and reaped when dropped: the pipe then ends.
     drop(h);
-    let bytes = std::fs::read(&log).unwrap();
-    assert!(!bytes.is_empty());
-    assert!(
-        !bytes.contains(&0x1b),
-        "escape bytes in: {}",
-        String::from_utf8_lossy(&bytes)
-    );
+    while let Ok(line) = rx.recv_timeout(WAIT) {
+        bytes.extend_from_slice(&line);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!bytes.contains(&0x1b), "escape bytes in: {text}");
 }
 
 #[test]
