@@ -41,16 +41,14 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     }
     // Most heads fit in 512 bytes; a larger one grows the buffer (to the limit).
     let mut buf = BytesMut::with_capacity(512);
-    let Some(head) = read_head(&shard, &mut stream, &mut buf).await else {
-        return;
-    };
-    if head.method == "GET" && head.path == CONNECT_PATH {
-        if let Some(new) = open_from_head(&shard, head, &mut stream).await {
+    let head = match first_request(&shard, &mut stream, &mut buf).await {
+        First::Stream(new) => {
             drop(buf);
-            attach_lean(&shard, new, stream);
+            return attach_lean(&shard, new, stream);
         }
-        return;
-    }
+        First::Request(head) => head,
+        First::Done => return,
+    };
     if lean::takes(&head) {
         // Boxed: the publish loop's state is not part of every connection's task.
         return Box::pin(lean::serve(shard, stream, buf, head)).await;
@@ -58,6 +56,34 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     // hyper's connection future is large: a task of its own, so that the many
     // short-lived tasks of a connect burst stay small.
     tokio::task::spawn_local(serve_hyper(shard, stream, buf));
+}
+
+/// What a connection's first request turned out to be.
+enum First {
+    /// A connect, admitted: its stream is in the table.
+    Stream(routes::NewStream),
+    /// Any other request, its head parsed (its bytes still in the buffer).
+    Request(head::Head),
+    /// Nothing more to do: closed, timed out, or refused (the answer written).
+    Done,
+}
+
+/// Read a connection's first head (plain or TLS) and open the stream when it
+/// is a connect.
+async fn first_request<S>(shard: &Rc<Shard>, stream: &mut S, buf: &mut BytesMut) -> First
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(head) = read_head(shard, stream, buf).await else {
+        return First::Done;
+    };
+    if head.method != "GET" || head.path != CONNECT_PATH {
+        return First::Request(head);
+    }
+    match open_from_head(shard, head, stream).await {
+        Some(new) => First::Stream(new),
+        None => First::Done,
+    }
 }
 
 /// A connect whose head herald read itself (plain or TLS): its parameters, its
@@ -102,19 +128,7 @@ where
 
 /// Serve a non-stream connection with hyper, starting with the bytes already read.
 pub(crate) async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: BytesMut) {
-    let cfg = &shard.shared.config;
-    let header_timeout = cfg.header_timeout;
-    let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;
-    let io = TokioIo::new(Rewind::new(read.freeze(), stream));
-    let service = hyper::service::service_fn(move |req| routes::handle(shard.clone(), req));
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(max_buf)
-        .serve_connection(io, service);
-    if let Err(e) = conn.await {
-        debug!(error = %e, "http connection ended with an error");
-    }
+    serve_h1(shard, Rewind::new(read.freeze(), stream)).await
 }
 
 /// Most concurrent HTTP/2 streams per connection (SSE streams and requests).
@@ -173,20 +187,17 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
 /// by hyper from the bytes already read.
 async fn serve_tls_h1(shard: Rc<Shard>, mut stream: Box<TlsStream<TcpStream>>) {
     let mut buf = BytesMut::with_capacity(512);
-    let Some(head) = read_head(&shard, &mut stream, &mut buf).await else {
-        return;
-    };
-    if head.method == "GET" && head.path == CONNECT_PATH {
-        if let Some(new) = open_from_head(&shard, head, &mut stream).await {
+    match first_request(&shard, &mut stream, &mut buf).await {
+        First::Stream(new) => {
             drop(buf);
             let guard = StreamGuard::new(shard.clone(), new.key, new.serial);
             // Its own task again: the head reader's and the connect's states are
             // not kept for the stream's life.
             tokio::task::spawn_local(tls_stream(QueueBody::new(guard), stream));
         }
-        return;
+        First::Request(_) => Box::pin(serve_h1(shard, Rewind::new(buf.freeze(), stream))).await,
+        First::Done => {}
     }
-    Box::pin(serve_h1(shard, Rewind::new(buf.freeze(), stream))).await;
 }
 
 /// A stream over TLS: its queue's frames (the response head first) written
@@ -232,7 +243,8 @@ async fn tls_stream(mut body: QueueBody, mut tls: Box<TlsStream<TcpStream>>) {
     }
 }
 
-/// HTTP/1.1 over any transport (HTTPS): hyper with herald's routes.
+/// HTTP/1.1 by hyper with herald's routes, over a plain or a TLS connection
+/// (starting with the bytes already read, through [`Rewind`]).
 async fn serve_h1<I>(shard: Rc<Shard>, io: I)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
@@ -250,7 +262,7 @@ where
         .max_buf_size(max_buf)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {
-        debug!(error = %e, "https connection ended with an error");
+        debug!(error = %e, "http connection ended with an error");
     }
 }
 

@@ -75,10 +75,16 @@ pub fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
     Ok(PublishBody::Batch(out))
 }
 
-/// Parse a publish body that must be one object (not a batch).
+/// Parse a publish body that must be one object (not a batch), through the
+/// same path as [`parse_body`] (the fuzz target's entry point).
 pub fn parse(body: &[u8]) -> Result<PublishRequest, ApiError> {
-    let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
-    request(raw)
+    match parse_body(body)? {
+        PublishBody::One(r) => Ok(r),
+        PublishBody::Batch(_) => Err(bad(
+            "invalid_body",
+            "body must be one JSON publish object, not an array",
+        )),
+    }
 }
 
 /// Why a body that starts like an object is not a publish object: it is not
