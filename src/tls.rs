@@ -58,18 +58,24 @@ impl Tls {
     }
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+/// The certificate chain in `cert` (PEM, leaf first; at least one).
+fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
-    let Some(leaf) = chain.first() else {
+    if chain.is_empty() {
         return Err(format!(
             "--tls-cert {}: no PEM certificate in the file",
             cert.display()
         ));
-    };
-    check_validity(leaf, cert)?;
+    }
+    Ok(chain)
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+    let chain = load_chain(cert)?;
+    check_validity(&chain[0], cert)?;
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -130,11 +136,7 @@ fn check_validity(leaf: &CertificateDer<'_>, path: &Path) -> Result<(), String> 
 /// port: it trusts exactly the leaf certificate in `cert` (whatever names it
 /// carries: the check connects to an address, not a name), with ALPN http/1.1.
 pub fn self_check_client(cert: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let leaf = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
-        .next()
-        .ok_or_else(|| format!("--tls-cert {}: no certificate", cert.display()))?
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let leaf = load_chain(cert)?.swap_remove(0);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedLeaf {
         leaf,
