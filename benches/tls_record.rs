@@ -5,6 +5,11 @@
 //! This is what an HTTPS delivery adds to a plain one besides the syscall
 //! (perf/RESULTS.md compares it with the load test's CPU per delivery).
 //!
+//! Two ways: through rustls (what HTTP/2 and hyper-served streams do), and
+//! through herald's own record layer (`herald::tls::record`, what a lean
+//! HTTP/1.1 stream does once its key is taken out of rustls): one frame, and
+//! 16 frames coalesced into one record (a busy stream's flush).
+//!
 //!   cargo bench --bench tls_record
 
 use std::io::Write;
@@ -21,7 +26,7 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
         .self_signed(&key)
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let mut server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -30,6 +35,8 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
             PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
         )
         .unwrap();
+    // As herald's own configuration: lean streams take their key out.
+    server_cfg.enable_secret_extraction = true;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(cert.der().to_vec()))
@@ -65,6 +72,8 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
 
 fn seal(c: &mut Criterion) {
     let (mut server, _client) = pair();
+    let (lean, _client2) = pair();
+    let mut tx = herald::tls::record::RecordTx::take(lean).unwrap();
     let frame = format!(
         "id: 1796131572939665\nevent: message\ndata: \"T123456789012S42P{}\"\n\n",
         "x".repeat(83)
@@ -82,6 +91,26 @@ fn seal(c: &mut Criterion) {
             std::hint::black_box(&out);
         })
     });
+    g.bench_function("seal one event frame, herald's record layer", |b| {
+        let chunks = [std::io::IoSlice::new(frame.as_bytes())];
+        b.iter(|| {
+            out.clear();
+            tx.seal_chunks(&mut out, &chunks, usize::MAX).unwrap();
+            std::hint::black_box(&out);
+        })
+    });
+    g.throughput(Throughput::Elements(16));
+    g.bench_function(
+        "seal 16 event frames in one record, herald's record layer",
+        |b| {
+            let chunks = [std::io::IoSlice::new(frame.as_bytes()); 16];
+            b.iter(|| {
+                out.clear();
+                tx.seal_chunks(&mut out, &chunks, usize::MAX).unwrap();
+                std::hint::black_box(&out);
+            })
+        },
+    );
     g.finish();
 }
 

@@ -62,7 +62,24 @@ async fn tls_connect(
     roots: &[&CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(h.addr).await?;
+    tls_connect_rcvbuf(h, roots, alpn, None).await
+}
+
+/// As [`tls_connect`], with the socket's receive buffer set first (a stalled
+/// reader whose kernel buffers fill within a few events).
+async fn tls_connect_rcvbuf(
+    h: &Herald,
+    roots: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+    rcvbuf: Option<u32>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let tcp = socket.connect(h.addr).await?;
+    // Requests are written in pieces (HTTP/2 HEADERS, then DATA): no Nagle wait.
+    tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").unwrap();
     tokio::time::timeout(WAIT, connector(roots, alpn).connect(name, tcp))
         .await
@@ -258,6 +275,16 @@ async fn h2_get_json(send: &mut SendRequest<Full<Bytes>>, path: &str) -> serde_j
     let resp = send.send_request(req).await.unwrap();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn h2_get_text(send: &mut SendRequest<Full<Bytes>>, path: &str) -> String {
+    let req = hyper::Request::get(format!("https://localhost{path}"))
+        .body(Full::default())
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Wait until the stats (over HTTP/2) report `n` streams.
@@ -522,10 +549,11 @@ async fn http11_tls_streams_end_on_client_close_and_on_drain() {
     h.signal("TERM");
     let mut buf = [0u8; 4096];
     loop {
+        // A clean end: close_notify, not a truncation (an UnexpectedEof error).
         let n = tokio::time::timeout(WAIT, b.read(&mut buf))
             .await
             .expect("the stream ends in time")
-            .unwrap_or(0);
+            .expect("the stream ends with close_notify");
         if n == 0 {
             break;
         }
@@ -568,4 +596,194 @@ async fn health_check_speaks_https_when_herald_does() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A client offering only `suite` (and its protocol version), HTTP/1.1.
+fn connector_with(
+    root: &CertificateDer<'static>,
+    suite: rustls::SupportedCipherSuite,
+) -> TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(root.clone()).unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let version = match suite {
+        rustls::SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
+        rustls::SupportedCipherSuite::Tls12(_) => &rustls::version::TLS12,
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// Read SSE events from an HTTP/1.1-over-TLS stream (after its head) until one
+/// named `last`; returns them in order.
+async fn events_until_last(tls: &mut TlsStream<TcpStream>, mut seen: Vec<u8>) -> Vec<SseEvent> {
+    let body_at = seen
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head read")
+        + 4;
+    let mut parser = Parser::default();
+    let mut events = parser.feed(&seen[body_at..]);
+    seen.clear();
+    let mut buf = vec![0u8; 64 << 10];
+    let until = Instant::now() + WAIT;
+    while !events.iter().any(|e| e.event == "last") {
+        assert!(
+            Instant::now() < until,
+            "no last event; got {}",
+            events.len()
+        );
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("events in time")
+            .expect("a readable TLS stream");
+        assert!(n > 0, "closed after {} events", events.len());
+        events.extend(parser.feed(&buf[..n]));
+    }
+    events
+}
+
+/// Lean HTTP/1.1 streams seal their own records once the handshake is done:
+/// every suite a P-256 certificate allows, TLS 1.2 (explicit GCM nonce, and
+/// ChaCha20) and TLS 1.3, gets every event whole and in order, small events
+/// coalesced and an event larger than one TLS record split across records.
+#[tokio::test]
+async fn http11_tls_streams_with_every_cipher_suite_get_every_event() {
+    let c = make_cert("h1-suites", 2100);
+    let h = start_tls(&c, &[], None);
+    let suites: Vec<_> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|s| !format!("{:?}", s.suite()).contains("_RSA_"))
+        .collect();
+    assert_eq!(suites.len(), 6);
+    let mut streams = Vec::new();
+    for (i, suite) in suites.iter().enumerate() {
+        let tcp = TcpStream::connect(h.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio::time::timeout(WAIT, connector_with(&c.der, *suite).connect(name, tcp))
+            .await
+            .expect("handshake in time")
+            .unwrap_or_else(|e| panic!("{suite:?}: {e}"));
+        assert_eq!(tls.get_ref().1.negotiated_cipher_suite(), Some(*suite));
+        tls.write_all(
+            format!("GET /api/user/sse/connect?userId=suite-{i}&topics=all-suites HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        read_until(&mut tls, &mut seen, "event: CONNECTED").await;
+        streams.push((tls, seen));
+    }
+    let mut send = h2(&h, &c.der).await;
+    wait_connections_h2(&mut send, suites.len() as u64).await;
+    let big = "x".repeat(40_000);
+    let mut published = Vec::new();
+    for i in 0..60 {
+        let data = if i == 30 {
+            big.clone()
+        } else {
+            format!("event {i}")
+        };
+        let body =
+            serde_json::json!({"event": "n", "data": data, "target": {"topics": ["all-suites"]}});
+        published.push((h2_publish(&mut send, body).await, data));
+    }
+    let last =
+        serde_json::json!({"event": "last", "data": "end", "target": {"topics": ["all-suites"]}});
+    h2_publish(&mut send, last).await;
+    for ((mut tls, seen), suite) in streams.into_iter().zip(&suites) {
+        let got: Vec<(String, String)> = events_until_last(&mut tls, seen)
+            .await
+            .into_iter()
+            .filter(|e| e.event == "n")
+            .map(|e| (e.id.unwrap_or_default(), e.data))
+            .collect();
+        assert_eq!(got.len(), published.len(), "{suite:?}");
+        assert!(got == published, "{suite:?}: events differ");
+    }
+}
+
+/// A TLS stream that stops reading is closed as a slow consumer alone: the
+/// sealed bytes the kernel does not take wait with the stream (bounded), the
+/// queue behind them fills, and a reading TLS stream gets every event.
+#[tokio::test]
+async fn a_stalled_tls_stream_is_closed_alone() {
+    let c = make_cert("h1-slow", 2100);
+    let h = start_tls(
+        &c,
+        &["--max-queue-bytes", "262144", "--max-queue-events", "64"],
+        None,
+    );
+    let open = |user: &'static str, rcvbuf: Option<u32>| {
+        let (h, c) = (&h, &c);
+        async move {
+            let mut tls = tls_connect_rcvbuf(h, &[&c.der], &[b"http/1.1"], rcvbuf)
+                .await
+                .unwrap();
+            tls.write_all(
+                format!("GET /api/user/sse/connect?userId={user}&topics=slow HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            read_until(&mut tls, &mut seen, "event: CONNECTED").await;
+            (tls, seen)
+        }
+    };
+    let (stalled, _) = open("stalled", Some(16 << 10)).await;
+    let (mut reader, seen) = open("reader", None).await;
+    let mut send = h2(&h, &c.der).await;
+    wait_connections_h2(&mut send, 2).await;
+    // The reader reads while the events are published; the stalled one never
+    // does. 16 KiB events: the stalled socket's buffers fill within a few MB.
+    let chunk = "y".repeat(16 << 10);
+    let reading = tokio::spawn(async move {
+        let events = events_until_last(&mut reader, seen).await;
+        (events, reader)
+    });
+    let mut published = Vec::new();
+    let mut closed = false;
+    for i in 0..1500 {
+        let body =
+            serde_json::json!({"event": "bulk", "data": chunk, "target": {"topics": ["slow"]}});
+        published.push(h2_publish(&mut send, body).await);
+        if i % 50 == 49 {
+            let stats = h2_get_json(&mut send, "/api/user/sse/stats").await;
+            if stats["connections"].as_u64() == Some(1) {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the stalled TLS stream was never closed");
+    let last = serde_json::json!({"event": "last", "data": "end", "target": {"topics": ["slow"]}});
+    published.push(h2_publish(&mut send, last).await);
+    let (events, _reader) = tokio::time::timeout(WAIT * 2, reading)
+        .await
+        .expect("the reader is done in time")
+        .unwrap();
+    let ids: Vec<String> = events.into_iter().filter_map(|e| e.id).collect();
+    assert_eq!(
+        ids, published,
+        "the reading stream missed or reordered events"
+    );
+    let metrics = h2_get_text(&mut send, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_connections_closed_total{")
+                && l.contains("reason=\"slow_consumer\"")
+                && !l.ends_with(" 0")),
+        "no slow_consumer close counted"
+    );
+    drop(stalled);
 }

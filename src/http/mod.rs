@@ -26,7 +26,6 @@ use tracing::debug;
 use crate::conn::CloseReason;
 use crate::error::{self, ApiError};
 use crate::shard::io;
-use crate::shard::stream::{QueueBody, StreamGuard};
 use crate::shard::Shard;
 use head::{HeadError, Rewind};
 
@@ -44,7 +43,7 @@ pub async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream) {
     let head = match first_request(&shard, &mut stream, &mut buf).await {
         First::Stream(new) => {
             drop(buf);
-            return attach_lean(&shard, new, stream);
+            return attach_lean(&shard, new, stream, None);
         }
         First::Request(head) => head,
         First::Done => return,
@@ -183,63 +182,31 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// HTTP/1.1 over TLS: the first head is read here, as on the plain port. A
-/// connect becomes a lean TLS stream ([`tls_stream`]); anything else is served
-/// by hyper from the bytes already read.
+/// connect becomes a lean stream like a plain one, its records sealed by the
+/// shard ([`crate::tls::record`]): the rustls connection is dropped once its
+/// sending key is taken. Anything else is served by hyper from the bytes read.
 async fn serve_tls_h1(shard: Rc<Shard>, mut stream: Box<TlsStream<TcpStream>>) {
     let mut buf = BytesMut::with_capacity(512);
     match first_request(&shard, &mut stream, &mut buf).await {
         First::Stream(new) => {
             drop(buf);
-            let guard = StreamGuard::new(shard.clone(), new.key, new.serial);
-            // Its own task again: the head reader's and the connect's states are
-            // not kept for the stream's life.
-            tokio::task::spawn_local(tls_stream(QueueBody::new(guard), stream));
+            // What rustls still has to send (TLS 1.3 session tickets) goes out
+            // before its key is taken: records must leave in sequence.
+            let flushed = stream.flush().await;
+            let (tcp, conn) = stream.into_inner();
+            let tx = flushed
+                .map_err(|e| e.to_string())
+                .and_then(|()| crate::tls::record::RecordTx::take(conn));
+            match tx {
+                Ok(tx) => attach_lean(&shard, new, tcp, Some(tx)),
+                Err(e) => {
+                    debug!(error = %e, "cannot take a TLS stream's key");
+                    abandon(&shard, new.key, new.serial);
+                }
+            }
         }
         First::Request(_) => Box::pin(serve_h1(shard, Rewind::new(buf.freeze(), stream))).await,
         First::Done => {}
-    }
-}
-
-/// A stream over TLS: its queue's frames (the response head first) written
-/// through rustls, every frame that is ready encrypted before one flush. No
-/// hyper connection (and its read and write buffers) is kept per idle stream;
-/// what stays is the socket, the rustls connection and the table entry. The
-/// stream ends when its queue does (drain, disconnect, replacement, slow
-/// consumer: then with close_notify) or when the client closes.
-async fn tls_stream(mut body: QueueBody, mut tls: Box<TlsStream<TcpStream>>) {
-    use futures_util::FutureExt;
-    use http_body_util::BodyExt;
-    use std::io::Write;
-    use tokio::io::AsyncReadExt;
-    // Anything the client sends after its request (a close_notify, an alert)
-    // only tells whether it is still there.
-    let mut probe = [0u8; 64];
-    loop {
-        tokio::select! {
-            frame = body.frame() => {
-                let Some(Ok(frame)) = frame else {
-                    let _ = tls.shutdown().await;
-                    return;
-                };
-                let mut next = Some(frame);
-                while let Some(f) = next.take() {
-                    if let Ok(data) = f.into_data() {
-                        if tls.get_mut().1.writer().write_all(&data).is_err() {
-                            return;
-                        }
-                    }
-                    next = body.frame().now_or_never().flatten().and_then(Result::ok);
-                }
-                if tls.flush().await.is_err() {
-                    return;
-                }
-            }
-            read = tls.read(&mut probe) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -322,8 +289,14 @@ where
 }
 
 /// Hand a lean stream's socket to the shard: out of tokio's reactor (no task, no
-/// registration kept per idle stream), into the shard's poll and the table.
-fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
+/// registration kept per idle stream), into the shard's poll and the table; a
+/// TLS stream with its record layer.
+fn attach_lean(
+    shard: &Rc<Shard>,
+    new: routes::NewStream,
+    stream: TcpStream,
+    tls: Option<Box<crate::tls::record::RecordTx>>,
+) {
     let sock = stream.into_std().map(mio::net::TcpStream::from_std);
     let mut table = shard.table.borrow_mut();
     let attached = match sock {
@@ -345,9 +318,25 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
             false
         }
     };
-    if attached {
-        table.mark_dirty(new.key);
-    } else if let Some(conn) = table.remove(new.key) {
+    if !attached {
+        drop(table);
+        return abandon(shard, new.key, new.serial);
+    }
+    if let Some(tx) = tls {
+        shard.io.set_tls(new.key, tx);
+    }
+    table.mark_dirty(new.key);
+    drop(table);
+    io::flush(shard);
+}
+
+/// A stream admitted but never attached: out of the table, reported closed.
+fn abandon(shard: &Rc<Shard>, key: usize, serial: u64) {
+    let mut table = shard.table.borrow_mut();
+    if table.get(key).is_none_or(|c| c.serial != serial) {
+        return;
+    }
+    if let Some(conn) = table.remove(key) {
         shard.table_changed(&table);
         drop(table);
         crate::shard::stream::closed(
@@ -357,10 +346,7 @@ fn attach_lean(shard: &Rc<Shard>, new: routes::NewStream, stream: TcpStream) {
             conn.topics(),
             CloseReason::ClientClosed,
         );
-        return;
     }
-    drop(table);
-    io::flush(shard);
 }
 
 /// Read a request head into `buf` within `--header-timeout`. A head that does

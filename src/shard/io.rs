@@ -13,6 +13,11 @@
 //! its writable edge; a closing stream with nothing left to write is closed there.
 //! Events from the poll: readable means the client sent something (discarded) or
 //! went away (closed); writable unblocks a stream.
+//!
+//! A lean stream over TLS is the same entry plus its [`RecordTx`] (in
+//! [`IoSet::tls`], by slab key): its queued frames are sealed into records in the
+//! shard's one scratch buffer and written from there; only what the kernel does
+//! not take stays with the stream, and at most [`SEAL_BUDGET`] of it.
 
 use std::cell::RefCell;
 use std::io::{IoSlice, Read, Write};
@@ -26,12 +31,17 @@ use tracing::warn;
 
 use super::Shard;
 use crate::clock;
-use crate::conn::{CloseReason, ConnState, ConnTable};
+use crate::conn::{CloseReason, Conn, ConnState, ConnTable};
+use crate::tls::record::{RecordTx, MAX_OVERHEAD, MAX_PLAINTEXT};
 
 /// Frames handed to one `writev`.
 pub const MAX_SLICES: usize = 64;
 /// Readiness events handled per turn.
 const EVENTS: usize = 1024;
+/// Plaintext a TLS stream seals per write: one full record, as nginx's default
+/// `ssl_buffer_size`. It bounds what a blocked TLS stream holds besides its
+/// queue (the sealed bytes the kernel has not taken).
+pub const SEAL_BUDGET: usize = MAX_PLAINTEXT;
 
 /// The shard's poll of lean-stream sockets.
 pub struct IoSet {
@@ -44,6 +54,11 @@ pub struct IoSet {
     /// Reused lists (no allocation per flush once warm).
     dirty: RefCell<Vec<u32>>,
     closing: RefCell<Vec<(u32, CloseReason)>>,
+    /// The record layer of each lean TLS stream, by slab key (empty without
+    /// `--tls-cert`: plain streams pay nothing for it).
+    tls: RefCell<Vec<Option<Box<RecordTx>>>>,
+    /// Where TLS streams' records are sealed before their write.
+    scratch: RefCell<Vec<u8>>,
 }
 
 impl IoSet {
@@ -65,7 +80,18 @@ impl IoSet {
             fd,
             dirty: RefCell::new(Vec::new()),
             closing: RefCell::new(Vec::new()),
+            tls: RefCell::new(Vec::new()),
+            scratch: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Seal `key`'s records with `tx` from now on (a lean TLS stream).
+    pub fn set_tls(&self, key: usize, tx: Box<RecordTx>) {
+        let mut tls = self.tls.borrow_mut();
+        if tls.len() <= key {
+            tls.resize_with(key + 1, || None);
+        }
+        tls[key] = Some(tx);
     }
 
     /// Watch a lean stream's socket under its slab key.
@@ -170,6 +196,7 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
     let mut table = shard.table.borrow_mut();
     let now = clock::now_ns();
     let mut closing = io.closing.borrow_mut();
+    let mut tls = io.tls.borrow_mut();
     for &key in keys {
         let Some(conn) = table.get_mut(key as usize) else {
             continue;
@@ -183,6 +210,14 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
         if conn.blocked && !(conn.queue.is_empty() && matches!(conn.state, ConnState::Closing(_))) {
             // Wait for the writable edge; but a stream closed with nothing left to
             // write (a slow consumer) is closed now, not when its reader wakes up.
+            continue;
+        }
+        if let Some(tx) = tls.get_mut(key as usize).and_then(Option::as_mut) {
+            let mut scratch = io.scratch.borrow_mut();
+            let on_frame = |published| shard.local.frame_written(published, now);
+            if let Some(reason) = write_sealed(conn, tx, &mut scratch, on_frame) {
+                closing.push((key, reason));
+            }
             continue;
         }
         loop {
@@ -224,7 +259,79 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
         }
     }
     drop(closing);
+    drop(tls);
     close_pending(shard, &mut table);
+}
+
+/// One write turn of a lean TLS stream: first the sealed bytes the kernel did
+/// not take last time, then its queue sealed [`SEAL_BUDGET`] at a time into
+/// `scratch` and written, while the kernel takes everything. `Some` when the
+/// stream is to be closed.
+fn write_sealed(
+    conn: &mut Conn,
+    tx: &mut RecordTx,
+    scratch: &mut Vec<u8>,
+    mut on_frame: impl FnMut(u64),
+) -> Option<CloseReason> {
+    match conn.state {
+        // Its queue was dropped (slow consumer, replaced, disconnected): what is
+        // sealed but not taken goes too, as on the plain path, where such a
+        // stream is closed now, not when its reader wakes up. A drain's last
+        // frames (the retry: hint) are written out first.
+        ConnState::Closing(reason) if reason != CloseReason::Shutdown => return Some(reason),
+        _ => {}
+    }
+    let sock = conn.io.as_mut()?;
+    loop {
+        if !tx.pending.is_empty() {
+            match sock.write(&tx.pending) {
+                Ok(0) => return Some(CloseReason::ClientClosed),
+                Ok(n) if n == tx.pending.len() => tx.pending = Vec::new(),
+                Ok(n) => {
+                    // Again until the kernel says it is full (its writable edge
+                    // comes after that).
+                    tx.pending.drain(..n);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.blocked = true;
+                    return None;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Some(CloseReason::ClientClosed),
+            }
+        }
+        if conn.queue.is_empty() {
+            return match conn.state {
+                ConnState::Closing(reason) => Some(reason),
+                ConnState::Open => None,
+            };
+        }
+        scratch.clear();
+        scratch.reserve(SEAL_BUDGET + MAX_OVERHEAD);
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = conn.queue.slices(&mut slices);
+        let Ok(taken) = tx.seal_chunks(scratch, &slices[..n], SEAL_BUDGET) else {
+            // The session's key is used up: the client resumes on a new one.
+            return Some(CloseReason::ClientClosed);
+        };
+        conn.queue.consume(taken, &mut on_frame);
+        match sock.write(scratch) {
+            Ok(0) => return Some(CloseReason::ClientClosed),
+            Ok(n) if n == scratch.len() => {}
+            Ok(n) => tx.pending = scratch[n..].to_vec(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                // Sealed records cannot be sealed again: they wait as they are.
+                tx.pending = scratch.clone();
+            }
+            Err(_) => return Some(CloseReason::ClientClosed),
+        }
+    }
 }
 
 /// Close the lean streams collected in `closing`.
@@ -233,6 +340,7 @@ fn close_pending(shard: &Shard, table: &mut ConnTable) {
     if closing.is_empty() {
         return;
     }
+    let mut tls = shard.io.tls.borrow_mut();
     for (key, fallback) in closing.drain(..) {
         let Some(conn) = table.get(key as usize) else {
             continue;
@@ -241,8 +349,18 @@ fn close_pending(shard: &Shard, table: &mut ConnTable) {
             ConnState::Closing(r) => r,
             ConnState::Open => fallback,
         };
-        if let Some(conn) = table.remove(key as usize) {
-            if let Some(sock) = &conn.io {
+        if let Some(mut conn) = table.remove(key as usize) {
+            let tx = tls.get_mut(key as usize).and_then(Option::take);
+            if let Some(sock) = &mut conn.io {
+                if let Some(mut tx) = tx.filter(|tx| tx.pending.is_empty()) {
+                    // A TLS stream says it ends (close_notify), so that its client
+                    // can tell the end from a truncation; best effort, unless a
+                    // record is half written.
+                    let mut alert = Vec::with_capacity(MAX_OVERHEAD + 2);
+                    if tx.close_notify(&mut alert).is_ok() {
+                        let _ = sock.write(&alert);
+                    }
+                }
                 // FIN after the last frame (a reset could destroy it in flight);
                 // dropping the socket closes it and takes it out of the poll.
                 let _ = sock.shutdown(std::net::Shutdown::Write);

@@ -8,6 +8,8 @@
 //! previous certificate stays. A reload only changes what new handshakes get:
 //! connections already open keep the session they negotiated.
 
+pub mod record;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -99,6 +101,9 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
         .with_single_cert(chain, private)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    // Lean HTTP/1.1 streams take their sending key out of rustls after the
+    // handshake and seal their records themselves (see `record`).
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 
