@@ -22,8 +22,11 @@
 //! reorders even when concurrent publishers make events arrive out of order:
 //! 40 bytes in the connection plus a 160-byte heap block during a phase.
 //!
-//! The controller talks to the threads through a channel plus a mio `Waker`
-//! and reads progress from a few atomics; every wait is bounded.
+//! The controller ([`Streams`]) talks to the threads through a channel plus a
+//! waker and reads progress from a few atomics; every wait is bounded. The
+//! measured phase of a thread ([`Book`]) and the SSE-to-accounting path
+//! ([`feed_sse`]) are shared with the h2 event loops of [`crate::http2`], so
+//! both kinds of stream are counted by the same code.
 
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -65,10 +68,8 @@ pub struct SubSpec {
 }
 
 impl SubSpec {
-    /// Writes the subscribe request for connection `index` into `out`.
-    pub fn request(&self, index: u64, out: &mut Vec<u8>) {
-        out.clear();
-        out.extend_from_slice(b"GET ");
+    /// Appends the subscribe path of connection `index` (`{i}` filled in) to `out`.
+    pub fn path_of(&self, index: u64, out: &mut Vec<u8>) {
         self.path.render(
             &crate::target::Vars {
                 index,
@@ -76,6 +77,13 @@ impl SubSpec {
             },
             out,
         );
+    }
+
+    /// Writes the subscribe request for connection `index` into `out`.
+    pub fn request(&self, index: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(b"GET ");
+        self.path_of(index, out);
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(self.host.as_bytes());
         out.extend_from_slice(b"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
@@ -193,6 +201,28 @@ impl PhaseStats {
     }
 }
 
+/// Feeds body bytes of stream `index` to its SSE parser and accounts every
+/// stamped event it dispatches: the one path of HTTP/1.1 bodies (whatever
+/// their framing) and of h2 DATA frames ([`crate::http2`]). `Err` is the
+/// reason to end the stream.
+pub(crate) fn feed_sse(
+    sse: &mut SseParser,
+    track: &mut Track,
+    index: u64,
+    data: &[u8],
+    now: u64,
+    phase: &Phase,
+    stats: &mut PhaseStats,
+) -> Result<(), String> {
+    sse.feed(data, &mut |e: &Event| {
+        stats.events += 1;
+        if let Some(st) = payload::decode(e.data) {
+            on_stamp(track, index, st, phase, stats, now);
+        }
+    })
+    .map_err(|_| "sse line too long".to_string())
+}
+
 /// Accounts one stamped event received by connection `index`.
 fn on_stamp(
     track: &mut Track,
@@ -280,10 +310,7 @@ struct Step {
 struct Ctx {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
-    phase: Phase,
-    /// Sequence numbers of the phase that no publisher used (sorted).
-    holes: Vec<u64>,
-    stats: PhaseStats,
+    book: Book,
 }
 
 impl Ctx {
@@ -291,10 +318,147 @@ impl Ctx {
         Ctx {
             rbuf: vec![0; READ_BUF],
             wbuf: Vec::with_capacity(512),
-            phase: Phase::default(),
-            holes: Vec::new(),
-            stats: PhaseStats::default(),
+            book: Book::default(),
         }
+    }
+}
+
+/// What the phase bookkeeping reads from one subscriber stream: an HTTP/1.1
+/// connection ([`Conn`]) or an h2 stream ([`crate::http2`]).
+pub(crate) trait Tracked {
+    /// The connection index `{i}` of its subscribe URL (its user, targeted).
+    fn index(&self) -> u64;
+    /// Had its 2xx response head and has not ended: a subscriber of a phase
+    /// begun now.
+    fn open(&self) -> bool;
+    /// Has ended (counts as caught up while draining: it will get nothing more).
+    fn ended(&self) -> bool;
+    fn track(&self) -> &Track;
+    fn track_mut(&mut self) -> &mut Track;
+}
+
+/// One event-loop thread's measured phase: what it is, its counters, and
+/// the controller's commands applied to the thread's streams. Both kinds
+/// of event loop (mio for HTTP/1.1, tokio for h2) keep one.
+#[derive(Default)]
+pub(crate) struct Book {
+    pub phase: Phase,
+    /// Sequence numbers of the phase that no publisher used (sorted).
+    holes: Vec<u64>,
+    pub stats: PhaseStats,
+    /// Thread CPU time when the phase began.
+    cpu0: u64,
+}
+
+impl Book {
+    /// Applies a controller command to `streams`; returns true on Stop
+    /// (the caller then closes them and ends its loop).
+    pub fn command<T: Tracked>(&mut self, cmd: Cmd, streams: &mut [T]) -> bool {
+        match cmd {
+            Cmd::Phase { first, users, ack } => {
+                let ph = Phase {
+                    active: true,
+                    first,
+                    users,
+                    end: None,
+                };
+                let mut subs = 0;
+                for c in streams.iter_mut() {
+                    let live = c.open();
+                    *c.track_mut() = if live {
+                        Track::begin(ph.below(c.index(), first))
+                    } else {
+                        Track::default()
+                    };
+                    subs += live as u64;
+                }
+                self.phase = ph;
+                self.holes.clear();
+                self.stats = PhaseStats {
+                    subscribers: subs,
+                    ..PhaseStats::default()
+                };
+                self.cpu0 = sys::thread_cpu_ns();
+                let _ = ack.send(subs);
+                false
+            }
+            Cmd::End { end, holes } => {
+                self.phase.end = Some(end);
+                self.holes = holes;
+                false
+            }
+            Cmd::Collect { ack } => {
+                let ph = self.phase;
+                let end = ph.end.unwrap_or(ph.first);
+                let mut s = std::mem::take(&mut self.stats);
+                for c in streams.iter_mut().filter(|c| c.track().in_phase) {
+                    let e = ph.expect(c.index(), end, &self.holes);
+                    s.expected += e.count;
+                    s.lost += e.count as i64 - c.track().distinct as i64;
+                    *c.track_mut() = Track::default();
+                }
+                let cpu = sys::thread_cpu_ns().saturating_sub(self.cpu0);
+                s.thread_cpu_ns = cpu;
+                s.max_thread_cpu_ns = cpu;
+                self.phase = Phase::default();
+                self.holes.clear();
+                let _ = ack.send(s);
+                false
+            }
+            Cmd::Stop => true,
+        }
+    }
+
+    /// Publishes how far `streams` are once the phase's end is known.
+    pub fn report_drain<T: Tracked>(&self, streams: &[T], drain: &DrainProgress) {
+        let Some(end) = self.phase.end else {
+            return;
+        };
+        let (mut caught_up, mut complete) = (0u64, 0u64);
+        for c in streams.iter().filter(|c| c.track().in_phase) {
+            let e = self.phase.expect(c.index(), end, &self.holes);
+            let t = c.track();
+            caught_up += (c.ended() || t.top >= e.last_top) as u64;
+            complete += (c.ended() || t.distinct >= e.count) as u64;
+        }
+        drain.caught_up.store(caught_up, Ordering::Relaxed);
+        drain.complete.store(complete, Ordering::Relaxed);
+        drain.progress.store(
+            self.stats.delivered + self.stats.duplicates,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a stream that ended: one that had its 2xx head closed (during
+    /// the phase, if one is on), any other failed; `reason` is noted.
+    pub fn ended(&mut self, shared: &Shared, was_open: bool, reason: String) {
+        if was_open {
+            shared.closed.fetch_add(1, Ordering::Relaxed);
+            if self.phase.active {
+                self.stats.closed_during += 1;
+            }
+        } else {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.note(reason);
+    }
+}
+
+impl Tracked for Conn {
+    fn index(&self) -> u64 {
+        self.index
+    }
+    fn open(&self) -> bool {
+        self.alive() && self.head_ok
+    }
+    fn ended(&self) -> bool {
+        !self.alive()
+    }
+    fn track(&self) -> &Track {
+        &self.track
+    }
+    fn track_mut(&mut self) -> &mut Track {
+        &mut self.track
     }
 }
 
@@ -462,10 +626,8 @@ impl Conn {
                 }
             };
             let now = sys::now_ns();
-            let Ctx {
-                rbuf, phase, stats, ..
-            } = ctx;
-            if let Err(why) = self.on_bytes(&rbuf[..n], now, phase, stats, step) {
+            let Ctx { rbuf, book, .. } = ctx;
+            if let Err(why) = self.on_bytes(&rbuf[..n], now, &book.phase, &mut book.stats, step) {
                 self.close(step, why);
                 return;
             }
@@ -506,10 +668,9 @@ impl Conn {
                     Err(e) => return self.close(step, format!("tls read: {e}")),
                 };
                 let now = sys::now_ns();
-                let Ctx {
-                    rbuf, phase, stats, ..
-                } = ctx;
-                if let Err(why) = self.on_bytes(&rbuf[..n], now, phase, stats, step) {
+                let Ctx { rbuf, book, .. } = ctx;
+                if let Err(why) = self.on_bytes(&rbuf[..n], now, &book.phase, &mut book.stats, step)
+                {
                     return self.close(step, why);
                 }
             }
@@ -587,37 +748,28 @@ impl Conn {
             ..
         } = self;
         let index = *index;
-        let mut on_event = |e: &Event| {
-            stats.events += 1;
-            if let Some(st) = payload::decode(e.data) {
-                on_stamp(track, index, st, phase, stats, now);
-            }
-        };
         match framing {
-            Framing::Close => sse
-                .feed(data, &mut on_event)
-                .map_err(|_| "sse line too long".to_string()),
+            Framing::Close => feed_sse(sse, track, index, data, now, phase, stats),
             Framing::Length(rem) => {
                 let n = (*rem).min(data.len() as u64) as usize;
                 *rem -= n as u64;
-                sse.feed(&data[..n], &mut on_event)
-                    .map_err(|_| "sse line too long".to_string())?;
+                feed_sse(sse, track, index, &data[..n], now, phase, stats)?;
                 if *rem == 0 {
                     return Err("end of the sized body".into());
                 }
                 Ok(())
             }
             Framing::Chunked(dec) => {
-                let mut bad = false;
+                let mut bad = None;
                 let done = dec
                     .feed(data, &mut |chunk: &[u8]| {
-                        if !bad && sse.feed(chunk, &mut on_event).is_err() {
-                            bad = true;
+                        if bad.is_none() {
+                            bad = feed_sse(sse, track, index, chunk, now, phase, stats).err();
                         }
                     })
                     .map_err(|_| "bad chunked body".to_string())?;
-                if bad {
-                    return Err("sse line too long".into());
+                if let Some(why) = bad {
+                    return Err(why);
                 }
                 if done {
                     return Err("end of the chunked body".into());
@@ -668,6 +820,11 @@ fn drive_tls(
 /// Progress every thread reports to the controller.
 #[derive(Default)]
 pub struct Shared {
+    /// `--h2`: TCP connections whose h2 handshake completed.
+    pub tcp_open: AtomicU64,
+    /// A failure that makes the whole run pointless (the server does not
+    /// speak the protocol asked for): the controller stops at once.
+    pub fatal: Mutex<Option<String>>,
     /// Streams open: a 2xx response head arrived.
     pub open: AtomicU64,
     /// Open streams that also received body bytes.
@@ -681,12 +838,22 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn note(&self, reason: String) {
+    pub(crate) fn note(&self, reason: String) {
         *self.reasons.lock().unwrap().entry(reason).or_insert(0) += 1;
+    }
+
+    /// Records the first fatal failure (later ones are the same story).
+    pub(crate) fn set_fatal(&self, why: String) {
+        self.fatal.lock().unwrap().get_or_insert(why);
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap().clone()
     }
 }
 
-enum Cmd {
+/// The controller's commands to an event-loop thread.
+pub(crate) enum Cmd {
     Phase {
         first: u64,
         users: u64,
@@ -702,11 +869,20 @@ enum Cmd {
     Stop,
 }
 
-struct Handle {
-    tx: Sender<Cmd>,
-    waker: Arc<Waker>,
-    drain: Arc<DrainProgress>,
-    join: Option<JoinHandle<()>>,
+/// How the controller wakes a thread after queueing a command.
+pub(crate) enum Wake {
+    /// A mio event loop.
+    Mio(Arc<Waker>),
+    /// A tokio event loop ([`crate::http2`]): it waits on this between ticks.
+    Notify(Arc<tokio::sync::Notify>),
+}
+
+/// One event-loop thread, seen from the controller.
+pub(crate) struct Handle {
+    pub tx: Sender<Cmd>,
+    pub wake: Wake,
+    pub drain: Arc<DrainProgress>,
+    pub join: Option<JoinHandle<()>>,
 }
 
 /// The stream event-loop threads, seen from the controller.
@@ -745,34 +921,44 @@ impl Streams {
                 shared: shared.clone(),
                 rx,
                 drain: drain.clone(),
-                cpu0: 0,
             };
             let join = std::thread::Builder::new()
                 .name(format!("loop-{t}"))
                 .spawn(move || w.run())?;
             handles.push(Handle {
                 tx,
-                waker,
+                wake: Wake::Mio(waker),
                 drain,
                 join: Some(join),
             });
         }
-        Ok(Streams { handles, shared, n })
+        Ok(Streams::from_handles(handles, shared, n))
+    }
+
+    /// The controller's side of threads started elsewhere ([`crate::http2`]).
+    pub(crate) fn from_handles(handles: Vec<Handle>, shared: Arc<Shared>, n: u64) -> Streams {
+        Streams { handles, shared, n }
     }
 
     fn send(&self, h: &Handle, cmd: Cmd) {
         let _ = h.tx.send(cmd);
-        let _ = h.waker.wake();
+        match &h.wake {
+            Wake::Mio(w) => {
+                let _ = w.wake();
+            }
+            Wake::Notify(n) => n.notify_one(),
+        }
     }
 
-    /// Waits until every stream is open or has failed, or `limit` passes.
-    /// Returns (open, failed).
+    /// Waits until every stream is open or has failed, a thread reported a
+    /// fatal failure, or `limit` passes. Returns (open, failed).
     pub fn wait_open(&self, limit: Duration) -> (u64, u64) {
         let end = Instant::now() + limit;
         loop {
             let r = self.shared.open.load(Ordering::Relaxed);
             let f = self.shared.failed.load(Ordering::Relaxed);
-            if r + f >= self.n || Instant::now() >= end {
+            let fatal = self.shared.fatal.lock().unwrap().is_some();
+            if r + f >= self.n || fatal || Instant::now() >= end {
                 return (r, f);
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -917,13 +1103,12 @@ struct StreamWorker {
     shared: Arc<Shared>,
     rx: Receiver<Cmd>,
     drain: Arc<DrainProgress>,
-    cpu0: u64,
 }
 
 /// Drain progress of one event-loop thread, refreshed every millisecond once
 /// the phase's end is known.
 #[derive(Default)]
-struct DrainProgress {
+pub(crate) struct DrainProgress {
     /// Subscribers that have their last expected event, or ended.
     caught_up: AtomicU64,
     /// Subscribers that have every expected event, or ended.
@@ -974,7 +1159,7 @@ impl StreamWorker {
                     }
                 }
             }
-            let timeout = if self.ctx.phase.end.is_some() {
+            let timeout = if self.ctx.book.phase.end.is_some() {
                 Duration::from_millis(1)
             } else if self.inflight > 0 {
                 Duration::from_millis(10)
@@ -1001,7 +1186,12 @@ impl StreamWorker {
             }
             loop {
                 match self.rx.try_recv() {
-                    Ok(cmd) => stop |= self.command(cmd),
+                    Ok(cmd) => {
+                        if self.ctx.book.command(cmd, &mut self.conns) {
+                            self.conns.clear();
+                            stop = true;
+                        }
+                    }
                     Err(TryRecvError::Empty) => break,
                     // The controller is gone: stop.
                     Err(TryRecvError::Disconnected) => {
@@ -1014,25 +1204,11 @@ impl StreamWorker {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
             }
-            if let Some(end) = self.ctx.phase.end {
-                if last_drain_check.elapsed() >= Duration::from_millis(1) {
-                    last_drain_check = Instant::now();
-                    let ph = self.ctx.phase;
-                    let holes = &self.ctx.holes;
-                    let (mut caught_up, mut complete) = (0u64, 0u64);
-                    for c in self.conns.iter().filter(|c| c.track.in_phase) {
-                        let e = ph.expect(c.index, end, holes);
-                        let dead = !c.alive();
-                        caught_up += (dead || c.track.top >= e.last_top) as u64;
-                        complete += (dead || c.track.distinct >= e.count) as u64;
-                    }
-                    let st = &self.ctx.stats;
-                    self.drain.caught_up.store(caught_up, Ordering::Relaxed);
-                    self.drain.complete.store(complete, Ordering::Relaxed);
-                    self.drain
-                        .progress
-                        .store(st.delivered + st.duplicates, Ordering::Relaxed);
-                }
+            if self.ctx.book.phase.end.is_some()
+                && last_drain_check.elapsed() >= Duration::from_millis(1)
+            {
+                last_drain_check = Instant::now();
+                self.ctx.book.report_drain(&self.conns, &self.drain);
             }
         }
     }
@@ -1046,16 +1222,11 @@ impl StreamWorker {
             self.shared.first_bytes.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(reason) = step.end {
-            if was_open || step.head {
-                self.shared.closed.fetch_add(1, Ordering::Relaxed);
-                if self.ctx.phase.active {
-                    self.ctx.stats.closed_during += 1;
-                }
-            } else {
+            let was_open = was_open || step.head;
+            if !was_open {
                 self.inflight -= 1;
-                self.shared.failed.fetch_add(1, Ordering::Relaxed);
             }
-            self.shared.note(reason);
+            self.ctx.book.ended(&self.shared, was_open, reason);
         }
     }
 
@@ -1068,66 +1239,6 @@ impl StreamWorker {
                 self.inflight -= 1;
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
                 self.shared.note(step.end.unwrap_or_default());
-            }
-        }
-    }
-
-    /// Handles a controller command; returns true on Stop.
-    fn command(&mut self, cmd: Cmd) -> bool {
-        match cmd {
-            Cmd::Phase { first, users, ack } => {
-                let ph = Phase {
-                    active: true,
-                    first,
-                    users,
-                    end: None,
-                };
-                let mut subs = 0;
-                for c in self.conns.iter_mut() {
-                    let live = c.alive() && c.head_ok;
-                    c.track = if live {
-                        Track::begin(ph.below(c.index, first))
-                    } else {
-                        Track::default()
-                    };
-                    subs += live as u64;
-                }
-                self.ctx.phase = ph;
-                self.ctx.holes.clear();
-                self.ctx.stats = PhaseStats {
-                    subscribers: subs,
-                    ..PhaseStats::default()
-                };
-                self.cpu0 = sys::thread_cpu_ns();
-                let _ = ack.send(subs);
-                false
-            }
-            Cmd::End { end, holes } => {
-                self.ctx.phase.end = Some(end);
-                self.ctx.holes = holes;
-                false
-            }
-            Cmd::Collect { ack } => {
-                let ph = self.ctx.phase;
-                let end = ph.end.unwrap_or(ph.first);
-                let mut s = std::mem::take(&mut self.ctx.stats);
-                for c in self.conns.iter_mut().filter(|c| c.track.in_phase) {
-                    let e = ph.expect(c.index, end, &self.ctx.holes);
-                    s.expected += e.count;
-                    s.lost += e.count as i64 - c.track.distinct as i64;
-                    c.track = Track::default();
-                }
-                let cpu = sys::thread_cpu_ns().saturating_sub(self.cpu0);
-                s.thread_cpu_ns = cpu;
-                s.max_thread_cpu_ns = cpu;
-                self.ctx.phase = Phase::default();
-                self.ctx.holes.clear();
-                let _ = ack.send(s);
-                false
-            }
-            Cmd::Stop => {
-                self.conns.clear();
-                true
             }
         }
     }

@@ -14,13 +14,16 @@
 //! `T<ns>S<seq>P…` codec), [`publisher`] (blocking publishers, stats GET,
 //! Redis INFO), [`report`] (table and JSON),
 //! [`scenarios`], [`target`] (loopback-only URLs, templates), [`sys`]
-//! (`/proc`, rlimits, clocks).
+//! (`/proc`, rlimits, clocks), [`tls`] (rustls client configurations),
+//! [`http2`] (`--h2`: SSE streams multiplexed on h2 connections, tokio
+//! event loops).
 //!
 //! Only 127.0.0.0/8 is ever targeted, and every loop is bounded: besides each
 //! phase's own limits, a watchdog ends the process if a run overstays its
 //! computed bound (`--max-runtime`).
 
 mod conn;
+mod http2;
 mod payload;
 mod publisher;
 mod report;
@@ -113,10 +116,27 @@ pub struct SubArgs {
     pub max_runtime: Option<Duration>,
 }
 
+/// HTTP/2 options of the scenarios that hold subscriber streams.
+#[derive(Args, Clone, Debug, Default)]
+pub struct H2Args {
+    /// Subscribe over HTTP/2: needs an https:// --sub-url whose server picks
+    /// ALPN h2 (the run stops otherwise). --connections then counts SSE
+    /// streams, --streams-per-conn to a TLS connection, and
+    /// --connect-concurrency counts connections being set up.
+    #[arg(long)]
+    pub h2: bool,
+    /// With --h2: SSE streams multiplexed on each connection (the last one
+    /// takes the remainder).
+    #[arg(long, default_value_t = 1, requires = "h2")]
+    pub streams_per_conn: u64,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub sub: SubArgs,
+    #[command(flatten)]
+    pub h2: H2Args,
     /// How long to hold the open streams.
     #[arg(long, default_value = "10s", value_parser = dur)]
     pub duration: Duration,
@@ -175,6 +195,8 @@ pub struct FanoutArgs {
     #[command(flatten)]
     pub sub: SubArgs,
     #[command(flatten)]
+    pub h2: H2Args,
+    #[command(flatten)]
     pub publ: PubArgs,
 }
 
@@ -200,6 +222,8 @@ pub struct ChurnArgs {
 pub struct ClusterArgs {
     #[command(flatten)]
     pub sub: SubArgs,
+    #[command(flatten)]
+    pub h2: H2Args,
     #[command(flatten)]
     pub publ: PubArgs,
     /// Redis to read `INFO stats` total_commands_processed from.
@@ -252,15 +276,15 @@ fn main() -> ExitCode {
     let (res, json) = match &cli.cmd {
         Command::Idle(a) => (scenarios::idle(a), &a.sub.json),
         Command::Fanout(a) => (
-            scenarios::publishing(scenarios::Kind::Fanout, &a.sub, &a.publ, None),
+            scenarios::publishing(scenarios::Kind::Fanout, &a.sub, &a.h2, &a.publ, None),
             &a.sub.json,
         ),
         Command::Targeted(a) => (
-            scenarios::publishing(scenarios::Kind::Targeted, &a.sub, &a.publ, None),
+            scenarios::publishing(scenarios::Kind::Targeted, &a.sub, &a.h2, &a.publ, None),
             &a.sub.json,
         ),
         Command::Cluster(a) => (
-            scenarios::publishing(scenarios::Kind::Cluster, &a.sub, &a.publ, Some(a)),
+            scenarios::publishing(scenarios::Kind::Cluster, &a.sub, &a.h2, &a.publ, Some(a)),
             &a.sub.json,
         ),
         Command::Churn(a) => (scenarios::churn(a), &a.sub.json),

@@ -123,12 +123,26 @@ pub struct Redis {
     pub idle_commands_per_heartbeat_interval: Option<f64>,
 }
 
+/// `--h2`: how the SSE streams were carried. `connections*` and every
+/// figure "per connection" of the report then count SSE streams.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Http2 {
+    /// `--streams-per-conn` (the last connection may carry fewer).
+    pub streams_per_connection: u64,
+    /// TLS connections the streams needed.
+    pub tcp_connections: u64,
+    /// Connections whose h2 handshake completed.
+    pub tcp_connections_open: u64,
+}
+
 /// One run.
 #[derive(Serialize, Debug, Clone, Default)]
 pub struct Report {
     pub scenario: String,
     pub label: String,
     pub sub_url: String,
+    /// HTTP/2 streams (`--h2`); `null` for HTTP/1.1 (one stream per connection).
+    pub http2: Option<Http2>,
     pub pub_url: Option<String>,
     /// Offered events/s (0 = as fast as possible).
     pub rate: Option<f64>,
@@ -231,8 +245,15 @@ impl Report {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(t, "  {k:<22} {v}");
         };
+        // Over h2 the unit of every count and per-connection figure is the
+        // SSE stream; the TCP connections get a row of their own.
+        let unit = if self.http2.is_some() {
+            "stream"
+        } else {
+            "connection"
+        };
         row(
-            "connections",
+            &format!("{unit}s"),
             format!(
                 "{} open of {} ({} failed)",
                 num(self.connections_open as f64),
@@ -240,6 +261,17 @@ impl Report {
                 self.connections_failed
             ),
         );
+        if let Some(h) = &self.http2 {
+            row(
+                "h2 connections",
+                format!(
+                    "{} open of {} (TLS, {} streams each)",
+                    num(h.tcp_connections_open as f64),
+                    num(h.tcp_connections as f64),
+                    h.streams_per_connection
+                ),
+            );
+        }
         row(
             "connect",
             format!(
@@ -379,7 +411,7 @@ impl Report {
             row(
                 "server rss",
                 format!(
-                    "{} before, {} connected, {} after; {} per connection",
+                    "{} before, {} connected, {} after; {} per {unit}",
                     opt_bytes(s.rss_before),
                     opt_bytes(s.rss_connected),
                     opt_bytes(s.rss_after),
@@ -393,7 +425,7 @@ impl Report {
         row(
             "kernel tcp mem",
             format!(
-                "{} before, {} connected, {} after; {} per connection (both ends)",
+                "{} before, {} connected, {} after; {} per {unit} (both ends)",
                 opt_bytes(k.tcp_mem_before),
                 opt_bytes(k.tcp_mem_connected),
                 opt_bytes(k.tcp_mem_after),
@@ -406,7 +438,7 @@ impl Report {
             row(
                 "kernel slab",
                 format!(
-                    "{} before, {} connected; {} B per connection (both ends)",
+                    "{} before, {} connected; {} B per {unit} (both ends)",
                     opt_bytes(k.slab_before),
                     opt_bytes(k.slab_connected),
                     num(v)

@@ -7,6 +7,11 @@
 //! publish request to the last delivery (or to the drain timeout when some
 //! subscriber never got its last event); server and client CPU are sampled
 //! over it. For `idle` it is the hold time, for `churn` the churn time.
+//!
+//! With `--h2` (`idle`, `fanout`, `targeted`, `cluster`) the streams are h2
+//! streams, `--streams-per-conn` to a TLS connection ([`crate::http2`]);
+//! everything per connection in the report is then per SSE stream, and the
+//! TCP connections are reported besides.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -14,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use crate::conn::{self, ChurnPlan, PhaseStats, Streams, SubSpec};
 use crate::publisher::{self, PubPlan, PubSpec};
-use crate::report::{self, Client, Kernel, Latency, Publisher, Redis, Report, Server};
+use crate::report::{self, Client, Http2, Kernel, Latency, Publisher, Redis, Report, Server};
 use crate::sys;
 use crate::target::{parse_header, parse_url, Template, Url, Vars};
-use crate::{ChurnArgs, ClusterArgs, IdleArgs, PubArgs, SubArgs};
+use crate::{ChurnArgs, ClusterArgs, H2Args, IdleArgs, PubArgs, SubArgs};
 
 /// Most events in one publish request (herald's batch limit).
 pub const MAX_PUB_BATCH: usize = 1000;
@@ -35,15 +40,42 @@ struct Env {
     label: String,
     sub_url: String,
     warnings: Vec<String>,
+    /// `--h2`: streams per TLS connection.
+    per_conn: Option<u64>,
+}
+
+/// TCP connections the subscriber streams take.
+fn tcp_connections(sub: &SubArgs, h2: &H2Args) -> u64 {
+    if h2.h2 {
+        sub.connections.div_ceil(h2.streams_per_conn.max(1))
+    } else {
+        sub.connections
+    }
 }
 
 fn prepare(
     sub: &SubArgs,
+    h2: &H2Args,
     scenario: &str,
     fds_needed: u64,
     default_sources: u64,
 ) -> Result<Env, String> {
     let url = parse_url(&sub.sub_url, "http", 80)?;
+    let per_conn = if h2.h2 {
+        if !url.tls {
+            return Err(format!(
+                "--h2: {} is not https:// (HTTP/2 is negotiated by ALPN over TLS; cleartext \
+                 h2c is not supported)",
+                sub.sub_url
+            ));
+        }
+        if h2.streams_per_conn == 0 {
+            return Err("--streams-per-conn must be at least 1".into());
+        }
+        Some(h2.streams_per_conn)
+    } else {
+        None
+    };
     let headers = sub
         .sub_headers
         .iter()
@@ -111,6 +143,7 @@ fn prepare(
         label: sub.label.clone().unwrap_or_else(|| scenario.to_string()),
         sub_url: sub.sub_url.clone(),
         warnings,
+        per_conn,
     })
 }
 
@@ -208,12 +241,11 @@ fn open_streams(env: &Env, sub: &SubArgs, wait_body: bool) -> Result<Opened, Str
     let tcp_before = sys::tcp_mem_bytes();
     let slab_before = sys::slab_bytes();
     let t0 = Instant::now();
-    let streams = Streams::start(
-        env.spec.clone(),
-        env.n,
-        env.threads,
-        sub.connect_concurrency.max(1),
-    )
+    let inflight = sub.connect_concurrency.max(1);
+    let streams = match env.per_conn {
+        Some(k) => crate::http2::start(env.spec.clone(), env.n, env.threads, inflight, k),
+        None => Streams::start(env.spec.clone(), env.n, env.threads, inflight),
+    }
     .map_err(|e| format!("starting the event loops: {e}"))?;
     // Each connection times out on its own; opening is throttled to
     // connect_concurrency at a time, so this bounds the whole phase.
@@ -223,6 +255,10 @@ fn open_streams(env: &Env, sub: &SubArgs, wait_body: bool) -> Result<Opened, Str
     let (ready, failed) = loop {
         let (r, f) =
             streams.wait_open(Duration::from_secs(1).min(limit.saturating_sub(t0.elapsed())));
+        if let Some(why) = streams.shared.fatal() {
+            streams.stop();
+            return Err(why);
+        }
         if r + f >= env.n || t0.elapsed() >= limit {
             break (r, f);
         }
@@ -278,10 +314,20 @@ fn base_report(env: &Env, scenario: &str, o: &Opened) -> Report {
         nofile_limit: sys::proc_nofile_limit(pid),
         ..Default::default()
     });
+    let http2 = env.per_conn.map(|k| Http2 {
+        streams_per_connection: k,
+        tcp_connections: env.n.div_ceil(k),
+        tcp_connections_open: o
+            .streams
+            .shared
+            .tcp_open
+            .load(std::sync::atomic::Ordering::Relaxed),
+    });
     Report {
         scenario: scenario.into(),
         label: env.label.clone(),
         sub_url: env.sub_url.clone(),
+        http2,
         connections: env.n,
         connections_open: o.ready,
         connections_failed: o.failed,
@@ -318,12 +364,8 @@ fn finish_reports(env: &Env, o: Opened, reports: &mut [Report]) {
 
 /// `idle`: open N streams, hold them, report memory per connection.
 pub fn idle(a: &IdleArgs) -> Result<Vec<Report>, String> {
-    let env = prepare(
-        &a.sub,
-        "idle",
-        a.sub.connections + 64,
-        default_sources(a.sub.connections),
-    )?;
+    let tcp = tcp_connections(&a.sub, &a.h2);
+    let env = prepare(&a.sub, &a.h2, "idle", tcp + 64, default_sources(tcp))?;
     let o = open_streams(&env, &a.sub, true)?;
     let mut r = base_report(&env, "idle", &o);
     let fb = o
@@ -388,6 +430,7 @@ impl Kind {
 pub fn publishing(
     kind: Kind,
     sub: &SubArgs,
+    h2: &H2Args,
     p: &PubArgs,
     cluster: Option<&ClusterArgs>,
 ) -> Result<Vec<Report>, String> {
@@ -405,11 +448,13 @@ pub fn publishing(
             kind.name()
         ));
     }
+    let tcp = tcp_connections(sub, h2);
     let env = prepare(
         sub,
+        h2,
         kind.name(),
-        sub.connections + 64 + p.pub_concurrency as u64,
-        default_sources(sub.connections),
+        tcp + 64 + p.pub_concurrency as u64,
+        default_sources(tcp),
     )?;
     let pub_url = parse_url(&p.pub_url, "http", 80)?;
     let body = p.pub_body.clone().unwrap_or_else(|| {
@@ -706,6 +751,7 @@ pub fn churn(a: &ChurnArgs) -> Result<Vec<Report>, String> {
     let conc = a.concurrency.max(1);
     let env = prepare(
         &a.sub,
+        &H2Args::default(),
         "churn",
         conc as u64 + 64,
         a.sub.source_addrs.unwrap_or(8),

@@ -1,4 +1,5 @@
-//! TLS for `https://` targets (rustls with ring, HTTP/1.1 by ALPN).
+//! TLS for `https://` targets (rustls with ring): HTTP/1.1 by ALPN, or only
+//! `h2` for `--h2` streams ([`crate::http2`]).
 //!
 //! The harness only targets loopback servers started for a measurement, usually
 //! with a throwaway self-signed certificate, so the certificate is not verified
@@ -12,32 +13,47 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSuppo
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-/// The one client configuration. Sessions are not resumed: every connection
-/// makes a full handshake, the server's worst case (what a connect storm after a
-/// restart costs).
+/// ALPN protocol id of HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The client configuration of HTTP/1.1 streams, publishers and stats.
+/// Sessions are not resumed: every connection makes a full handshake, the
+/// server's worst case (what a connect storm after a restart costs).
 pub fn client_config() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
-            let mut c = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("TLS 1.2 and 1.3")
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            c.resumption = rustls::client::Resumption::disabled();
-            Arc::new(c)
-        })
-        .clone()
+    CONFIG.get_or_init(|| config(b"http/1.1")).clone()
+}
+
+/// The client configuration of `--h2` streams: it offers `h2` alone, so a
+/// server without HTTP/2 cannot quietly fall back to HTTP/1.1 (the caller
+/// still checks what was negotiated: a server may ignore ALPN).
+pub fn client_config_h2() -> Arc<ClientConfig> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    CONFIG.get_or_init(|| config(ALPN_H2)).clone()
+}
+
+fn config(alpn: &[u8]) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
+    let mut c = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![alpn.to_vec()];
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
+/// The name a connection to `addr` presents (the address: loopback targets).
+pub fn server_name(addr: std::net::SocketAddr) -> ServerName<'static> {
+    ServerName::IpAddress(addr.ip().into())
 }
 
 /// A client connection to `addr` (the name is the address: loopback targets).
 pub fn connection(addr: std::net::SocketAddr) -> std::io::Result<rustls::ClientConnection> {
-    rustls::ClientConnection::new(client_config(), ServerName::IpAddress(addr.ip().into()))
-        .map_err(std::io::Error::other)
+    rustls::ClientConnection::new(client_config(), server_name(addr)).map_err(std::io::Error::other)
 }
 
 #[derive(Debug)]
