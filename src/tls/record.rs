@@ -360,6 +360,14 @@ mod tests {
         }
     }
 
+    /// The record layer is most of what an idle TLS stream adds to a plain one.
+    #[test]
+    fn a_record_layer_stays_within_640_bytes() {
+        let n = std::mem::size_of::<RecordTx>();
+        eprintln!("RecordTx is {n} bytes");
+        assert!(n <= 640, "RecordTx is {n} bytes");
+    }
+
     #[test]
     fn an_aes_gcm_key_is_not_used_past_its_limit() {
         let (server, _client) = pair(every_suite()[0]);
