@@ -15,7 +15,11 @@
 #   RUNS [3]             runs per server and point, fresh server process per run
 #   DURATION [10s]       publish window of every point but idle
 #   IDLE_DURATION [5s]   how long the idle connections are held
-#   SERVERS              [herald herald-prev nchan axum floor floor16]
+#   SERVERS              [herald herald-prev nchan axum floor floor16]; also
+#                        herald-tls, herald-prev-tls, nchan-tls: the same servers
+#                        over HTTPS (a self-signed P-256 certificate made for the run);
+#                        herald-h2, nchan-h2: over HTTPS with the subscribers on
+#                        HTTP/2, H2_STREAMS [10] streams per connection
 #   POINTS               [idle low mid throughput burst million churn pub1 pub4 pub16 batch16 pubonly]
 #   IDLE_CONNS [10000] LOW_CONNS [1000] LOW_RATE [25] MID_CONNS [10000] MID_RATE [5]
 #   TP_CONNS [10000] (throughput, burst, million, pub1/4/16, batch16) BURST_PUBLISHERS [8]
@@ -59,6 +63,7 @@ PUB_BATCH=${PUB_BATCH:-16}
 PUBONLY_PUBLISHERS=${PUBONLY_PUBLISHERS:-16}
 CHURN_CONCURRENCY=${CHURN_CONCURRENCY:-64}
 PAYLOAD_BYTES=${PAYLOAD_BYTES:-100}
+H2_STREAMS=${H2_STREAMS:-10}
 HERALD_BASE=${HERALD_BASE:-HEAD~1}
 CLIENT_CPU=${CLIENT_CPU:-1}
 LOADTEST_THREADS=${LOADTEST_THREADS:-1}
@@ -81,7 +86,7 @@ seconds() {
     esac
 }
 
-for v in RUNS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CONNS BURST_PUBLISHERS PUB_BATCH PUBONLY_PUBLISHERS CHURN_CONCURRENCY PAYLOAD_BYTES LOADTEST_THREADS; do
+for v in RUNS H2_STREAMS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CONNS BURST_PUBLISHERS PUB_BATCH PUBONLY_PUBLISHERS CHURN_CONCURRENCY PAYLOAD_BYTES LOADTEST_THREADS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 ((RUNS >= 1 && RUNS <= 20)) || die "RUNS must be within 1..20"
@@ -91,7 +96,7 @@ for p in $POINTS; do
     esac
 done
 for s in $SERVERS; do
-    case $s in herald | herald-prev | nchan | axum | floor | floor16) ;; *) die "unknown server '$s'" ;; esac
+    case $s in herald | herald-prev | nchan | axum | floor | floor16 | herald-tls | herald-prev-tls | nchan-tls | herald-h2 | nchan-h2) ;; *) die "unknown server '$s'" ;; esac
 done
 ((PUB_BATCH >= 2 && PUB_BATCH <= 1000)) || die "PUB_BATCH must be within 2..1000 (herald's batch limit)"
 ((PUBONLY_PUBLISHERS >= 1 && PUBONLY_PUBLISHERS <= 4096)) || die "PUBONLY_PUBLISHERS must be within 1..4096"
@@ -132,7 +137,7 @@ for c in "${crates[@]}"; do cp "$TARGET/release/$c" "$OUT/bin/"; done
 } >"$OUT/versions.txt"
 
 PREV_BATCH=
-if [[ " $SERVERS " == *" herald-prev "* ]]; then
+if [[ " $SERVERS " == *" herald-prev"* ]]; then
     prev_ok=
     if base=$(git -C "$ROOT" rev-parse --verify -q "$HERALD_BASE^{commit}") &&
         git -C "$ROOT" cat-file -e "$base:src/main.rs" 2>/dev/null &&
@@ -159,22 +164,33 @@ if [[ " $SERVERS " == *" herald-prev "* ]]; then
         note "$HERALD_BASE has no herald: herald-prev skipped"
     fi
     if [[ -z $prev_ok ]]; then
-        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vx herald-prev | tr '\n' ' ')
+        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vxE 'herald-prev(-tls)?' | tr '\n' ' ')
         echo "herald-prev: skipped ($HERALD_BASE has no buildable herald)" >>"$OUT/versions.txt"
     fi
 fi
-if [[ " $SERVERS " == *" nchan "* ]]; then
+if [[ " $SERVERS " == *" nchan"* ]]; then
     if command -v nginx >/dev/null && [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
         echo "nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?'), $(nginx -v 2>&1)" >>"$OUT/versions.txt"
     else
         note "nginx/nchan not installed (apt-get install -y nginx libnginx-mod-nchan): nchan skipped"
-        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vx nchan | tr '\n' ' ')
+        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vxE 'nchan(-tls|-h2)?' | tr '\n' ' ')
     fi
 fi
 
 if [[ " $SERVERS " == *" axum "* ]]; then
     lock_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$ROOT/Cargo.lock"; }
     echo "axum: axum-peer, axum $(lock_version axum), tokio $(lock_version tokio), ${AXUM_THREADS:-1} runtime thread(s)" >>"$OUT/versions.txt"
+fi
+
+if [[ " $SERVERS " == *-tls\ * || " $SERVERS " == *-h2\ * ]]; then
+    # One certificate for every HTTPS server of the run (nginx reads it as its
+    # worker user: the directory and files are world-readable; a throwaway key).
+    mkdir -p "$OUT/tls"
+    chmod 755 "$OUT" "$OUT/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj /CN=localhost -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" 2>/dev/null ||
+        die "openssl could not make the run's certificate"
+    chmod 644 "$OUT/tls/key.pem"
 fi
 
 # ---- runs -------------------------------------------------------------------
@@ -186,6 +202,14 @@ start_named() { # SERVER LOG
         axum) start_axum "$OUT/bin/axum-peer" "$2" ;;
         floor) start_floor "$OUT/bin/floor" 1 "$2" ;;
         floor16) start_floor "$OUT/bin/floor" 16 "$2" ;;
+        herald-tls | herald-prev-tls | herald-h2)
+            local bin=$OUT/bin/herald
+            [[ $1 != herald-prev-tls ]] || bin=$OUT/bin/herald-prev
+            start_herald "$bin" "$2" --tls-cert "$OUT/tls/cert.pem" --tls-key "$OUT/tls/key.pem" || return 1
+            SUB_URL=${SUB_URL/http:/https:}
+            PUB_URL=${PUB_URL/http:/https:}
+            ;;
+        nchan-tls | nchan-h2) NCHAN_TLS_CERT=$OUT/tls/cert.pem NCHAN_TLS_KEY=$OUT/tls/key.pem start_nchan "$2" ;;
     esac
 }
 
@@ -208,8 +232,8 @@ point_args() {
 # has_batches SERVER: whether it takes herald's batch publish (a JSON array).
 has_batches() {
     case $1 in
-        herald) return 0 ;;
-        herald-prev) [[ -n $PREV_BATCH ]] ;;
+        herald | herald-tls | herald-h2) return 0 ;;
+        herald-prev | herald-prev-tls) [[ -n $PREV_BATCH ]] ;;
         *) return 1 ;;
     esac
 }
@@ -259,8 +283,12 @@ for point in "${point_list[@]}"; do
             if [[ ${args[0]} == fanout ]]; then
                 pub_args=(--pub-url "$PUB_URL" --pub-body "$PUB_BODY" --payload-bytes "$PAYLOAD_BYTES")
             fi
+            h2_args=()
+            if [[ $server == *-h2 && ${args[0]} != churn ]]; then
+                h2_args=(--h2 --streams-per-conn "$H2_STREAMS")
+            fi
             taskset -c "$CLIENT_CPU" timeout -k 5 "$RUN_TIMEOUT" "$OUT/bin/loadtest" "${args[@]}" \
-                --sub-url "$SUB_URL" "${pub_args[@]}" --threads "$LOADTEST_THREADS" \
+                --sub-url "$SUB_URL" "${pub_args[@]}" "${h2_args[@]}" --threads "$LOADTEST_THREADS" \
                 --server-pid "$SERVER_PID" --json "$OUT/$name.json" --label "$server" \
                 >"$log.client.log" 2>&1 &
             CLIENT_PID=$!

@@ -43,17 +43,21 @@ def context(alpn: str) -> ssl.SSLContext:
     return ctx
 
 
-async def h1_stream(host, port, path, ready, stop, deadline):
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=context("http/1.1"), server_hostname="localhost"),
-        deadline - time.monotonic(),
-    )
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), deadline - time.monotonic())
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(head[:80])
+async def h1_stream(host, port, path, ready, stop, deadline, opening):
+    # At most --open-concurrency connections between connect and response head:
+    # one Python thread cannot keep thousands of handshakes moving at once, and a
+    # server would rightly time out the heads that wait behind them.
+    async with opening:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context("http/1.1"), server_hostname="localhost"),
+            deadline - time.monotonic(),
+        )
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), deadline - time.monotonic())
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head[:80])
     ready()
     while not stop.is_set():
         try:
@@ -65,11 +69,12 @@ async def h1_stream(host, port, path, ready, stop, deadline):
     writer.close()
 
 
-async def h2_conn(host, port, paths, ready, stop, deadline):
+async def h2_conn(host, port, paths, ready, stop, deadline, opening):
     import h2.config
     import h2.connection
     import h2.events
 
+    await opening.acquire()
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(host, port, ssl=context("h2"), server_hostname="localhost"),
         deadline - time.monotonic(),
@@ -107,6 +112,8 @@ async def h2_conn(host, port, paths, ready, stop, deadline):
                     raise RuntimeError(f"status {status}")
                 pending -= 1
                 ready()
+                if pending == 0:
+                    opening.release()
             elif isinstance(ev, h2.events.DataReceived):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         out = conn.data_to_send()
@@ -123,6 +130,8 @@ async def main() -> int:
     ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--hold", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--open-concurrency", type=int, default=256,
+                    help="connections being opened at once (connect to response head)")
     a = ap.parse_args()
     u = urlsplit(a.url)
     path_tpl = u.path + ("?" + u.query if u.query else "")
@@ -135,11 +144,13 @@ async def main() -> int:
         nonlocal opened
         opened += 1
 
+    opening = asyncio.Semaphore(a.open_concurrency)
     tasks = []
     if a.per_conn == 0:
         for i in range(a.streams):
             tasks.append(asyncio.create_task(
-                h1_stream(u.hostname, u.port, path_tpl.replace("{i}", str(i)), ready, stop, deadline)))
+                h1_stream(u.hostname, u.port, path_tpl.replace("{i}", str(i)), ready, stop, deadline,
+                          opening)))
         conns = a.streams
     else:
         conns = (a.streams + a.per_conn - 1) // a.per_conn
@@ -147,7 +158,7 @@ async def main() -> int:
             paths = [path_tpl.replace("{i}", str(c * a.per_conn + k))
                      for k in range(min(a.per_conn, a.streams - c * a.per_conn))]
             tasks.append(asyncio.create_task(
-                h2_conn(u.hostname, u.port, paths, ready, stop, deadline)))
+                h2_conn(u.hostname, u.port, paths, ready, stop, deadline, opening)))
     async def give_up(why: str) -> int:
         print(why, file=sys.stderr)
         stop.set()
