@@ -490,13 +490,9 @@ impl Broker {
                     }
                     m::set_pending(s.pending.total());
                 }
-                Target::All | Target::Topics(_) => {
-                    wake = if shards >= 128 {
-                        u128::MAX
-                    } else {
-                        (1u128 << shards) - 1
-                    }
-                }
+                // Only shards holding a stream: an empty shard has nobody to
+                // deliver to (the event is in the history for later resumes).
+                Target::All | Target::Topics(_) => wake = s.registry.occupied_shards(),
             }
             for shard in 0..shards {
                 if wake & (1u128 << shard.min(127)) != 0 {

@@ -23,6 +23,10 @@ pub struct LocalRegistry {
     /// Most users hold one connection: that entry lives inline.
     users: HashMap<Box<str>, SmallVec<[Entry; 1]>>,
     connections: usize,
+    /// Connections per shard (shards beyond 127 counted together, as in the
+    /// masks), and the bit set of shards with at least one.
+    per_shard: Vec<u32>,
+    occupied: u128,
 }
 
 impl LocalRegistry {
@@ -55,6 +59,33 @@ impl LocalRegistry {
         })
     }
 
+    /// Shards holding any connection, as a bit set like [`Self::shard_mask`]:
+    /// a broadcast or topic event need not wake a shard with none. Exact under
+    /// the broker's lock: a connection registered later starts after the event
+    /// (its resume floor), so a shard it lands on needs no earlier event.
+    pub fn occupied_shards(&self) -> u128 {
+        self.occupied
+    }
+
+    fn count_in(&mut self, shard: u16) {
+        let i = shard.min(127) as usize;
+        if self.per_shard.len() <= i {
+            self.per_shard.resize(i + 1, 0);
+        }
+        self.per_shard[i] += 1;
+        self.occupied |= 1u128 << i;
+    }
+
+    fn count_out(&mut self, shard: u16) {
+        let i = shard.min(127) as usize;
+        if let Some(n) = self.per_shard.get_mut(i) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.occupied &= !(1u128 << i);
+            }
+        }
+    }
+
     /// Register `(user, conn_id)` at `loc`; returns the location it replaces.
     pub fn register(&mut self, user: &str, conn_id: &str, loc: ConnLoc) -> Option<ConnLoc> {
         let list = match self.users.get_mut(user) {
@@ -62,13 +93,17 @@ impl LocalRegistry {
             None => self.users.entry(user.into()).or_default(),
         };
         if let Some(e) = list.iter_mut().find(|e| &*e.conn_id == conn_id) {
-            return Some(std::mem::replace(&mut e.loc, loc));
+            let old = std::mem::replace(&mut e.loc, loc);
+            self.count_out(old.shard);
+            self.count_in(loc.shard);
+            return Some(old);
         }
         list.push(Entry {
             conn_id: conn_id.into(),
             loc,
         });
         self.connections += 1;
+        self.count_in(loc.shard);
         None
     }
 
@@ -111,6 +146,7 @@ impl LocalRegistry {
             self.users.remove(user);
         }
         self.connections -= 1;
+        self.count_out(e.loc.shard);
         Some((e.loc, e.conn_id))
     }
 }
@@ -133,6 +169,7 @@ mod tests {
         assert_eq!(r.register("u", "c1", loc(0, 1)), None);
         assert_eq!(r.register("u", "c2", loc(1, 2)), None);
         assert_eq!(r.shard_mask("u"), 0b11);
+        assert_eq!(r.occupied_shards(), 0b11);
         assert_eq!(r.register("u", "c1", loc(1, 3)), Some(loc(0, 1)));
         assert_eq!(r.connections(), 2);
         assert_eq!(
@@ -143,5 +180,23 @@ mod tests {
         assert_eq!(r.remove_serial("u", 3).as_deref(), Some("c1"));
         assert_eq!(r.remove("u", "c2"), Some(loc(1, 2)));
         assert_eq!((r.users(), r.connections()), (0, 0));
+        assert_eq!(r.occupied_shards(), 0);
+    }
+
+    #[test]
+    fn occupied_shards_follow_connections_and_replacements() {
+        let mut r = LocalRegistry::default();
+        r.register("a", "c", loc(2, 1));
+        r.register("b", "c", loc(2, 2));
+        r.register("c", "c", loc(200, 3));
+        assert_eq!(r.occupied_shards(), 1 << 2 | 1 << 127);
+        // A replacement moves the count from the old shard to the new one.
+        r.register("a", "c", loc(5, 4));
+        assert_eq!(r.occupied_shards(), 1 << 2 | 1 << 5 | 1 << 127);
+        r.remove_serial("b", 2);
+        assert_eq!(r.occupied_shards(), 1 << 5 | 1 << 127);
+        r.remove("c", "c");
+        r.remove_exact("a", "c", 4);
+        assert_eq!(r.occupied_shards(), 0);
     }
 }
