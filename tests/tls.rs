@@ -649,6 +649,16 @@ async fn events_until_last(tls: &mut TlsStream<TcpStream>, mut seen: Vec<u8>) ->
     events
 }
 
+/// Send a connect with `query` on an HTTP/1.1-over-TLS connection and read up
+/// to its CONNECTED event; returns what was read.
+async fn open_stream(tls: &mut TlsStream<TcpStream>, query: &str) -> Vec<u8> {
+    let req = format!("GET /api/user/sse/connect?{query} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    read_until(tls, &mut seen, "event: CONNECTED").await;
+    seen
+}
+
 /// Lean HTTP/1.1 streams seal their own records once the handshake is done:
 /// every suite a P-256 certificate allows, TLS 1.2 (explicit GCM nonce, and
 /// ChaCha20) and TLS 1.3, gets every event whole and in order, small events
@@ -672,14 +682,7 @@ async fn http11_tls_streams_with_every_cipher_suite_get_every_event() {
             .expect("handshake in time")
             .unwrap_or_else(|e| panic!("{suite:?}: {e}"));
         assert_eq!(tls.get_ref().1.negotiated_cipher_suite(), Some(*suite));
-        tls.write_all(
-            format!("GET /api/user/sse/connect?userId=suite-{i}&topics=all-suites HTTP/1.1\r\nhost: localhost\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut seen = Vec::new();
-        read_until(&mut tls, &mut seen, "event: CONNECTED").await;
+        let seen = open_stream(&mut tls, &format!("userId=suite-{i}&topics=all-suites")).await;
         streams.push((tls, seen));
     }
     let mut send = h2(&h, &c.der).await;
@@ -728,14 +731,7 @@ async fn a_stalled_tls_stream_is_closed_alone() {
             let mut tls = tls_connect_rcvbuf(h, &[&c.der], &[b"http/1.1"], rcvbuf)
                 .await
                 .unwrap();
-            tls.write_all(
-                format!("GET /api/user/sse/connect?userId={user}&topics=slow HTTP/1.1\r\nhost: localhost\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let mut seen = Vec::new();
-            read_until(&mut tls, &mut seen, "event: CONNECTED").await;
+            let seen = open_stream(&mut tls, &format!("userId={user}&topics=slow")).await;
             (tls, seen)
         }
     };
