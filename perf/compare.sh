@@ -18,7 +18,7 @@
 #   SERVERS              [herald herald-prev nchan axum floor floor16]; also
 #                        herald-tls, herald-prev-tls, nchan-tls: the same servers
 #                        over HTTPS (a self-signed P-256 certificate made for the run);
-#                        herald-h2, nchan-h2: over HTTPS with the subscribers on
+#                        herald-h2, herald-prev-h2, nchan-h2: over HTTPS with the subscribers on
 #                        HTTP/2, H2_STREAMS [10] streams per connection
 #   POINTS               [idle low mid throughput burst million churn pub1 pub4 pub16 batch16 pubonly]
 #   IDLE_CONNS [10000] LOW_CONNS [1000] LOW_RATE [25] MID_CONNS [10000] MID_RATE [5]
@@ -96,7 +96,7 @@ for p in $POINTS; do
     esac
 done
 for s in $SERVERS; do
-    case $s in herald | herald-prev | nchan | axum | floor | floor16 | herald-tls | herald-prev-tls | nchan-tls | herald-h2 | nchan-h2) ;; *) die "unknown server '$s'" ;; esac
+    case $s in herald | herald-prev | nchan | axum | floor | floor16 | herald-tls | herald-prev-tls | nchan-tls | herald-h2 | herald-prev-h2 | nchan-h2) ;; *) die "unknown server '$s'" ;; esac
 done
 ((PUB_BATCH >= 2 && PUB_BATCH <= 1000)) || die "PUB_BATCH must be within 2..1000 (herald's batch limit)"
 ((PUBONLY_PUBLISHERS >= 1 && PUBONLY_PUBLISHERS <= 4096)) || die "PUBONLY_PUBLISHERS must be within 1..4096"
@@ -164,7 +164,7 @@ if [[ " $SERVERS " == *" herald-prev"* ]]; then
         note "$HERALD_BASE has no herald: herald-prev skipped"
     fi
     if [[ -z $prev_ok ]]; then
-        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vxE 'herald-prev(-tls)?' | tr '\n' ' ')
+        SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vxE 'herald-prev(-tls|-h2)?' | tr '\n' ' ')
         echo "herald-prev: skipped ($HERALD_BASE has no buildable herald)" >>"$OUT/versions.txt"
     fi
 fi
@@ -202,9 +202,9 @@ start_named() { # SERVER LOG
         axum) start_axum "$OUT/bin/axum-peer" "$2" ;;
         floor) start_floor "$OUT/bin/floor" 1 "$2" ;;
         floor16) start_floor "$OUT/bin/floor" 16 "$2" ;;
-        herald-tls | herald-prev-tls | herald-h2)
+        herald-tls | herald-prev-tls | herald-h2 | herald-prev-h2)
             local bin=$OUT/bin/herald
-            [[ $1 != herald-prev-tls ]] || bin=$OUT/bin/herald-prev
+            [[ $1 != herald-prev-* ]] || bin=$OUT/bin/herald-prev
             start_herald "$bin" "$2" --tls-cert "$OUT/tls/cert.pem" --tls-key "$OUT/tls/key.pem" || return 1
             SUB_URL=${SUB_URL/http:/https:}
             PUB_URL=${PUB_URL/http:/https:}
@@ -233,7 +233,7 @@ point_args() {
 has_batches() {
     case $1 in
         herald | herald-tls | herald-h2) return 0 ;;
-        herald-prev | herald-prev-tls) [[ -n $PREV_BATCH ]] ;;
+        herald-prev | herald-prev-tls | herald-prev-h2) [[ -n $PREV_BATCH ]] ;;
         *) return 1 ;;
     esac
 }
