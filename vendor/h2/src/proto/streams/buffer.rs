@@ -82,6 +82,12 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
+                if buf.slab.is_empty() && buf.slab.capacity() > 4 {
+                    // herald: every queue sharing the buffer is empty (each slot
+                    // belongs to one): give back what a burst grew (a slab never
+                    // shrinks), keeping small ones for steady traffic.
+                    buf.slab = Slab::new();
+                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());
