@@ -268,13 +268,7 @@ async fn http2_carries_ten_streams_on_one_connection() {
 }
 
 async fn h2_get_json(send: &mut SendRequest<Full<Bytes>>, path: &str) -> serde_json::Value {
-    let req = hyper::Request::get(format!("https://localhost{path}"))
-        .body(Full::default())
-        .unwrap();
-    send.ready().await.unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
+    serde_json::from_str(&h2_get_text(send, path).await).unwrap()
 }
 
 async fn h2_get_text(send: &mut SendRequest<Full<Bytes>>, path: &str) -> String {
