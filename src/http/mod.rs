@@ -330,23 +330,11 @@ fn attach_lean(
     io::flush(shard);
 }
 
-/// A stream admitted but never attached: out of the table, reported closed.
+/// A stream admitted but never attached: out of the table and reported closed,
+/// as a hyper-served stream's guard ends one.
 fn abandon(shard: &Rc<Shard>, key: usize, serial: u64) {
-    let mut table = shard.table.borrow_mut();
-    if table.get(key).is_none_or(|c| c.serial != serial) {
-        return;
-    }
-    if let Some(conn) = table.remove(key) {
-        shard.table_changed(&table);
-        drop(table);
-        crate::shard::stream::closed(
-            shard,
-            &conn.user,
-            conn.serial,
-            conn.topics(),
-            CloseReason::ClientClosed,
-        );
-    }
+    crate::shard::stream::StreamGuard::new(shard.clone(), key, serial)
+        .finish(CloseReason::ClientClosed);
 }
 
 /// Read a request head into `buf` within `--header-timeout`. A head that does

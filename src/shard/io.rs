@@ -197,6 +197,7 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
     let now = clock::now_ns();
     let mut closing = io.closing.borrow_mut();
     let mut tls = io.tls.borrow_mut();
+    let mut scratch = io.scratch.borrow_mut();
     for (i, &key) in keys.iter().enumerate() {
         if let Some(&next) = keys.get(i + 1) {
             prefetch_tls(&tls, next);
@@ -216,7 +217,6 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
             continue;
         }
         if let Some(tx) = tls.get_mut(key as usize).and_then(Option::as_mut) {
-            let mut scratch = io.scratch.borrow_mut();
             let on_frame = |published| shard.local.frame_written(published, now);
             if let Some(reason) = write_sealed(conn, tx, &mut scratch, on_frame) {
                 closing.push((key, reason));
@@ -261,8 +261,7 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
             }
         }
     }
-    drop(closing);
-    drop(tls);
+    drop((closing, tls, scratch));
     close_pending(shard, &mut table);
 }
 
