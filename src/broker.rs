@@ -132,6 +132,8 @@ struct State {
     /// Cluster with partitions: the position reached in each ordered source
     /// (0 the broadcasts, 1 + k partition k), for the two-part ids.
     positions: Option<Vec<u64>>,
+    /// Where broadcast and topic events are framed.
+    arena: frame::FrameArena,
 }
 
 /// See the module doc.
@@ -157,6 +159,7 @@ impl Broker {
                 pending: Pending::new(limits.pending),
                 registry: LocalRegistry::default(),
                 positions: None,
+                arena: frame::FrameArena::default(),
             }),
             hub: Hub::new(shards),
             serial: AtomicU64::new(1),
@@ -470,12 +473,12 @@ impl Broker {
             let mut s = self.lock();
             let now = clock::now_ns();
             id = s.history.last_id() + 1;
-            let ev = Arc::new(Event::new(
-                id,
-                p.target,
-                frame::event(id, p.event, p.data),
-                now,
-            ));
+            let framed = match p.target {
+                // It may wait as a pending event long after its neighbours.
+                Target::Users(_) => frame::event(id, p.event, p.data),
+                Target::All | Target::Topics(_) => s.arena.event(id, p.event, p.data),
+            };
+            let ev = Arc::new(Event::new(id, p.target, framed, now));
             let shards = self.hub.shards();
             match &ev.target {
                 Target::Users(users) => {

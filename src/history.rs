@@ -94,6 +94,16 @@ impl History {
         self.bytes += ev.frame.len();
         self.entries.push_back(ev);
         self.trim(now_ns);
+        // A full history lets its oldest event go on the next push, and then
+        // reads the age of the one after it (the front now was just read):
+        // that one was last touched thousands of publishes ago, so fetch it
+        // now rather than wait for the miss then.
+        if let Some(next) = self.entries.get(1) {
+            // Its reference counts sit just before it.
+            let counts = 2 * std::mem::size_of::<usize>();
+            let inner = Arc::as_ptr(next).cast::<u8>().wrapping_sub(counts);
+            crate::hint::prefetch(inner, counts + std::mem::size_of::<Event>());
+        }
     }
 
     /// Drop what is beyond the count, bytes or age bounds.

@@ -34,6 +34,7 @@ pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod fdlimit;
+pub mod hint;
 pub mod history;
 pub mod http;
 pub mod idempotency;

@@ -270,21 +270,9 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
 /// a flush round comes back to it at low rates, and sealing would wait for it.
 #[inline]
 fn prefetch_tls(tls: &[Option<Box<RecordTx>>], key: u32) {
-    #[cfg(target_arch = "x86_64")]
     if let Some(Some(tx)) = tls.get(key as usize) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = (&**tx as *const RecordTx).cast::<i8>();
-        for off in (0..std::mem::size_of::<RecordTx>()).step_by(64) {
-            // SAFETY: a prefetch is a hint: it reads nothing architecturally and
-            // cannot fault; the addresses are within a live allocation anyway.
-            #[allow(unused_unsafe)]
-            unsafe {
-                _mm_prefetch(start.wrapping_add(off), _MM_HINT_T0)
-            };
-        }
+        crate::hint::prefetch(&**tx as *const RecordTx, std::mem::size_of::<RecordTx>());
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (tls, key);
 }
 
 /// One write turn of a lean TLS stream: first the sealed bytes the kernel did
