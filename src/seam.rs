@@ -6,6 +6,7 @@
 //! implements both over Redis ([`crate::cluster::Cluster`]). The endpoints and
 //! the shards only see the two traits; neither is on the delivery path.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -152,6 +153,40 @@ pub struct PublishRequest {
     pub ttl_seconds: u64,
 }
 
+/// A validated publish borrowing its name and data from the request body
+/// where it can (most publishes: no escapes), so that publishing on the spot
+/// copies the data only into the event's frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRef<'a> {
+    pub event: Cow<'a, str>,
+    pub data: Cow<'a, str>,
+    pub target: Target,
+    pub ttl_seconds: u64,
+}
+
+impl PublishRef<'_> {
+    /// The same publish, owned (to wait for the shared store).
+    pub fn into_owned(self) -> PublishRequest {
+        PublishRequest {
+            event: self.event.into_owned(),
+            data: self.data.into_owned(),
+            target: self.target,
+            ttl_seconds: self.ttl_seconds,
+        }
+    }
+}
+
+impl From<PublishRequest> for PublishRef<'static> {
+    fn from(p: PublishRequest) -> Self {
+        PublishRef {
+            event: Cow::Owned(p.event),
+            data: Cow::Owned(p.data),
+            target: p.target,
+            ttl_seconds: p.ttl_seconds,
+        }
+    }
+}
+
 /// See the module doc.
 pub trait EventBus: Send + Sync {
     /// Publish one event or a batch, in its order, whole or not at all. `key`
@@ -164,6 +199,14 @@ pub trait EventBus: Send + Sync {
         batch: Vec<PublishRequest>,
         key: Option<&'a str>,
     ) -> Pending<'a, Published>;
+
+    /// Publish one event on the spot and give its id, when this bus sequences
+    /// events without waiting (the embedded one); otherwise the request comes
+    /// back (`Err`) for [`EventBus::publish`]. The most common publish then
+    /// needs no future and no vectors.
+    fn publish_now<'p>(&self, _broker: &Broker, p: PublishRef<'p>) -> Result<u64, PublishRef<'p>> {
+        Err(p)
+    }
 }
 
 /// The embedded registry and bus: everything is in this pod's broker.
@@ -215,18 +258,25 @@ impl EventBus for Local {
     ) -> Pending<'a, Published> {
         let ids = batch
             .into_iter()
-            .map(|p| {
-                broker.publish(Publish {
-                    event: &p.event,
-                    data: &p.data,
-                    target: p.target,
-                    ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
-                })
-            })
+            .map(|p| local_publish(broker, p.into()))
             .collect();
         Box::pin(std::future::ready(Published::Ids {
             ids,
             replayed: false,
         }))
     }
+
+    fn publish_now<'p>(&self, broker: &Broker, p: PublishRef<'p>) -> Result<u64, PublishRef<'p>> {
+        Ok(local_publish(broker, p))
+    }
+}
+
+/// One event sequenced by this pod's broker.
+fn local_publish(broker: &Broker, p: PublishRef<'_>) -> u64 {
+    broker.publish(Publish {
+        event: &p.event,
+        data: &p.data,
+        target: p.target,
+        ttl_ns: p.ttl_seconds.saturating_mul(1_000_000_000),
+    })
 }

@@ -3,7 +3,9 @@
 //! is handed the bytes already read through [`Rewind`]. The head is bounded in size
 //! (431 beyond) and, by the caller, in time (slowloris).
 
+use std::borrow::Cow;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -29,7 +31,8 @@ pub enum HeadError {
 pub struct Head {
     /// `GET`, `POST`, `OPTIONS`, `HEAD` or `OTHER`.
     pub method: &'static str,
-    pub path: String,
+    /// Herald's own routes borrowed, any other path owned.
+    pub path: Cow<'static, str>,
     pub query: String,
     pub last_event_id: Option<String>,
     /// The `Authorization` header (never logged).
@@ -85,11 +88,22 @@ fn method_name(m: &str) -> &'static str {
     }
 }
 
+/// The paths herald routes itself as static strings: no allocation for them.
+fn route(path: &str) -> Cow<'static, str> {
+    match path {
+        super::CONNECT_PATH => Cow::Borrowed(super::CONNECT_PATH),
+        super::lean::PUBLISH_PATH => Cow::Borrowed(super::lean::PUBLISH_PATH),
+        other => Cow::Owned(other.to_owned()),
+    }
+}
+
 /// Parse a request head from `buf`: `None` while incomplete. Pure (fuzzed).
 pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // Left uninitialised: httparse fills what it parses (zeroing 64 headers
+    // cost more than parsing a publish's three).
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(len)) => {
             let target = req.path.unwrap_or("/");
@@ -154,7 +168,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
             };
             Ok(Some(Head {
                 method: method_name(req.method.unwrap_or("")),
-                path: path.to_string(),
+                path: route(path),
                 query: query.to_string(),
                 last_event_id,
                 authorization,

@@ -17,7 +17,7 @@
 
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -69,7 +69,6 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
                 }
             }
         }
-        let request = buf.split_to(need);
         let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
         let result = match (
             shard
@@ -79,9 +78,17 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
             std::mem::replace(&mut head.idempotency_key, Ok(None)),
         ) {
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(key)) => routes::publish_body(&shard, &request[head.len..], key).await,
+            (Ok(()), Ok(key)) => match routes::publish_at_once(&shard, &buf[head.len..need], key) {
+                Ok(routes::AtOnce::Done(answer)) => Ok((answer, false)),
+                // Boxed: what may wait is not part of this loop's state.
+                Ok(routes::AtOnce::Wait(parsed, key)) => {
+                    Box::pin(routes::publish_parsed(&shard, parsed, key)).await
+                }
+                Err(e) => Err(e),
+            },
         };
-        drop(request);
+        // Advanced past, not split off: a split counts a reference atomically.
+        buf.advance(need);
         encode(&mut out, &result, cors_origin, !cfg.cors_origins.is_empty());
         if stream.write_all(&out).await.is_err() {
             return;
@@ -102,10 +109,15 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
                 Ok(_) => {}
             }
         }
-        let Some(next) = super::read_head(&shard, &mut stream, &mut buf).await else {
-            return;
+        // Most often the whole head came with the wake-up read: parsed here,
+        // without read_head's timer and future.
+        head = match super::head::parse(&buf) {
+            Ok(Some(next)) => next,
+            _ => match Box::pin(super::read_head(&shard, &mut stream, &mut buf)).await {
+                Some(next) => next,
+                None => return,
+            },
         };
-        head = next;
         if !takes(&head) {
             // Another kind of request: hyper serves the rest of the connection,
             // from this request's first byte.

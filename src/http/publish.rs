@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::params::valid_name;
 use crate::error::ApiError;
 use crate::event::Target;
-pub use crate::seam::PublishRequest;
+pub use crate::seam::{PublishRef, PublishRequest};
 
 /// Default lifetime of a pending event.
 pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
@@ -26,12 +26,23 @@ fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
 /// Most publish objects in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-/// A publish body: one event, or a batch.
+/// A publish body: one event (borrowing from the body where it can), or a
+/// batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishBody {
-    One(PublishRequest),
+pub enum PublishBody<'a> {
+    One(PublishRef<'a>),
     /// In the array's order; every element validated.
     Batch(Vec<PublishRequest>),
+}
+
+impl PublishBody<'_> {
+    /// The same body, owning all it holds (to outlive the request's bytes).
+    pub fn into_owned(self) -> PublishBody<'static> {
+        match self {
+            PublishBody::One(p) => PublishBody::One(p.into_owned().into()),
+            PublishBody::Batch(items) => PublishBody::Batch(items),
+        }
+    }
 }
 
 /// Parse a publish body: an object, or an array of 1–1,000 objects, all
@@ -41,18 +52,34 @@ pub enum PublishBody {
 /// Every publish comes through here, so the body is read without building a
 /// JSON tree: the object's fields are borrowed raw and each is parsed for what
 /// it must be (only an object target, or non-string `data`, is parsed whole).
-pub fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
+pub fn parse_body(body: &[u8]) -> Result<PublishBody<'_>, ApiError> {
+    parse_body_with(body, true)
+}
+
+/// [`parse_body`], with or without the [`plain_object`] scan (the tests check
+/// that both ways give the same answers).
+fn parse_body_with(body: &[u8], scan: bool) -> Result<PublishBody<'_>, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        // The common case, one object: its fields in one pass over the body.
-        return match serde_json::from_slice::<Fields>(body) {
-            Ok(f) => fields(f).map(PublishBody::One),
+        // The common case, one object. Checked as UTF-8 once, so that the
+        // borrowed fields need no check each.
+        let Ok(text) = std::str::from_utf8(body) else {
+            return match serde_json::from_slice::<Fields>(body) {
+                Ok(f) => fields(f.raw()).map(PublishBody::One),
+                Err(e) => Err(not_an_object(body, e)),
+            };
+        };
+        if let Some(f) = plain_object(text).filter(|_| scan) {
+            return fields(f).map(PublishBody::One);
+        }
+        return match serde_json::from_str::<Fields>(text) {
+            Ok(f) => fields(f.raw()).map(PublishBody::One),
             Err(e) => Err(not_an_object(body, e)),
         };
     }
     let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
     if !raw.get().starts_with('[') {
-        return request(raw).map(PublishBody::One);
+        return request(raw).map(|p| PublishBody::One(p.into()));
     }
     let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(invalid_json)?;
     if items.is_empty() || items.len() > MAX_BATCH {
@@ -79,7 +106,7 @@ pub fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
 /// same path as [`parse_body`] (the fuzz target's entry point).
 pub fn parse(body: &[u8]) -> Result<PublishRequest, ApiError> {
     match parse_body(body)? {
-        PublishBody::One(r) => Ok(r),
+        PublishBody::One(r) => Ok(r.into_owned()),
         PublishBody::Batch(_) => Err(bad(
             "invalid_body",
             "body must be one JSON publish object, not an array",
@@ -121,9 +148,127 @@ fn raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, 
     <&RawValue>::deserialize(d).map(Some)
 }
 
+impl<'a> Fields<'a> {
+    fn raw(&self) -> RawFields<'a> {
+        RawFields {
+            event: self.event.map(RawValue::get),
+            data: self.data.map(RawValue::get),
+            target: self.target.map(RawValue::get),
+            ttl_seconds: self.ttl_seconds.map(RawValue::get),
+        }
+    }
+}
+
+/// A publish object's fields as their JSON text, each a valid JSON value.
+#[derive(Debug, Default, Clone, Copy)]
+struct RawFields<'a> {
+    event: Option<&'a str>,
+    data: Option<&'a str>,
+    target: Option<&'a str>,
+    ttl_seconds: Option<&'a str>,
+}
+
+/// The fields of the publish object most backends send, found in one pass
+/// without serde: only herald's four keys, each once, with values that are
+/// strings without escapes, whole numbers or `null`. Anything else (escapes,
+/// other keys or values, a repeated key, anything invalid) is `None` and goes
+/// through serde_json, which also makes every error message.
+fn plain_object(text: &str) -> Option<RawFields<'_>> {
+    let b = text.as_bytes();
+    let ws = |mut i: usize| {
+        while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    };
+    // A string without escapes from the quote at `i`: the index after its
+    // closing quote. Control characters make it invalid (serde says so).
+    let string_end = |i: usize| {
+        let len = string_stop(b.get(i + 1..)?)?;
+        (b[i + 1 + len] == b'"').then_some(i + len + 2)
+    };
+    let mut f = RawFields::default();
+    let mut i = ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (ws(i + 1) == b.len()).then_some(f);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(i)?;
+        let slot = match &text[i + 1..key_end - 1] {
+            "event" => &mut f.event,
+            "data" => &mut f.data,
+            "target" => &mut f.target,
+            "ttlSeconds" => &mut f.ttl_seconds,
+            _ => return None,
+        };
+        i = ws(key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(i + 1);
+        let end = match b.get(i)? {
+            b'"' => string_end(i)?,
+            b'n' if b[i..].starts_with(b"null") => i + 4,
+            b'0' => i + 1,
+            b'1'..=b'9' => i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count(),
+            _ => return None,
+        };
+        if slot.replace(&text[i..end]).is_some() {
+            return None;
+        }
+        i = ws(end);
+        match b.get(i)? {
+            b',' => i = ws(i + 1),
+            b'}' => return (ws(i + 1) == b.len()).then_some(f),
+            _ => return None,
+        }
+    }
+}
+
+/// Where a JSON string's text stops: the first `"`, `\\` or control
+/// character in `b`. Eight bytes a step (SWAR): the body's data is most of
+/// what is scanned on every publish.
+fn string_stop(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // High bit set in the lanes below `n` (exact for the lowest such lane,
+    // which is the one used).
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let v = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let hit = below(v ^ (ONES * u64::from(b'"')), 1)
+            | below(v ^ (ONES * u64::from(b'\\')), 1)
+            | below(v, 0x20);
+        if hit != 0 {
+            return Some(at + hit.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    tail.iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|i| at + i)
+}
+
 /// A field that is absent or `null`.
-fn given(v: Option<&RawValue>) -> Option<&str> {
-    v.map(RawValue::get).filter(|s| *s != "null")
+fn given(v: Option<&str>) -> Option<&str> {
+    v.filter(|s| *s != "null")
+}
+
+/// The text of a JSON string without escapes (the raw value is valid JSON,
+/// so what is between its quotes is the string itself).
+fn unescaped(raw: &str) -> Option<&str> {
+    (raw.len() >= 2 && raw.starts_with('"') && memchr::memchr(b'\\', raw.as_bytes()).is_none())
+        .then(|| &raw[1..raw.len() - 1])
 }
 
 /// One publish object (valid JSON already).
@@ -140,15 +285,18 @@ fn request(raw: &RawValue) -> Result<PublishRequest, ApiError> {
             format!("body is not a valid publish object: {e}"),
         )
     })?;
-    fields(f)
+    fields(f.raw()).map(PublishRef::into_owned)
 }
 
 /// Validate one publish object's fields.
-fn fields(f: Fields) -> Result<PublishRequest, ApiError> {
+fn fields(f: RawFields<'_>) -> Result<PublishRef<'_>, ApiError> {
     let event = match given(f.event) {
-        None => "message".to_string(),
-        Some(e) => match serde_json::from_str::<Cow<str>>(e) {
-            Ok(s) if valid_name(&s) => s.into_owned(),
+        None => Cow::Borrowed("message"),
+        Some(e) => match unescaped(e)
+            .map(Cow::Borrowed)
+            .map_or_else(|| serde_json::from_str::<String>(e).map(Cow::Owned), Ok)
+        {
+            Ok(s) if valid_name(&s) => s,
             _ => {
                 return Err(bad(
                     "invalid_event",
@@ -157,13 +305,19 @@ fn fields(f: Fields) -> Result<PublishRequest, ApiError> {
             }
         },
     };
-    let data = match f.data.map(RawValue::get) {
-        None => String::new(),
-        Some(d) if d.starts_with('"') => serde_json::from_str::<String>(d).map_err(invalid_json)?,
+    let data = match f.data {
+        None => Cow::Borrowed(""),
+        // Most often a string without escapes: borrowed from the body.
+        Some(d) if d.starts_with('"') => match unescaped(d) {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(serde_json::from_str::<String>(d).map_err(invalid_json)?),
+        },
         // Any other JSON value is sent compact, on one line.
-        Some(d) => serde_json::from_str::<Value>(d)
-            .map_err(invalid_json)?
-            .to_string(),
+        Some(d) => Cow::Owned(
+            serde_json::from_str::<Value>(d)
+                .map_err(invalid_json)?
+                .to_string(),
+        ),
     };
     let target = match given(f.target) {
         None => {
@@ -187,7 +341,7 @@ fn fields(f: Fields) -> Result<PublishRequest, ApiError> {
                 )
             })?,
     };
-    Ok(PublishRequest {
+    Ok(PublishRef {
         event,
         data,
         target,
@@ -261,6 +415,151 @@ mod tests {
             Target::Users(vec![Box::from("u1"), Box::from("u2")].into_boxed_slice())
         );
         assert_eq!(r.ttl_seconds, 5);
+    }
+
+    #[test]
+    fn string_stop_finds_the_first_stop() {
+        let stops = [b'"', b'\\', 0x00, 0x01, 0x1f, b'\n'];
+        for len in 0..40 {
+            let text: Vec<u8> = (0..len).map(|i| b"ab c\x7f\xc3\xa9~ "[i % 8]).collect();
+            assert_eq!(string_stop(&text), None, "{text:?}");
+            for at in 0..len {
+                for &stop in &stops {
+                    let mut t = text.clone();
+                    t[at] = stop;
+                    // A second stop later does not hide the first.
+                    if at + 3 < len {
+                        t[at + 3] = b'"';
+                    }
+                    assert_eq!(string_stop(&t), Some(at), "{t:?}");
+                }
+            }
+        }
+    }
+
+    /// The one-pass scan and serde_json give the same answer (value, or
+    /// error code and message) on every body, and the scan takes the bodies
+    /// it is for.
+    #[test]
+    fn plain_scan_agrees_with_serde() {
+        let values = [
+            "\"all\"",
+            "\"x\"",
+            "\"\"",
+            "null",
+            "0",
+            "5",
+            "012",
+            "5.0",
+            "-1",
+            "1e3",
+            "true",
+            "{\"users\":[\"u1\"]}",
+            "[1]",
+            "\"a\\nb\"",
+            "\"\\u0061ll\"",
+            "\"ünï\"",
+            "\"a\u{1}b\"",
+            "\"unterminated",
+            "nul",
+            "nullx",
+            "99999999999999999999",
+        ];
+        let keys = [
+            "event",
+            "data",
+            "target",
+            "ttlSeconds",
+            "other",
+            "d\\u0061ta",
+        ];
+        let mut bodies: Vec<String> = vec![
+            "{}".into(),
+            " { } ".into(),
+            "{".into(),
+            "{,}".into(),
+            "{\"data\"}".into(),
+            "{\"data\":}".into(),
+            "{\"target\":\"all\",}".into(),
+            "{\"target\":\"all\"} x".into(),
+            "{\"target\":\"all\"}{}".into(),
+            "\t{\r\n\"target\" :\t\"all\"\n}\n".into(),
+            "{\"target\":\"all\" \"data\":\"x\"}".into(),
+            "{\"target\":\"all\",\"target\":\"all\"}".into(),
+        ];
+        for k in keys {
+            for v in values {
+                bodies.push(format!("{{\"{k}\":{v}}}"));
+                bodies.push(format!("{{\"target\":\"all\",\"{k}\":{v}}}"));
+                bodies.push(format!("{{ \"{k}\" : {v} , \"target\" : \"all\" }}"));
+            }
+        }
+        for e in ["\"note\"", "\"bad name\"", "null", "7"] {
+            for d in ["\"T1S2Pxxxx\"", "{\"a\":1}", "null", "\"\""] {
+                for t in values.iter().take(4) {
+                    bodies.push(format!(
+                        "{{\"event\":{e},\"data\":{d},\"target\":{t},\"ttlSeconds\":60}}"
+                    ));
+                }
+            }
+        }
+        let mut scanned = 0;
+        for body in &bodies {
+            let fast = parse_body_with(body.as_bytes(), true);
+            let slow = parse_body_with(body.as_bytes(), false);
+            match (&fast, &slow) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{body}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!((a.code, &a.message), (b.code, &b.message), "{body}")
+                }
+                _ => panic!("{body}: scan {fast:?}, serde {slow:?}"),
+            }
+            scanned += usize::from(plain_object(body).is_some());
+        }
+        assert!(scanned > 100, "the scan took only {scanned} bodies");
+        for body in [
+            r#"{"data":"T1S2Pxxxx","target":"all"}"#,
+            r#"{"event":"note","data":"x","target":"all","ttlSeconds":0}"#,
+            r#"{"target":"all"}"#,
+        ] {
+            assert!(plain_object(body).is_some(), "{body}");
+        }
+        // Borrowed from the body: nothing copied for a plain publish.
+        let body = br#"{"data":"hello","target":"all"}"#;
+        let PublishBody::One(p) = parse_body(body).unwrap() else {
+            panic!("one")
+        };
+        assert!(matches!(p.data, Cow::Borrowed("hello")));
+        assert!(matches!(p.event, Cow::Borrowed("message")));
+    }
+
+    #[test]
+    fn string_data_as_is_or_unescaped() {
+        for (body, data) in [
+            (
+                &br#"{"data":"plain text, no escape","target":"all"}"#[..],
+                "plain text, no escape",
+            ),
+            (br#"{"data":"","target":"all"}"#, ""),
+            (
+                br#"{"data":"\u00e9t\u00e9 \"q\"","target":"all"}"#,
+                "\u{e9}t\u{e9} \"q\"",
+            ),
+            (
+                "{\"data\":\"\u{e9}t\u{e9}\",\"target\":\"all\"}".as_bytes(),
+                "\u{e9}t\u{e9}",
+            ),
+        ] {
+            assert_eq!(parse(body).unwrap().data, data);
+        }
+        // Raw control characters and bad UTF-8 in a string are not JSON.
+        for body in [
+            &b"{\"data\":\"a\x01b\",\"target\":\"all\"}"[..],
+            b"{\"data\":\"a\nb\",\"target\":\"all\"}",
+            b"{\"data\":\"a\xffb\",\"target\":\"all\"}",
+        ] {
+            assert_eq!(parse(body).unwrap_err().code, "invalid_json");
+        }
     }
 
     #[test]

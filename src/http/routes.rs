@@ -498,10 +498,55 @@ pub async fn publish_body(
     body: &[u8],
     key: Option<Box<str>>,
 ) -> Result<(Answer, bool), ApiError> {
-    let (items, is_batch) = match publish::parse_body(body)? {
-        publish::PublishBody::One(p) => (vec![p], false),
-        publish::PublishBody::Batch(items) => (items, true),
+    match publish_at_once(shard, body, key)? {
+        AtOnce::Done(answer) => Ok((answer, false)),
+        AtOnce::Wait(parsed, key) => publish_parsed(shard, parsed, key).await,
+    }
+}
+
+/// What [`publish_at_once`] did.
+pub enum AtOnce {
+    /// Published; the `202` body.
+    Done(Answer),
+    /// Parsed and valid, to be published by [`publish_parsed`].
+    Wait(publish::PublishBody<'static>, Option<Box<str>>),
+}
+
+/// The most common publish, done without waiting and without a future: one
+/// event, no `Idempotency-Key`, a bus that sequences on the spot (the embedded
+/// one, [`crate::seam::EventBus::publish_now`]) and room in the shard's round.
+/// Anything else comes back parsed as [`AtOnce::Wait`]; a bad body is its error.
+pub fn publish_at_once(
+    shard: &Shard,
+    body: &[u8],
+    key: Option<Box<str>>,
+) -> Result<AtOnce, ApiError> {
+    let parsed = publish::parse_body(body)?;
+    let publish::PublishBody::One(p) = parsed else {
+        return Ok(AtOnce::Wait(parsed.into_owned(), key));
     };
+    if key.is_some() || !shard.has_publish_room() {
+        return Ok(AtOnce::Wait(publish::PublishBody::One(p).into_owned(), key));
+    }
+    let mut published = m::PublishedCount::default();
+    published.add(&p.target);
+    let shared = &shard.shared;
+    match shared.bus.publish_now(&shared.broker, p) {
+        Ok(id) => {
+            shard.published(1);
+            published.record();
+            Ok(AtOnce::Done(Answer::from(ids_body(Some(&[id]), 1, false))))
+        }
+        Err(p) => Ok(AtOnce::Wait(publish::PublishBody::One(p).into_owned(), key)),
+    }
+}
+
+/// Publish a parsed body under its `Idempotency-Key` (see [`publish_body`]).
+pub async fn publish_parsed(
+    shard: &Shard,
+    parsed: publish::PublishBody<'static>,
+    key: Option<Box<str>>,
+) -> Result<(Answer, bool), ApiError> {
     let shared = &shard.shared;
     let ticket = match &key {
         None => None,
@@ -519,6 +564,10 @@ pub async fn publish_body(
                 ))
             }
         },
+    };
+    let (items, is_batch) = match parsed {
+        publish::PublishBody::One(p) => (vec![p.into_owned()], false),
+        publish::PublishBody::Batch(items) => (items, true),
     };
     let n = items.len();
     let mut published = m::PublishedCount::default();

@@ -84,9 +84,14 @@ impl Shard {
     /// publishers' backpressure: checked before publishing, so that however many
     /// publishes are in flight the next round gets about that many events).
     pub async fn publish_room(&self) {
-        while self.in_round.get() && self.queued_in_round.get() >= ROUND_BACKLOG {
+        while !self.has_publish_room() {
             self.round_end.notified().await;
         }
+    }
+
+    /// Whether [`Shard::publish_room`] would return at once.
+    pub fn has_publish_room(&self) -> bool {
+        !(self.in_round.get() && self.queued_in_round.get() >= ROUND_BACKLOG)
     }
 
     /// Count `n` events just published on this shard (see [`Shard::publish_room`]).
