@@ -21,11 +21,12 @@
 #                        herald-h2, herald-prev-h2, nchan-h2: over HTTPS with the subscribers on
 #                        HTTP/2, H2_STREAMS [10] streams per connection
 #   POINTS               [idle low mid throughput burst million churn pub1 pub4 pub16 batch16 pubonly]
+#                        (also: pubwrk, publishes only with wrk as the client; needs wrk)
 #   IDLE_CONNS [10000] LOW_CONNS [1000] LOW_RATE [25] MID_CONNS [10000] MID_RATE [5]
 #   TP_CONNS [10000] (throughput, burst, million, pub1/4/16, batch16) BURST_PUBLISHERS [8]
 #   MILLION_RATE [100] MILLION_PUBLISHERS [16]  (10k x 100/s = 1,000,000 deliveries/s offered)
 #   PUB_BATCH [16] (batch16: events per request; herald only)
-#   PUBONLY_PUBLISHERS [16] (pubonly: keep-alive publishers, no subscriber)
+#   PUBONLY_PUBLISHERS [16] (pubonly, pubwrk: keep-alive publishers, no subscriber)
 #   CHURN_CONCURRENCY [64] PAYLOAD_BYTES [100]
 #   HERALD_BASE [HEAD~1] the commit built as herald-prev
 #   SERVER_CPU [0] CLIENT_CPU [1]   taskset CPUs of the server and the load client
@@ -91,7 +92,7 @@ for v in RUNS H2_STREAMS IDLE_CONNS LOW_CONNS LOW_RATE MID_CONNS MID_RATE TP_CON
 done
 ((RUNS >= 1 && RUNS <= 20)) || die "RUNS must be within 1..20"
 for p in $POINTS; do
-    case $p in idle | low | mid | throughput | burst | million | churn | pub1 | pub4 | pub16 | batch16 | pubonly) ;;
+    case $p in idle | low | mid | throughput | burst | million | churn | pub1 | pub4 | pub16 | batch16 | pubonly | pubwrk) ;;
         *) die "unknown point '$p'" ;;
     esac
 done
@@ -101,6 +102,7 @@ done
 ((PUB_BATCH >= 2 && PUB_BATCH <= 1000)) || die "PUB_BATCH must be within 2..1000 (herald's batch limit)"
 ((PUBONLY_PUBLISHERS >= 1 && PUBONLY_PUBLISHERS <= 4096)) || die "PUBONLY_PUBLISHERS must be within 1..4096"
 command -v taskset >/dev/null || die "taskset is missing (util-linux)"
+[[ " $POINTS " != *" pubwrk "* ]] || command -v wrk >/dev/null || die "pubwrk needs wrk (apt-get install -y wrk)"
 command -v python3 >/dev/null || die "python3 is missing"
 (($(nproc) >= 2)) || note "only $(nproc) CPU: server and client will share it"
 
@@ -226,6 +228,8 @@ point_args() {
         pub1 | pub4 | pub16) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency ${1#pub} --duration $DURATION" ;;
         batch16) echo "fanout --connections $TP_CONNS --rate 0 --pub-concurrency 1 --pub-batch $PUB_BATCH --duration $DURATION" ;;
         pubonly) echo "fanout --connections 0 --rate 0 --pub-concurrency $PUBONLY_PUBLISHERS --duration $DURATION" ;;
+        # Not the load client: wrk (see wrk_pub.py), with the same publishers.
+        pubwrk) echo "pubwrk" ;;
     esac
 }
 
@@ -287,10 +291,18 @@ for point in "${point_list[@]}"; do
             if [[ $server == *-h2 && ${args[0]} != churn ]]; then
                 h2_args=(--h2 --streams-per-conn "$H2_STREAMS")
             fi
-            taskset -c "$CLIENT_CPU" timeout -k 5 "$RUN_TIMEOUT" "$OUT/bin/loadtest" "${args[@]}" \
-                --sub-url "$SUB_URL" "${pub_args[@]}" "${h2_args[@]}" --threads "$LOADTEST_THREADS" \
-                --server-pid "$SERVER_PID" --json "$OUT/$name.json" --label "$server" \
-                >"$log.client.log" 2>&1 &
+            if [[ $point == pubwrk ]]; then
+                taskset -c "$CLIENT_CPU" timeout -k 5 "$RUN_TIMEOUT" python3 "$PERF_DIR/wrk_pub.py" \
+                    --url "$PUB_URL" --body "$PUB_BODY" --payload-bytes "$PAYLOAD_BYTES" \
+                    --connections "$PUBONLY_PUBLISHERS" --duration "$(seconds "$DURATION")" \
+                    --server-pid "$SERVER_PID" --json "$OUT/$name.json" --label "$server" \
+                    >"$log.client.log" 2>&1 &
+            else
+                taskset -c "$CLIENT_CPU" timeout -k 5 "$RUN_TIMEOUT" "$OUT/bin/loadtest" "${args[@]}" \
+                    --sub-url "$SUB_URL" "${pub_args[@]}" "${h2_args[@]}" --threads "$LOADTEST_THREADS" \
+                    --server-pid "$SERVER_PID" --json "$OUT/$name.json" --label "$server" \
+                    >"$log.client.log" 2>&1 &
+            fi
             CLIENT_PID=$!
             wait "$CLIENT_PID"
             rc=$?

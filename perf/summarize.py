@@ -137,6 +137,23 @@ POINTS = {
             ("client %", "client.cpu_percent", "%", "low"),
         ],
     ),
+    "pubwrk": (
+        "pubwrk: publishes only, no subscriber, wrk as the client",
+        "wrk (one thread, 16 keep-alive connections, one event per request, "
+        "unthrottled) instead of the load client's blocking publisher threads, "
+        "so that the server, not the client, sets the pace (client % is wrk's: "
+        "near 100% it became the bound again); CPU per publish split into user "
+        "and system time from /proc/PID/stat",
+        [
+            ("CPU µs/publish", "server.cpu_us_per_publish", "µs", "low"),
+            ("user µs", "server.user_us_per_publish", "µs", "low"),
+            ("system µs", "server.sys_us_per_publish", "µs", "low"),
+            ("publishes/s", "publishes_per_sec", "", "high"),
+            ("errors", "publish_errors", "", "low"),
+            ("rtt p99 µs", "publisher.rtt_us_p99", "µs", "low"),
+            ("client %", "client.cpu_percent", "%", "low"),
+        ],
+    ),
     "churn": (
         "churn: connect, first bytes, close",
         "connects per second with a fixed number of concurrent connect/close loops",
