@@ -2,8 +2,10 @@
 //! publishes (`POST /api/broadcast` with a `Content-Length` body) is served
 //! here, without hyper: the head is parsed once with httparse (the one
 //! [`super::head::read`] already did), the body is the bytes after it, and the
-//! answer is written with one `write`. Publishing is the same call as hyper's
-//! route ([`super::routes::publish_body`]), so the answers are the same; what
+//! answer is written with one `write`. Publishing is the same two steps as
+//! hyper's route ([`super::routes::publish_body`]: [`super::routes::publish_at_once`],
+//! then [`super::routes::publish_parsed`] for what has to wait, boxed so that
+//! this loop's state stays small), so the answers are the same; what
 //! this saves is hyper's per-request machinery (its own parse into a header
 //! map, the body channel, the response encoder), which measured as most of
 //! herald's user-space CPU per publish.
