@@ -43,6 +43,15 @@ PUBLISHER_COLUMNS = [
     ("client %", "client.max_thread_percent", "%", "low"),
 ]
 
+# Publishes only (pubonly, pubwrk): client % is the whole client.
+PUBONLY_COLUMNS = [
+    ("CPU µs/publish", "server.cpu_us_per_publish", "µs", "low"),
+    ("publishes/s", "publishes_per_sec", "", "high"),
+    ("errors", "publish_errors", "", "low"),
+    ("rtt p99 µs", "publisher.rtt_us_p99", "µs", "low"),
+    ("client %", "client.cpu_percent", "%", "low"),
+]
+
 POINTS = {
     "idle": (
         "idle: memory per open stream",
@@ -129,13 +138,7 @@ POINTS = {
         "to noise) and publishes/s; client % is the whole load client (its "
         "publisher threads) in % of its core: near 100% publishes/s is bounded by "
         "the client, CPU per publish still stands",
-        [
-            ("CPU µs/publish", "server.cpu_us_per_publish", "µs", "low"),
-            ("publishes/s", "publishes_per_sec", "", "high"),
-            ("errors", "publish_errors", "", "low"),
-            ("rtt p99 µs", "publisher.rtt_us_p99", "µs", "low"),
-            ("client %", "client.cpu_percent", "%", "low"),
-        ],
+        PUBONLY_COLUMNS,
     ),
     "pubwrk": (
         "pubwrk: publishes only, no subscriber, wrk as the client",
@@ -144,15 +147,13 @@ POINTS = {
         "so that the server, not the client, sets the pace (client % is wrk's: "
         "near 100% it became the bound again); CPU per publish split into user "
         "and system time from /proc/PID/stat",
-        [
-            ("CPU µs/publish", "server.cpu_us_per_publish", "µs", "low"),
+        # pubonly's, with the CPU split after the total.
+        PUBONLY_COLUMNS[:1]
+        + [
             ("user µs", "server.user_us_per_publish", "µs", "low"),
             ("system µs", "server.sys_us_per_publish", "µs", "low"),
-            ("publishes/s", "publishes_per_sec", "", "high"),
-            ("errors", "publish_errors", "", "low"),
-            ("rtt p99 µs", "publisher.rtt_us_p99", "µs", "low"),
-            ("client %", "client.cpu_percent", "%", "low"),
-        ],
+        ]
+        + PUBONLY_COLUMNS[1:],
     ),
     "churn": (
         "churn: connect, first bytes, close",

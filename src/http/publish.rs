@@ -63,16 +63,15 @@ fn parse_body_with(body: &[u8], scan: bool) -> Result<PublishBody<'_>, ApiError>
     if first == Some(&b'{') {
         // The common case, one object. Checked as UTF-8 once, so that the
         // borrowed fields need no check each.
-        let Ok(text) = std::str::from_utf8(body) else {
-            return match serde_json::from_slice::<Fields>(body) {
-                Ok(f) => fields(f.raw()).map(PublishBody::One),
-                Err(e) => Err(not_an_object(body, e)),
-            };
-        };
-        if let Some(f) = plain_object(text).filter(|_| scan) {
+        let text = std::str::from_utf8(body).ok();
+        if let Some(f) = text.filter(|_| scan).and_then(plain_object) {
             return fields(f).map(PublishBody::One);
         }
-        return match serde_json::from_str::<Fields>(text) {
+        let parsed = match text {
+            Some(text) => serde_json::from_str::<Fields>(text),
+            None => serde_json::from_slice::<Fields>(body),
+        };
+        return match parsed {
             Ok(f) => fields(f.raw()).map(PublishBody::One),
             Err(e) => Err(not_an_object(body, e)),
         };
@@ -264,11 +263,16 @@ fn given(v: Option<&str>) -> Option<&str> {
     v.filter(|s| *s != "null")
 }
 
-/// The text of a JSON string without escapes (the raw value is valid JSON,
-/// so what is between its quotes is the string itself).
-fn unescaped(raw: &str) -> Option<&str> {
-    (raw.len() >= 2 && raw.starts_with('"') && memchr::memchr(b'\\', raw.as_bytes()).is_none())
-        .then(|| &raw[1..raw.len() - 1])
+/// A JSON string's text from its raw value: borrowed when it has no escapes
+/// (the raw value is valid JSON, so what is between its quotes is the string
+/// itself), unescaped by serde_json otherwise.
+fn json_str(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+    let plain =
+        raw.len() >= 2 && raw.starts_with('"') && memchr::memchr(b'\\', raw.as_bytes()).is_none();
+    if plain {
+        return Ok(Cow::Borrowed(&raw[1..raw.len() - 1]));
+    }
+    serde_json::from_str::<String>(raw).map(Cow::Owned)
 }
 
 /// One publish object (valid JSON already).
@@ -292,10 +296,7 @@ fn request(raw: &RawValue) -> Result<PublishRequest, ApiError> {
 fn fields(f: RawFields<'_>) -> Result<PublishRef<'_>, ApiError> {
     let event = match given(f.event) {
         None => Cow::Borrowed("message"),
-        Some(e) => match unescaped(e)
-            .map(Cow::Borrowed)
-            .map_or_else(|| serde_json::from_str::<String>(e).map(Cow::Owned), Ok)
-        {
+        Some(e) => match json_str(e) {
             Ok(s) if valid_name(&s) => s,
             _ => {
                 return Err(bad(
@@ -308,10 +309,7 @@ fn fields(f: RawFields<'_>) -> Result<PublishRef<'_>, ApiError> {
     let data = match f.data {
         None => Cow::Borrowed(""),
         // Most often a string without escapes: borrowed from the body.
-        Some(d) if d.starts_with('"') => match unescaped(d) {
-            Some(text) => Cow::Borrowed(text),
-            None => Cow::Owned(serde_json::from_str::<String>(d).map_err(invalid_json)?),
-        },
+        Some(d) if d.starts_with('"') => json_str(d).map_err(invalid_json)?,
         // Any other JSON value is sent compact, on one line.
         Some(d) => Cow::Owned(
             serde_json::from_str::<Value>(d)

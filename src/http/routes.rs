@@ -521,13 +521,10 @@ pub fn publish_at_once(
     body: &[u8],
     key: Option<Box<str>>,
 ) -> Result<AtOnce, ApiError> {
-    let parsed = publish::parse_body(body)?;
-    let publish::PublishBody::One(p) = parsed else {
-        return Ok(AtOnce::Wait(parsed.into_owned(), key));
+    let p = match publish::parse_body(body)? {
+        publish::PublishBody::One(p) if key.is_none() && shard.has_publish_room() => p,
+        parsed => return Ok(AtOnce::Wait(parsed.into_owned(), key)),
     };
-    if key.is_some() || !shard.has_publish_room() {
-        return Ok(AtOnce::Wait(publish::PublishBody::One(p).into_owned(), key));
-    }
     let mut published = m::PublishedCount::default();
     published.add(&p.target);
     let shared = &shard.shared;

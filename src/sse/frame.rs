@@ -11,13 +11,24 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Frame a published event carrying `id`.
 pub fn event(id: u64, name: &str, data: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(framed_len_estimate(name, data) + 24);
+    let mut buf = BytesMut::with_capacity(event_len_bound(name, data));
+    put_event(&mut buf, id, name, data);
+    shared(buf)
+}
+
+/// At least the bytes [`put_event`] writes: the id takes at most 20 digits
+/// after `id: `.
+fn event_len_bound(name: &str, data: &str) -> usize {
+    framed_len_estimate(name, data) + 25
+}
+
+/// A numbered event's frame: its `id:` line, then the body.
+fn put_event(buf: &mut BytesMut, id: u64, name: &str, data: &str) {
     buf.put_slice(b"id: ");
     let mut itoa = itoa_buf();
     buf.put_slice(fmt_u64(id, &mut itoa));
     buf.put_u8(b'\n');
-    put_body(&mut buf, name, data);
-    shared(buf)
+    put_body(buf, name, data);
 }
 
 /// Frames published events side by side in shared chunks, so that an event
@@ -41,19 +52,14 @@ pub const ARENA_MAX_FRAME: usize = 2 << 10;
 impl FrameArena {
     /// [`event`], its bytes cut from the current chunk.
     pub fn event(&mut self, id: u64, name: &str, data: &str) -> Bytes {
-        // An upper bound: the id takes at most 20 digits after "id: ".
-        let need = framed_len_estimate(name, data) + 25;
+        let need = event_len_bound(name, data);
         if need > ARENA_MAX_FRAME {
             return event(id, name, data);
         }
         if self.chunk.capacity() < need {
             self.chunk = BytesMut::with_capacity(ARENA_CHUNK);
         }
-        self.chunk.put_slice(b"id: ");
-        let mut itoa = itoa_buf();
-        self.chunk.put_slice(fmt_u64(id, &mut itoa));
-        self.chunk.put_u8(b'\n');
-        put_body(&mut self.chunk, name, data);
+        put_event(&mut self.chunk, id, name, data);
         // The first cut makes the chunk's shared header; every later one only
         // counts a reference on it.
         self.chunk.split().freeze()
@@ -170,6 +176,7 @@ impl<'a> Iterator for Lines<'a> {
 }
 
 type ItoaBuf = itoa::Buffer;
+
 /// `n` in decimal, appended to `out` (no `fmt` machinery: it runs on every
 /// publish answer).
 pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
