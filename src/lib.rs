@@ -37,6 +37,7 @@ pub mod fdlimit;
 pub mod hint;
 pub mod history;
 pub mod http;
+pub mod http2;
 pub mod idempotency;
 pub mod metrics;
 pub mod registry;

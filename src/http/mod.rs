@@ -130,13 +130,6 @@ pub(crate) async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: Bytes
     serve_h1(shard, Rewind::new(read.freeze(), stream)).await
 }
 
-/// Most concurrent HTTP/2 streams per connection (SSE streams and requests).
-pub const H2_MAX_STREAMS: u32 = 128;
-/// Most bytes hyper buffers per HTTP/2 stream before the stream's body waits:
-/// past it herald's own queue holds the frames, bounded per stream (a stalled
-/// stream is closed as a slow consumer; the others go on).
-const H2_SEND_BUFFER: usize = 64 << 10;
-
 /// An HTTPS connection: the handshake (bounded by the header timeout), then
 /// HTTP/2 or HTTP/1.1 as ALPN chose, both served by hyper with herald's routes.
 async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
@@ -161,6 +154,7 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
         }
         _ => return crate::metrics::tls_failed("timeout"),
     }
+    let stream = crate::tls::WholeRecords::new(stream);
     let accepted = tokio::time::timeout(cfg.header_timeout, tls.acceptor().accept(stream)).await;
     let stream = match accepted {
         Ok(Ok(s)) => s,
@@ -170,14 +164,37 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
         }
         Err(_) => return crate::metrics::tls_failed("timeout"),
     };
+    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        return start_h2(shard, stream).await;
+    }
     // A task of its own for what follows: a task keeps room for its largest
     // state, and the handshake's must not stay allocated for the connection's
     // life. The stream is boxed once, so that no future holds two copies of it.
-    let stream = Box::new(stream);
-    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-        tokio::task::spawn_local(serve_h2(shard, stream));
-    } else {
-        tokio::task::spawn_local(serve_tls_h1(shard, stream));
+    let mut stream = Box::new(stream);
+    stream.get_mut().0.pass_through();
+    tokio::task::spawn_local(serve_tls_h1(shard, stream));
+}
+
+/// HTTP/2 over TLS is herald's own ([`crate::http2`]): rustls' last records
+/// (session tickets) are written, what it has opened is read out, its keys are
+/// taken and the rest of it dropped.
+async fn start_h2(shard: Rc<Shard>, mut stream: TlsStream<crate::tls::WholeRecords<TcpStream>>) {
+    if let Err(e) = stream.flush().await {
+        return debug!(error = %e, "HTTP/2 connection failed after its handshake");
+    }
+    let (whole, mut conn) = stream.into_inner();
+    let mut plain = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut conn.reader(), &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => plain.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let (tcp, records) = whole.into_parts();
+    match crate::tls::record::take_both(conn) {
+        Ok(keys) => crate::http2::spawn(shard, tcp, keys, records, plain),
+        Err(e) => debug!(error = %e, "cannot take an HTTP/2 connection's keys"),
     }
 }
 
@@ -185,7 +202,10 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
 /// connect becomes a lean stream like a plain one, its records sealed by the
 /// shard ([`crate::tls::record`]): the rustls connection is dropped once its
 /// sending key is taken. Anything else is served by hyper from the bytes read.
-async fn serve_tls_h1(shard: Rc<Shard>, mut stream: Box<TlsStream<TcpStream>>) {
+async fn serve_tls_h1(
+    shard: Rc<Shard>,
+    mut stream: Box<TlsStream<crate::tls::WholeRecords<TcpStream>>>,
+) {
     let mut buf = BytesMut::with_capacity(512);
     match first_request(&shard, &mut stream, &mut buf).await {
         First::Stream(new) => {
@@ -193,7 +213,8 @@ async fn serve_tls_h1(shard: Rc<Shard>, mut stream: Box<TlsStream<TcpStream>>) {
             // What rustls still has to send (TLS 1.3 session tickets) goes out
             // before its key is taken: records must leave in sequence.
             let flushed = stream.flush().await;
-            let (tcp, conn) = stream.into_inner();
+            let (whole, conn) = stream.into_inner();
+            let tcp = whole.into_parts().0;
             let tx = flushed
                 .map_err(|e| e.to_string())
                 .and_then(|()| crate::tls::record::RecordTx::take(conn));
@@ -230,61 +251,6 @@ where
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {
         debug!(error = %e, "http connection ended with an error");
-    }
-}
-
-/// Runs HTTP/2 streams on the shard's own thread (they are not `Send`).
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: std::future::Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
-/// HTTP/2: every request, SSE streams included, is one h2 stream; many share
-/// the connection. When the pod drains, the connection sends GOAWAY (no new
-/// streams) while its SSE streams end with their `retry:` hints.
-async fn serve_h2<I>(shard: Rc<Shard>, io: I)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    let cfg = &shard.shared.config;
-    let mut phase = shard.phase.clone();
-    let service = {
-        let shard = shard.clone();
-        // Boxed: each h2 stream's task would otherwise keep room for the whole
-        // route future for the stream's life; boxed, it is freed once answered.
-        hyper::service::service_fn(move |req| Box::pin(routes::handle(shard.clone(), req)))
-    };
-    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .max_send_buf_size(H2_SEND_BUFFER);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    debug!(error = %e, "h2 connection ended with an error");
-                }
-                return;
-            }
-            changed = phase.changed(), if !draining => {
-                if changed.is_err() || *phase.borrow() == crate::shard::Phase::Draining {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        }
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use super::cors;
@@ -227,17 +226,22 @@ pub struct NewStream {
     pub serial: u64,
 }
 
-fn authorization(req: &Request<Incoming>) -> Option<&str> {
+fn authorization<B>(req: &Request<B>) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
 }
 
-/// The hyper service: route one request.
-pub async fn handle(
+/// The hyper service: route one request (from hyper, or from herald's own
+/// HTTP/2 with its body collected).
+pub async fn handle<B>(
     shard: Rc<Shard>,
-    req: Request<Incoming>,
-) -> Result<Response<HeraldBody>, Infallible> {
+    req: Request<B>,
+) -> Result<Response<HeraldBody>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let origin = req
@@ -339,10 +343,7 @@ fn method_not_allowed(allow: &str) -> ApiError {
     ApiError::new(405, "method_not_allowed", format!("use {allow}"))
 }
 
-async fn connect(
-    shard: &Rc<Shard>,
-    req: &Request<Incoming>,
-) -> Result<Response<HeraldBody>, ApiError> {
+async fn connect<B>(shard: &Rc<Shard>, req: &Request<B>) -> Result<Response<HeraldBody>, ApiError> {
     let p = params::connect(req.uri().query().unwrap_or(""))?;
     let header_id = req
         .headers()
@@ -369,9 +370,9 @@ async fn connect(
         .expect("static response parts"))
 }
 
-async fn disconnect(
+async fn disconnect<B>(
     shard: &Rc<Shard>,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Result<Response<HeraldBody>, ApiError> {
     let p = params::disconnect(req.uri().query().unwrap_or(""))?;
     let broker = &shard.shared.broker;
@@ -450,10 +451,11 @@ async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
     json_response(StatusCode::OK, body)
 }
 
-async fn broadcast(
-    shard: &Rc<Shard>,
-    req: Request<Incoming>,
-) -> Result<Response<HeraldBody>, ApiError> {
+async fn broadcast<B>(shard: &Rc<Shard>, req: Request<B>) -> Result<Response<HeraldBody>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let key = crate::idempotency::key_of(
         req.headers()
             .get_all("idempotency-key")
@@ -735,7 +737,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Herald
         .expect("static response parts")
 }
 
-fn error_response(e: &ApiError) -> Response<HeraldBody> {
+pub fn error_response(e: &ApiError) -> Response<HeraldBody> {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = Response::builder()
         .status(status)

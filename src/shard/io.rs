@@ -94,6 +94,12 @@ impl IoSet {
         tls[key] = Some(tx);
     }
 
+    /// The shard's sealing buffer (HTTP/2 connections seal their frames in it
+    /// too); not to be held across a flush.
+    pub fn scratch(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        self.scratch.borrow_mut()
+    }
+
     /// Watch a lean stream's socket under its slab key.
     pub fn register(&self, sock: &mut mio::net::TcpStream, key: usize) -> std::io::Result<()> {
         self.registry

@@ -58,6 +58,9 @@ pub struct Shard {
     pub round_end: Notify,
     /// The pod's lifecycle (HTTP/2 connections send GOAWAY when it drains).
     pub phase: watch::Receiver<Phase>,
+    /// The wakers of this shard's HTTP/2 connections ([`crate::http2`]): woken
+    /// when the pod starts draining, to send GOAWAY.
+    pub h2_conns: RefCell<slab::Slab<std::task::Waker>>,
     /// A flush round is under way (publishes wait only for one that is: a shard
     /// with nothing to write has no round to wait for).
     pub in_round: std::cell::Cell<bool>,
@@ -173,6 +176,7 @@ async fn run(
             clock::now_ns(),
         )),
         emptied: Notify::new(),
+        h2_conns: RefCell::new(slab::Slab::new()),
         queued_in_round: std::cell::Cell::new(0),
         round_end: Notify::new(),
         in_round: std::cell::Cell::new(false),
@@ -199,6 +203,9 @@ async fn run(
         if phase.changed().await.is_err() {
             break;
         }
+    }
+    for (_, waker) in shard.h2_conns.borrow().iter() {
+        waker.wake_by_ref();
     }
     drain(&shard).await;
     shard.local.flush(&shard.stats);

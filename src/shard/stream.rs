@@ -91,6 +91,13 @@ impl QueueBody {
     pub fn new(guard: StreamGuard) -> Self {
         QueueBody { guard }
     }
+
+    /// The stream's table key and serial, for a transport that writes it
+    /// itself (herald's HTTP/2, [`crate::http2`]), which then ends it.
+    pub fn into_stream(self) -> (usize, u64) {
+        self.guard.done.set(true);
+        (self.guard.key, self.guard.serial)
+    }
 }
 
 impl Body for QueueBody {

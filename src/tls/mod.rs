@@ -205,3 +205,159 @@ impl rustls::client::danger::ServerCertVerifier for PinnedLeaf {
         self.algorithms.supported_schemes()
     }
 }
+
+/// The socket under a TLS handshake: hands rustls whole records only, so that
+/// when the handshake completes rustls holds no part of a later record. An
+/// HTTP/2 connection then opens its records itself (its keys are taken out of
+/// rustls, [`record::take_both`]) starting with what is still buffered here
+/// ([`WholeRecords::into_parts`]). Reads from the socket are greedy (one `read` may bring several
+/// records) and rustls is given one record at a time; the buffer is freed
+/// whenever it empties.
+pub struct WholeRecords<T> {
+    io: T,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed to rustls.
+    given: usize,
+    /// Where the record being handed to rustls ends in `buf`.
+    record_end: usize,
+    /// After the handshake of an HTTP/1.1 connection: reads go straight
+    /// through once `buf` is used up.
+    through: bool,
+}
+
+impl<T> WholeRecords<T> {
+    pub fn new(io: T) -> Self {
+        WholeRecords {
+            io,
+            buf: Vec::new(),
+            given: 0,
+            record_end: 0,
+            through: false,
+        }
+    }
+
+    /// Stop holding back partial records (the connection stays with rustls).
+    pub fn pass_through(&mut self) {
+        self.through = true;
+    }
+
+    /// The bytes read from the socket and not handed to rustls, and the socket.
+    pub fn into_parts(self) -> (T, Vec<u8>) {
+        let mut buf = self.buf;
+        buf.drain(..self.given);
+        (self.io, buf)
+    }
+
+    /// What rustls may have next: the rest of the record it is being given, or
+    /// the next record once it is whole (a header that cannot be a record is
+    /// passed on for rustls to refuse). One record at a time: rustls stops
+    /// reading when a record gives it plaintext, and must not hold part of the
+    /// next one then.
+    fn whole(&mut self) -> usize {
+        if self.given < self.record_end {
+            return self.record_end - self.given;
+        }
+        match record::RecordRx::record_len(&self.buf[self.given..]) {
+            Some(Ok(len)) if self.given + len <= self.buf.len() => {
+                self.record_end = self.given + len;
+                len
+            }
+            Some(Err(_)) => self.buf.len() - self.given,
+            _ => 0,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeRecords<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            let ready = if this.through {
+                this.buf.len() - this.given
+            } else {
+                this.whole()
+            };
+            if ready > 0 {
+                let n = ready.min(out.remaining());
+                out.put_slice(&this.buf[this.given..this.given + n]);
+                this.given += n;
+                if this.given == this.buf.len() {
+                    this.buf = Vec::new();
+                    this.given = 0;
+                    this.record_end = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.through && this.buf.is_empty() {
+                return std::pin::Pin::new(&mut this.io).poll_read(cx, out);
+            }
+            // Room for one more full record after what is buffered.
+            let have = this.buf.len();
+            this.buf.resize(have + record::MAX_RECORD, 0);
+            let mut rb = tokio::io::ReadBuf::new(&mut this.buf[have..]);
+            let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            this.buf.truncate(have + n);
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => {
+                    // The peer is done: hand over what there is (rustls reports a
+                    // truncated record) and then the end.
+                    let rest = this.buf.len() - this.given;
+                    if rest == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.through = true;
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if this.buf.is_empty() {
+                        this.buf = Vec::new();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WholeRecords<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

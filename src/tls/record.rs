@@ -65,41 +65,7 @@ impl RecordTx {
     /// Take the sending key of a connection whose handshake is complete and
     /// whose outgoing records are all written; the connection is consumed.
     pub fn take(conn: ServerConnection) -> Result<Box<RecordTx>, String> {
-        let version = conn.protocol_version();
-        let secrets = conn
-            .dangerous_extract_secrets()
-            .map_err(|e| e.to_string())?;
-        let (seq, tx) = secrets.tx;
-        let tls13 = version == Some(ProtocolVersion::TLSv1_3);
-        let (alg, key, iv, kind, limit) = match tx {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
-                let kind = if tls13 { Kind::Tls13 } else { Kind::Tls12Gcm };
-                (&aead::AES_128_GCM, key, iv, kind, AES_GCM_LIMIT)
-            }
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
-                let kind = if tls13 { Kind::Tls13 } else { Kind::Tls12Gcm };
-                (&aead::AES_256_GCM, key, iv, kind, AES_GCM_LIMIT)
-            }
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                let kind = if tls13 {
-                    Kind::Tls13
-                } else {
-                    Kind::Tls12ChaCha
-                };
-                (&aead::CHACHA20_POLY1305, key, iv, kind, u64::MAX)
-            }
-            _ => return Err("unsupported cipher suite".into()),
-        };
-        let unbound = UnboundKey::new(alg, key.as_ref()).map_err(|_| "bad key length")?;
-        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| "bad IV length")?;
-        Ok(Box::new(RecordTx {
-            key: LessSafeKey::new(unbound),
-            iv,
-            seq,
-            limit,
-            kind,
-            pending: Vec::new(),
-        }))
+        Ok(take_both(conn)?.0)
     }
 
     /// Seal `plaintext` (at most [`MAX_PLAINTEXT`] bytes) as one application-data
@@ -204,6 +170,184 @@ impl RecordTx {
         out.extend_from_slice(tag.as_ref());
         self.seq += 1;
         Ok(())
+    }
+}
+
+/// One direction's key, as rustls extracted it.
+struct Key {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+    limit: u64,
+    kind: Kind,
+}
+
+fn key_of((seq, secret): (u64, ConnectionTrafficSecrets), tls13: bool) -> Result<Key, String> {
+    let kind_gcm = if tls13 { Kind::Tls13 } else { Kind::Tls12Gcm };
+    let kind_chacha = if tls13 {
+        Kind::Tls13
+    } else {
+        Kind::Tls12ChaCha
+    };
+    let (alg, key, iv, kind, limit) = match secret {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
+            (&aead::AES_128_GCM, key, iv, kind_gcm, AES_GCM_LIMIT)
+        }
+        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
+            (&aead::AES_256_GCM, key, iv, kind_gcm, AES_GCM_LIMIT)
+        }
+        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+            (&aead::CHACHA20_POLY1305, key, iv, kind_chacha, u64::MAX)
+        }
+        _ => return Err("unsupported cipher suite".into()),
+    };
+    let unbound = UnboundKey::new(alg, key.as_ref()).map_err(|_| "bad key length")?;
+    let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| "bad IV length")?;
+    Ok(Key {
+        key: LessSafeKey::new(unbound),
+        iv,
+        seq,
+        limit,
+        kind,
+    })
+}
+
+/// Take both keys of a connection whose handshake is complete, whose outgoing
+/// records are all written and which holds no part of a record received (see
+/// [`super::WholeRecords`]); the connection is consumed.
+pub fn take_both(conn: ServerConnection) -> Result<(Box<RecordTx>, Box<RecordRx>), String> {
+    let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+    let secrets = conn
+        .dangerous_extract_secrets()
+        .map_err(|e| e.to_string())?;
+    let tx = key_of(secrets.tx, tls13)?;
+    let rx = key_of(secrets.rx, tls13)?;
+    Ok((
+        Box::new(RecordTx {
+            key: tx.key,
+            iv: tx.iv,
+            seq: tx.seq,
+            limit: tx.limit,
+            kind: tx.kind,
+            pending: Vec::new(),
+        }),
+        Box::new(RecordRx {
+            key: rx.key,
+            iv: rx.iv,
+            seq: rx.seq,
+            kind: rx.kind,
+        }),
+    ))
+}
+
+/// The largest record a peer may send: its header, a full plaintext and the
+/// most expansion TLS 1.2 allows (RFC 5246 §6.2.3; TLS 1.3's 256 is less).
+pub const MAX_RECORD: usize = 5 + MAX_PLAINTEXT + 2048;
+
+/// What one received record was.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Application data: this range of the record buffer is its plaintext.
+    Data(std::ops::Range<usize>),
+    /// An alert (`close_notify` or fatal): the peer is done.
+    Alert,
+}
+
+/// A record could not be opened (forged, truncated, out of sequence) or is of a
+/// kind herald does not take after the handshake (a TLS 1.3 key update, a
+/// renegotiation): the connection ends.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRecord;
+
+/// The receiving half of a connection whose records herald opens itself (its
+/// HTTP/2 connections): the peer's key, IV and sequence number.
+pub struct RecordRx {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+    kind: Kind,
+}
+
+impl RecordRx {
+    /// The length of the whole record at the start of `buf` (header included)
+    /// once its header is there; an error for a record no peer may send.
+    pub fn record_len(buf: &[u8]) -> Option<Result<usize, BadRecord>> {
+        let header = buf.get(..5)?;
+        let len = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len > MAX_RECORD || header[1] != 3 {
+            return Some(Err(BadRecord));
+        }
+        Some(Ok(len))
+    }
+
+    /// Open the whole record `record` (header included) in place.
+    pub fn open(&mut self, record: &mut [u8]) -> Result<Opened, BadRecord> {
+        let outer_type = record[0];
+        let mut nonce = self.iv;
+        let body_start = match self.kind {
+            Kind::Tls12Gcm => {
+                // The explicit nonce follows the header (RFC 5288 §3).
+                let explicit = record.get(5..13).ok_or(BadRecord)?;
+                nonce[4..].copy_from_slice(explicit);
+                13
+            }
+            _ => {
+                for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+                    *n ^= s;
+                }
+                5
+            }
+        };
+        let tag_len = self.key.algorithm().tag_len();
+        let cipher_len = record
+            .len()
+            .checked_sub(body_start + tag_len)
+            .ok_or(BadRecord)?;
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        let (header, body) = record.split_at_mut(body_start);
+        let plain_len = match self.kind {
+            Kind::Tls13 => {
+                if outer_type != APPLICATION_DATA {
+                    return Err(BadRecord);
+                }
+                let aad = Aad::from(<[u8; 5]>::try_from(&header[..5]).map_err(|_| BadRecord)?);
+                let plain = self
+                    .key
+                    .open_in_place(nonce, aad, body)
+                    .map_err(|_| BadRecord)?;
+                // The inner content type is the last byte that is not padding.
+                let end = plain.iter().rposition(|&b| b != 0).ok_or(BadRecord)?;
+                match plain[end] {
+                    APPLICATION_DATA => end,
+                    ALERT => {
+                        self.seq += 1;
+                        return Ok(Opened::Alert);
+                    }
+                    // A key update or any other handshake message.
+                    _ => return Err(BadRecord),
+                }
+            }
+            Kind::Tls12Gcm | Kind::Tls12ChaCha => {
+                let mut aad = [0u8; 13];
+                aad[..8].copy_from_slice(&self.seq.to_be_bytes());
+                aad[8] = outer_type;
+                aad[9..11].copy_from_slice(&[3, 3]);
+                aad[11..].copy_from_slice(&(cipher_len as u16).to_be_bytes());
+                self.key
+                    .open_in_place(nonce, Aad::from(aad), body)
+                    .map_err(|_| BadRecord)?;
+                match outer_type {
+                    APPLICATION_DATA => cipher_len,
+                    ALERT => {
+                        self.seq += 1;
+                        return Ok(Opened::Alert);
+                    }
+                    _ => return Err(BadRecord),
+                }
+            }
+        };
+        self.seq += 1;
+        Ok(Opened::Data(body_start..body_start + plain_len))
     }
 }
 
@@ -358,6 +502,81 @@ mod tests {
             client.reader().read_to_end(&mut got).unwrap();
             assert_eq!(got, b"last", "{suite:?}");
         }
+    }
+
+    /// Split `wire` into whole records and open each with `rx`.
+    fn open_all(rx: &mut RecordRx, mut wire: Vec<u8>) -> (Vec<u8>, bool) {
+        let (mut got, mut alert) = (Vec::new(), false);
+        while !wire.is_empty() {
+            let len = RecordRx::record_len(&wire).unwrap().unwrap();
+            let mut rest = wire.split_off(len);
+            std::mem::swap(&mut rest, &mut wire);
+            match rx.open(&mut rest).unwrap() {
+                Opened::Data(r) => got.extend_from_slice(&rest[r]),
+                Opened::Alert => alert = true,
+            }
+        }
+        (got, alert)
+    }
+
+    #[test]
+    fn herald_opens_what_rustls_clients_seal_with_every_suite() {
+        for suite in every_suite() {
+            let (server, mut client) = pair(suite);
+            // The client's first record goes through rustls, so the sequence
+            // number extracted is not zero.
+            client.writer().write_all(b"early").unwrap();
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut server = server;
+            server.read_tls(&mut &wire[..]).unwrap();
+            server.process_new_packets().unwrap();
+            let mut early = [0u8; 5];
+            server.reader().read_exact(&mut early).unwrap();
+            let (_tx, mut rx) = take_both(server).unwrap();
+            let big = vec![b'y'; 40_000];
+            client.writer().write_all(b"PRI * HTTP/2.0").unwrap();
+            client.writer().write_all(&big).unwrap();
+            client.send_close_notify();
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let (got, alert) = open_all(&mut rx, wire);
+            let mut want = b"PRI * HTTP/2.0".to_vec();
+            want.extend_from_slice(&big);
+            assert_eq!(got, want, "{suite:?}");
+            assert!(alert, "{suite:?}: close_notify seen");
+        }
+    }
+
+    #[test]
+    fn a_forged_or_replayed_record_is_refused() {
+        for suite in every_suite() {
+            let (server, mut client) = pair(suite);
+            let (_tx, mut rx) = take_both(server).unwrap();
+            client.writer().write_all(b"data").unwrap();
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut forged = wire.clone();
+            let last = forged.len() - 1;
+            forged[last] ^= 1;
+            assert_eq!(rx.open(&mut forged), Err(BadRecord), "{suite:?}");
+            let mut ok = wire.clone();
+            assert!(matches!(rx.open(&mut ok), Ok(Opened::Data(_))), "{suite:?}");
+            // The same record again is out of sequence.
+            let mut replay = wire.clone();
+            assert_eq!(rx.open(&mut replay), Err(BadRecord), "{suite:?}");
+        }
+        assert_eq!(
+            RecordRx::record_len(&[0x17, 3, 3, 0xff, 0xff]),
+            Some(Err(BadRecord))
+        );
+        assert_eq!(RecordRx::record_len(&[0x17, 3, 3]), None);
     }
 
     /// The record layer is most of what an idle TLS stream adds to a plain one.

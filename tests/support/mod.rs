@@ -9,6 +9,7 @@ pub mod ops;
 pub mod redis;
 pub mod redis_cluster;
 pub mod sse;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -110,7 +110,10 @@ macro_rules! ready {
 #[cfg_attr(feature = "unstable", allow(missing_docs))]
 mod codec;
 mod error;
-mod hpack;
+// herald: public (hidden) so that herald's own HTTP/2 connections decode
+// request headers with this decoder.
+#[doc(hidden)]
+pub mod hpack;
 
 #[cfg(not(feature = "unstable"))]
 mod proto;

@@ -258,6 +258,8 @@ impl Decoder {
             }
         }
 
+        // herald: the Huffman scratch buffer is not kept between header blocks.
+        self.buffer = BytesMut::new();
         Ok(())
     }
 
