@@ -45,6 +45,7 @@ pub mod seam;
 pub mod shard;
 pub mod sse;
 pub mod tls;
+pub mod trim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -222,6 +223,7 @@ impl Server {
             .map_err(|e| format!("cannot start shard {i}: {e}"))?;
             threads.push(t);
         }
+        trim::spawn();
         Ok(Server {
             shared,
             local_addr,

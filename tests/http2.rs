@@ -521,3 +521,47 @@ async fn a_bad_preface_or_none_ends_the_connection() {
     assert_eq!(raw.goaway().await, 1, "PROTOCOL_ERROR");
     raw.closed().await;
 }
+
+#[tokio::test]
+async fn a_route_that_waits_answers_later_on_the_same_connection() {
+    let c = make_cert("h2-waits", 2099);
+    // One connect at once, then 20 a second: the second and third connects wait
+    // for admission, so their routes answer through the connection's mailbox.
+    let h = start_tls(&c, &["--connect-rate", "20", "--connect-burst", "1"], None);
+    let mut raw = Raw::connect(&h, &c, &[]).await;
+    for (i, id) in [1u32, 3, 5].iter().enumerate() {
+        let path = format!("/api/user/sse/connect?userId=wait{i}");
+        raw.headers(*id, &request("GET", &path), true).await;
+    }
+    let mut connected = std::collections::HashSet::new();
+    let mut parsers: std::collections::HashMap<u32, Parser> = Default::default();
+    while connected.len() < 3 {
+        let f = raw.until(|f| matches!(f.stream, 1 | 3 | 5)).await;
+        match f.kind {
+            HEADERS => {
+                let mut a = Answer::default();
+                raw.decode(&f.payload, &mut a);
+                assert_eq!(a.status, 200, "stream {}", f.stream);
+            }
+            DATA => {
+                let events = parsers.entry(f.stream).or_default().feed(&f.payload);
+                if events.iter().any(|e| e.event == "CONNECTED") {
+                    connected.insert(f.stream);
+                }
+            }
+            other => panic!("frame {other} on stream {}", f.stream),
+        }
+    }
+    raw.publish(serde_json::json!({"event": "after", "data": "x", "target": "all"}))
+        .await;
+    let mut got = std::collections::HashSet::new();
+    while got.len() < 3 {
+        let f = raw
+            .until(|f| f.kind == DATA && matches!(f.stream, 1 | 3 | 5))
+            .await;
+        let events = parsers.entry(f.stream).or_default().feed(&f.payload);
+        if events.iter().any(|e| e.event == "after") {
+            got.insert(f.stream);
+        }
+    }
+}

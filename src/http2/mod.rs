@@ -22,9 +22,10 @@
 //! What a client may do is bounded: 128 concurrent streams (more are refused),
 //! header blocks of `--max-header-bytes` (a larger one is answered `431`; a
 //! CONTINUATION flood past four times that ends the connection), bodies of
-//! `--max-body`, streams reset before their answer at most 100 a second (rapid
+//! `--max-body`, at most 200 streams reset by the client a second (rapid
 //! reset), and input is not read while the client does not read what it is
-//! sent. Request headers are decoded by the h2 crate's HPACK decoder; the
+//! sent. Requests are answered at once when their route can (the connect of
+//! an SSE stream on the embedded bus, a publish, the probes). Request headers are decoded by the h2 crate's HPACK decoder; the
 //! dynamic table is set to 0 in herald's SETTINGS, so that no connection keeps
 //! a copy of its client's headers.
 
@@ -61,9 +62,9 @@ const WRITE_BUDGET: usize = 64 << 10;
 /// Output waiting for the socket past which the connection's input is not
 /// read (a client that sends but does not read: pings, settings).
 const MAX_BACKLOG: usize = 256 << 10;
-/// Streams a client may reset before their answer per second (rapid reset,
-/// CVE-2023-44487); past it the connection ends with ENHANCE_YOUR_CALM.
-const MAX_RESETS_PER_SEC: u32 = 100;
+/// Streams a client may reset per second (rapid reset, CVE-2023-44487); past
+/// it the connection ends with ENHANCE_YOUR_CALM.
+const MAX_RESETS_PER_SEC: u32 = 200;
 /// Reads and write turns per wake-up before the task yields to the others.
 const TURNS: usize = 16;
 
@@ -94,6 +95,7 @@ pub fn spawn(
         mailbox: None,
         drain_key: None,
         deadline: Some(deadline),
+        started: false,
         preface: false,
         settings_seen: false,
         last_stream: 0,
@@ -196,9 +198,11 @@ struct Conn {
     tcp: TcpStream,
     tx: Box<RecordTx>,
     rx: Box<RecordRx>,
-    /// Received bytes not opened yet (part of a record); freed when empty.
+    /// Received bytes not opened yet (part of a record), or, until the first
+    /// read, what the handshake left; empty (unallocated) otherwise.
     records: Vec<u8>,
-    /// Opened bytes not parsed yet (part of a frame); freed when empty.
+    /// Opened bytes not handled yet (part of a frame), or, until the first
+    /// read, what rustls opened; empty (unallocated) otherwise.
     input: Vec<u8>,
     /// Frames to seal and send; freed after each write.
     out: Vec<u8>,
@@ -213,6 +217,8 @@ struct Conn {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     max_header: usize,
     max_body: usize,
+    /// The handshake's leftovers were handled.
+    started: bool,
     preface: bool,
     settings_seen: bool,
     /// The highest stream id the client opened.
@@ -283,51 +289,62 @@ impl Conn {
     /// One read from the socket and what it brings; `Pending` once the socket
     /// has nothing more.
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        // Records already read (the handshake's leftovers) go first.
-        if !self.records.is_empty() || !self.input.is_empty() {
-            if let Err(e) = self.open_records() {
-                self.fail(e);
-                return Poll::Ready(());
-            }
-        }
-        match self.tcp.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => {
-                self.eof = true;
-                return Poll::Ready(());
-            }
-            Poll::Ready(Ok(())) => {}
-        }
-        self.records.reserve(crate::tls::record::MAX_RECORD);
-        match self.tcp.try_read_buf(&mut self.records) {
-            Ok(0) => self.eof = true,
-            Ok(_) => {
-                if let Err(e) = self.open_records() {
-                    self.fail(e);
+        if self.started {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => {
+                    self.eof = true;
+                    return Poll::Ready(());
                 }
+                Poll::Ready(Ok(())) => {}
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => self.eof = true,
         }
-        if self.records.is_empty() {
-            self.records = Vec::new();
+        let shard = self.shard.clone();
+        // Reads go into the shard's buffer; only part of a record or of a frame
+        // is kept by the connection (in a buffer of its size), so that a burst
+        // of connections does not leave a read buffer each in the heap.
+        let mut rx = shard.io.rx();
+        rx.clear();
+        rx.extend_from_slice(&self.records);
+        self.records = Vec::new();
+        if self.started {
+            rx.reserve(2 * crate::tls::record::MAX_RECORD);
+            match self.tcp.try_read_buf(&mut *rx) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => self.eof = true,
+            }
+        } else {
+            // The handshake's leftovers: what rustls opened, then the records
+            // after it.
+            self.started = true;
+            let plain = std::mem::take(&mut self.input);
+            self.frames_in(&plain);
+        }
+        let opened = self.open_records(&mut rx);
+        if opened < rx.len() && !self.eof && self.failed.is_none() {
+            self.records = rx[opened..].to_vec();
         }
         Poll::Ready(())
     }
 
-    /// Open the whole records received and handle the whole frames they hold.
-    fn open_records(&mut self) -> Result<(), ConnError> {
+    /// Open the whole records at the front of `buf` and handle the frames they
+    /// hold; how many bytes were whole records.
+    fn open_records(&mut self, buf: &mut [u8]) -> usize {
         let mut at = 0;
-        while let Some(len) = RecordRx::record_len(&self.records[at..]) {
-            let len = len.map_err(|_| ConnError(PROTOCOL_ERROR))?;
-            if self.records.len() - at < len {
+        while let Some(len) = RecordRx::record_len(&buf[at..]) {
+            let Ok(len) = len else {
+                self.fail(ConnError(PROTOCOL_ERROR));
+                break;
+            };
+            if buf.len() - at < len {
                 break;
             }
-            match self.rx.open(&mut self.records[at..at + len]) {
+            match self.rx.open(&mut buf[at..at + len]) {
                 Ok(Opened::Data(range)) => {
-                    let range = at + range.start..at + range.end;
-                    self.input.extend_from_slice(&self.records[range]);
+                    self.frames_in(&buf[at + range.start..at + range.end]);
                 }
                 Ok(Opened::Alert) => self.eof = true,
                 Err(_) => {
@@ -336,20 +353,35 @@ impl Conn {
                 }
             }
             at += len;
-            if self.eof {
+            if self.eof || self.failed.is_some() {
                 break;
             }
         }
-        self.records.drain(..at);
-        if self.records.is_empty() {
-            self.records = Vec::new();
-        }
-        self.frames()
+        at
     }
 
-    /// Handle the whole frames in `input`.
-    fn frames(&mut self) -> Result<(), ConnError> {
-        let input = std::mem::take(&mut self.input);
+    /// Handle the frames of `plain` after what `input` kept of an earlier
+    /// record (part of a frame); keep what is left of the last one.
+    fn frames_in(&mut self, plain: &[u8]) {
+        if self.input.is_empty() {
+            let taken = self.frames(plain);
+            if taken < plain.len() && self.failed.is_none() {
+                self.input = plain[taken..].to_vec();
+            }
+        } else {
+            let mut input = std::mem::take(&mut self.input);
+            input.extend_from_slice(plain);
+            let taken = self.frames(&input);
+            if taken < input.len() && self.failed.is_none() {
+                input.drain(..taken);
+                self.input = input;
+            }
+        }
+    }
+
+    /// Handle the whole frames at the front of `input`; how many bytes they
+    /// were. A connection error is recorded ([`Conn::fail`]).
+    fn frames(&mut self, input: &[u8]) -> usize {
         let mut at = 0;
         let result = loop {
             if self.failed.is_some() {
@@ -392,10 +424,10 @@ impl Conn {
                 break Err(e);
             }
         };
-        if at < input.len() {
-            self.input = input[at..].to_vec();
+        if let Err(e) = result {
+            self.fail(e);
         }
-        result
+        at
     }
 
     fn frame(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
@@ -606,6 +638,9 @@ impl Conn {
             put_rst(&mut self.out, id, REFUSED_STREAM);
             return Ok(());
         }
+        // Grown one slot at a time (at most 128, rarely): doubling would leave
+        // up to half the slots of a connection's streams empty for its life.
+        self.streams.reserve_exact(1);
         self.streams.push(Stream {
             id,
             window: self.peer_window as i32,
@@ -645,23 +680,23 @@ impl Conn {
         if payload.len() != 4 {
             return Err(ConnError(FRAME_SIZE_ERROR));
         }
-        let Some(s) = self.stream_mut(head.stream) else {
-            return Ok(());
-        };
-        let unanswered = matches!(s.state, StreamState::Body(_) | StreamState::Routing);
-        let state = std::mem::replace(&mut s.state, StreamState::Done);
-        if let StreamState::Events { key, serial } = state {
-            self.end_events(key, serial, CloseReason::ClientClosed);
+        // Every reset counts: a client resetting streams as fast as it opens
+        // them makes herald work for nothing (the rapid reset attack), and no
+        // browser resets hundreds of streams a second on one connection.
+        let now = clock::now_ns();
+        if now.saturating_sub(self.resets_since) > 1_000_000_000 {
+            self.resets_since = now;
+            self.resets = 0;
         }
-        if unanswered {
-            let now = clock::now_ns();
-            if now.saturating_sub(self.resets_since) > 1_000_000_000 {
-                self.resets_since = now;
-                self.resets = 0;
-            }
-            self.resets += 1;
-            if self.resets > MAX_RESETS_PER_SEC {
-                return Err(ConnError(ENHANCE_YOUR_CALM));
+        self.resets += 1;
+        if self.resets > MAX_RESETS_PER_SEC {
+            return Err(ConnError(ENHANCE_YOUR_CALM));
+        }
+        if let Some(s) = self.stream_mut(head.stream) {
+            if let StreamState::Events { key, serial } =
+                std::mem::replace(&mut s.state, StreamState::Done)
+            {
+                self.end_events(key, serial, CloseReason::ClientClosed);
             }
         }
         Ok(())
@@ -769,16 +804,30 @@ impl Conn {
         Ok(())
     }
 
-    /// Hand a complete request to the routes on a task of its own.
+    /// Hand a complete request to the routes. Most answer at once (a connect
+    /// on the embedded bus, a publish, the probes): the route's future is polled
+    /// here and freed before the next request allocates its own. One that waits
+    /// (Redis, a full round, admission) goes on in a task of its own and answers
+    /// through the mailbox. Were every route a task, the futures of a burst of
+    /// connects (~2 KB each) would all be alive at once, and the heap they leave
+    /// behind would stay in the process's memory next to the streams.
     fn dispatch(&mut self, id: u32, parts: http::request::Parts, body: Bytes) {
+        let req = Request::from_parts(parts, Full::new(body));
+        let mut route = Box::pin(routes::handle(self.shard.clone(), req));
+        // The no-op waker only stands in for this first poll: a task is always
+        // polled once it is spawned, and a route registers its wakers anew on
+        // every poll.
+        let mut noop = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(resp)) = route.as_mut().poll(&mut noop) {
+            drop(route);
+            return self.answer(id, resp);
+        }
         let mailbox = self
             .mailbox
             .get_or_insert_with(|| Rc::new(RefCell::new(Mailbox::default())))
             .clone();
-        let req = Request::from_parts(parts, Full::new(body));
-        let shard = self.shard.clone();
         tokio::task::spawn_local(async move {
-            let Ok(resp) = routes::handle(shard, req).await;
+            let Ok(resp) = route.await;
             let mut m = mailbox.borrow_mut();
             m.answers.push((id, resp));
             if let Some(w) = m.waker.take() {
@@ -872,9 +921,10 @@ impl Conn {
         self.failed = Some(e);
     }
 
-    /// Move what the streams have into DATA frames within the windows, at most
-    /// [`WRITE_BUDGET`]; true when a stream was left with more to send.
-    fn produce(&mut self) -> bool {
+    /// Move what the streams have into DATA frames in `out` within the
+    /// windows, up to [`WRITE_BUDGET`]; true when a stream was left with more to
+    /// send.
+    fn produce(&mut self, out: &mut Vec<u8>) -> bool {
         let n = self.streams.len();
         if n == 0 || self.failed.is_some() {
             return false;
@@ -889,7 +939,7 @@ impl Conn {
             let mut table = shard.table.borrow_mut();
             for i in 0..n {
                 let idx = (start + i) % n;
-                if self.out.len() >= WRITE_BUDGET {
+                if out.len() >= WRITE_BUDGET {
                     self.rr = idx;
                     more = true;
                     break;
@@ -900,27 +950,21 @@ impl Conn {
                         let (data, sent) = (&o.data, &mut o.sent);
                         while *sent < data.len() {
                             let room =
-                                room(self.send_window, s.window.into(), max_frame, self.out.len());
+                                room(self.send_window, s.window.into(), max_frame, out.len());
                             if room == 0 {
                                 break;
                             }
                             let chunk = room.min(data.len() - *sent);
                             let last = *sent + chunk == data.len();
-                            put_head(
-                                &mut self.out,
-                                chunk,
-                                DATA,
-                                if last { END_STREAM } else { 0 },
-                                s.id,
-                            );
-                            self.out.extend_from_slice(&data[*sent..*sent + chunk]);
+                            put_head(out, chunk, DATA, if last { END_STREAM } else { 0 }, s.id);
+                            out.extend_from_slice(&data[*sent..*sent + chunk]);
                             *sent += chunk;
                             self.send_window -= chunk as i64;
                             s.window -= chunk as i32;
                         }
                         if *sent == data.len() {
                             if s.recv_open {
-                                put_rst(&mut self.out, s.id, NO_ERROR);
+                                put_rst(out, s.id, NO_ERROR);
                             }
                             s.state = StreamState::Done;
                         }
@@ -929,7 +973,7 @@ impl Conn {
                         let (key, serial) = (*key, *serial);
                         let Some(conn) = table.get_mut(key as usize).filter(|c| c.serial == serial)
                         else {
-                            put_rst(&mut self.out, s.id, CANCEL);
+                            put_rst(out, s.id, CANCEL);
                             s.state = StreamState::Done;
                             continue;
                         };
@@ -941,16 +985,12 @@ impl Conn {
                         // drain's last frames (the retry: hint) go out first.
                         if closing.is_none_or(|r| r == CloseReason::Shutdown) {
                             while !conn.queue.is_empty() {
-                                let room = room(
-                                    self.send_window,
-                                    s.window.into(),
-                                    max_frame,
-                                    self.out.len(),
-                                );
+                                let room =
+                                    room(self.send_window, s.window.into(), max_frame, out.len());
                                 if room == 0 {
                                     break;
                                 }
-                                let taken = put_queued(&mut self.out, s.id, &conn.queue, room);
+                                let taken = put_queued(out, s.id, &conn.queue, room);
                                 conn.queue.consume(taken, |published| {
                                     shard.local.frame_written(published, now)
                                 });
@@ -960,7 +1000,7 @@ impl Conn {
                         }
                         if let Some(reason) = closing {
                             if reason != CloseReason::Shutdown || conn.queue.is_empty() {
-                                put_head(&mut self.out, 0, DATA, END_STREAM, s.id);
+                                put_head(out, 0, DATA, END_STREAM, s.id);
                                 s.state = StreamState::Done;
                                 ended.push((key, serial, reason));
                             }
@@ -1006,16 +1046,26 @@ impl Conn {
                     Err(_) => return Err(()),
                 }
             }
-            let more = self.produce();
-            if self.out.is_empty() {
+            // Control frames first, then the streams' data, in the shard's
+            // plaintext buffer (no allocation per write), sealed into its
+            // sealing buffer.
+            let shard = self.shard.clone();
+            let mut plain = shard.io.plain();
+            plain.clear();
+            if !self.out.is_empty() {
+                plain.extend_from_slice(&self.out);
+                self.out = Vec::new();
+            }
+            let more = self.produce(&mut plain);
+            if plain.is_empty() {
                 return Ok(false);
             }
-            let out = std::mem::take(&mut self.out);
-            let mut scratch = self.shard.io.scratch();
+            let mut scratch = shard.io.scratch();
             scratch.clear();
             let sealed = self
                 .tx
-                .seal_chunks(&mut scratch, &[IoSlice::new(&out)], usize::MAX);
+                .seal_chunks(&mut scratch, &[IoSlice::new(&plain)], usize::MAX);
+            drop(plain);
             if sealed.is_err() {
                 // The session's key is used up: the client reconnects.
                 return Err(());

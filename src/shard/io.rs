@@ -59,6 +59,10 @@ pub struct IoSet {
     tls: RefCell<Vec<Option<Box<RecordTx>>>>,
     /// Where TLS streams' records are sealed before their write.
     scratch: RefCell<Vec<u8>>,
+    /// Where HTTP/2 connections gather their frames before sealing them.
+    plain: RefCell<Vec<u8>>,
+    /// Where HTTP/2 connections read their records and open them.
+    rx: RefCell<Vec<u8>>,
 }
 
 impl IoSet {
@@ -82,6 +86,8 @@ impl IoSet {
             closing: RefCell::new(Vec::new()),
             tls: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
+            plain: RefCell::new(Vec::new()),
+            rx: RefCell::new(Vec::new()),
         })
     }
 
@@ -98,6 +104,16 @@ impl IoSet {
     /// too); not to be held across a flush.
     pub fn scratch(&self) -> std::cell::RefMut<'_, Vec<u8>> {
         self.scratch.borrow_mut()
+    }
+
+    /// The shard's buffer for HTTP/2 frames before they are sealed.
+    pub fn plain(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        self.plain.borrow_mut()
+    }
+
+    /// The shard's buffer for what HTTP/2 connections read.
+    pub fn rx(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        self.rx.borrow_mut()
     }
 
     /// Watch a lean stream's socket under its slab key.

@@ -215,6 +215,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                crate::trim::accepted();
                 let _ = stream.set_nodelay(true);
                 tokio::task::spawn_local(crate::http::serve_conn(shard.clone(), stream));
             }
