@@ -19,7 +19,7 @@ STREAMS=${STREAMS:-2000}
 MODES=${MODES:-0 1 10}        # 0: HTTP/1.1; K: HTTP/2 with K streams per connection
 SERVERS=${SERVERS:-herald nchan}
 CLIENT_CPU=${CLIENT_CPU:-1}
-HOLD=${HOLD:-35}              # seconds streams are held before the figure: past herald's 30 s cleanup interval
+HOLD=${HOLD:-5}               # seconds streams are held before the second figure (herald gives the heap back once a connect burst is over)
 "$PYTHON" -c 'import h2' 2>/dev/null || { echo "tls_memory.sh: $PYTHON lacks the h2 package (pip install -r perf/requirements.txt)" >&2; exit 1; }
 cargo build --release -q -p herald --manifest-path "$ROOT/Cargo.toml"
 tmp=$(mktemp -d)

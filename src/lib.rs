@@ -14,6 +14,9 @@
 //!   takes a lean path (its socket moves to the shard's own mio poll, written by
 //!   the shard's flush: no task and no HTTP buffers per idle stream); every other
 //!   endpoint is served by hyper.
+//! * **HTTPS** ([`tls`], [`http2`]): rustls makes the handshake; then an HTTP/1.1
+//!   stream is a lean stream whose records the shard seals, and an HTTP/2
+//!   connection is herald's own (records, frames, flow control, streams).
 //! * **Broker** ([`broker`]): sequences publishes (strictly increasing ids), frames
 //!   each event once ([`sse::frame`]), keeps resume history and pending events
 //!   ([`history`]) and the connection registry ([`registry`]), and hands the one

@@ -22,7 +22,7 @@ static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 /// connection.
 const TICK: Duration = Duration::from_millis(250);
 /// Connections a burst must bring before it is worth a trim.
-const MIN_BURST: u64 = 256;
+const MIN_BURST: u64 = 64;
 /// Under constant churn (never a quiet tick), a trim at most this often (in
 /// ticks: 30 s).
 const BUSY_EVERY: u32 = 120;

@@ -2,9 +2,9 @@
 //! [`head::read`] under the header timeout; `GET /api/user/sse/connect` becomes a
 //! lean stream (its socket handed to the shard's poll, [`crate::shard::io`]),
 //! keep-alive publishes with a plain body are served by [`lean`], anything else
-//! by
-//! hyper's HTTP/1.1 connection (keep-alive, its own header timeout) with the
-//! routes in [`routes`].
+//! by hyper's HTTP/1.1 connection (keep-alive, its own header timeout) with the
+//! routes in [`routes`]. With `--tls-cert` the handshake comes first, and a
+//! connection that chose HTTP/2 is handed to [`crate::http2`].
 
 pub mod cors;
 pub mod head;
@@ -131,7 +131,8 @@ pub(crate) async fn serve_hyper(shard: Rc<Shard>, stream: TcpStream, read: Bytes
 }
 
 /// An HTTPS connection: the handshake (bounded by the header timeout), then
-/// HTTP/2 or HTTP/1.1 as ALPN chose, both served by hyper with herald's routes.
+/// HTTP/2 or HTTP/1.1 as ALPN chose: HTTP/2 is herald's own ([`crate::http2`]),
+/// HTTP/1.1 as on the plain port (lean streams, hyper for the rest).
 async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
     let cfg = &shard.shared.config;
     let Some(tls) = shard.shared.tls.as_ref() else {

@@ -57,8 +57,9 @@ use crate::tls::record::{Opened, RecordRx, RecordTx, MAX_PLAINTEXT};
 
 /// Most concurrent streams per connection (SSE streams and requests).
 pub const MAX_STREAMS: u32 = 128;
-/// Plaintext gathered for one write (sealed as records of 16 KiB).
-const WRITE_BUDGET: usize = 64 << 10;
+/// Plaintext gathered for one write: one full record, as the HTTP/1.1 TLS path
+/// seals (more goes in further writes while the kernel takes everything).
+const WRITE_BUDGET: usize = MAX_PLAINTEXT;
 /// Output waiting for the socket past which the connection's input is not
 /// read (a client that sends but does not read: pings, settings).
 const MAX_BACKLOG: usize = 256 << 10;
@@ -235,7 +236,7 @@ struct Conn {
     /// Connection-level windows: what herald may send, what the client may.
     send_window: i64,
     recv_window: i64,
-    /// Streams reset by the client before their answer since `resets_since`.
+    /// Streams reset by the client since `resets_since`.
     resets: u32,
     resets_since: u64,
     /// Where the next write turn starts among the streams (fairness).
@@ -253,14 +254,22 @@ impl Conn {
         if self.goaway.is_none() && *self.shard.phase.borrow() == Phase::Draining {
             self.go_away(NO_ERROR);
         }
+        let mut drained = false;
         for _ in 0..TURNS {
             if self.eof || self.failed.is_some() || self.backlog() > MAX_BACKLOG {
+                // Not reading past the backlog: the socket's writable edge
+                // brings the task back.
+                drained = true;
                 break;
             }
-            match self.read(cx) {
-                Poll::Ready(()) => continue,
-                Poll::Pending => break,
+            if self.read(cx).is_pending() {
+                drained = true;
+                break;
             }
+        }
+        if !drained {
+            // More input than one turn takes: the others get theirs first.
+            cx.waker().wake_by_ref();
         }
         self.take_answers();
         if self.eof {
@@ -271,7 +280,9 @@ impl Conn {
             Ok(true) => cx.waker().wake_by_ref(),
             Ok(false) => {}
         }
-        if self.failed.is_some() && self.tx.pending.is_empty() && self.out.is_empty() {
+        if self.failed.is_some() {
+            // GOAWAY went out with the write above, unless the client does not
+            // read: it is not waited for.
             return self.close();
         }
         let quiet = self.streams.is_empty() && self.tx.pending.is_empty() && self.out.is_empty();
@@ -308,7 +319,7 @@ impl Conn {
         rx.extend_from_slice(&self.records);
         self.records = Vec::new();
         if self.started {
-            rx.reserve(2 * crate::tls::record::MAX_RECORD);
+            rx.reserve(crate::tls::record::MAX_RECORD);
             match self.tcp.try_read_buf(&mut *rx) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
@@ -711,8 +722,12 @@ impl Conn {
                 return Err(ConnError(FRAME_SIZE_ERROR));
             }
             // The client now knows herald keeps no dynamic table: its next
-            // header block shrinks the table to 0 (RFC 7541 §4.2).
-            self.hpack.queue_size_update(0);
+            // header block must open by shrinking the table to 0 (RFC 7541
+            // §4.2), so nothing in it can be referenced any more. It goes now,
+            // rather than whenever (if ever) that block comes: a client that
+            // opened its streams before this ACK would otherwise leave its
+            // first requests' headers in the table for the connection's life.
+            self.hpack = Decoder::new(0);
             return Ok(());
         }
         if payload.len() % 6 != 0 {

@@ -360,22 +360,6 @@ async fn cleanup_loop(shard: Rc<Shard>) {
     loop {
         tick.tick().await;
         shard.shared.broker.sweep();
-        if shard.shared.tls.is_some() {
-            give_back_freed_memory();
-        }
-    }
-}
-
-/// Return the pages freed since the last call to the kernel. A burst of TLS
-/// handshakes frees many short-lived blocks between long-lived ones, and glibc
-/// keeps those holes mapped until asked (measured: ~3 KB per stream after a
-/// connect burst). Once per cleanup interval, on one shard, and only with TLS:
-/// it walks every arena's free lists, which the plain path has little use for.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

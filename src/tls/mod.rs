@@ -296,13 +296,16 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeRecords<T> {
             if this.through && this.buf.is_empty() {
                 return std::pin::Pin::new(&mut this.io).poll_read(cx, out);
             }
-            // Room for one more full record after what is buffered.
+            // Room for one more full record after what is buffered, read into
+            // without zeroing it first.
             let have = this.buf.len();
-            this.buf.resize(have + record::MAX_RECORD, 0);
-            let mut rb = tokio::io::ReadBuf::new(&mut this.buf[have..]);
+            this.buf.reserve(record::MAX_RECORD);
+            let mut rb = tokio::io::ReadBuf::uninit(this.buf.spare_capacity_mut());
             let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
-            this.buf.truncate(have + n);
+            // SAFETY: the first `n` bytes of the spare capacity were written by
+            // the read (ReadBuf tracks what it filled).
+            unsafe { this.buf.set_len(have + n) };
             match polled {
                 Poll::Ready(Ok(())) if n == 0 => {
                     // The peer is done: hand over what there is (rustls reports a
