@@ -280,6 +280,10 @@ impl Conn {
             Ok(true) => cx.waker().wake_by_ref(),
             Ok(false) => {}
         }
+        if self.eof {
+            // The write found the client not reading at all (see `produce`).
+            return self.close();
+        }
         if self.failed.is_some() {
             // GOAWAY went out with the write above, unless the client does not
             // read: it is not waited for.
@@ -622,7 +626,10 @@ impl Conn {
             // Trailers: they end a body being received; anything else is a
             // HEADERS frame on a stream that cannot take one.
             let Some(s) = self.stream_mut(id) else {
-                return Err(ConnError(STREAM_CLOSED));
+                // A stream herald has already closed or refused: the client may
+                // not have seen that yet (RFC 9113 §5.4.2); the block was
+                // decoded, so HPACK stays in step, and is otherwise ignored.
+                return Ok(());
             };
             if !(s.recv_open && block.end_stream) {
                 return Err(ConnError(PROTOCOL_ERROR));
