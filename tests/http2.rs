@@ -448,6 +448,15 @@ async fn a_stream_without_window_is_closed_alone() {
     publisher.wait_connections(1).await;
 }
 
+/// `raw` got GOAWAY with ENHANCE_YOUR_CALM and was closed; herald serves a new
+/// connection as before.
+async fn ended_calmly(mut raw: Raw, h: &Herald, c: &support::certs::TestCert) {
+    assert_eq!(raw.goaway().await, 0xb, "ENHANCE_YOUR_CALM");
+    raw.closed().await;
+    let mut other = Raw::connect(h, c, &[]).await;
+    assert_eq!(other.call("GET", "/health/live", None).await.status, 200);
+}
+
 #[tokio::test]
 async fn rapid_reset_ends_the_connection() {
     let c = make_cert("h2-reset", 2099);
@@ -468,11 +477,7 @@ async fn rapid_reset_ends_the_connection() {
             break;
         }
     }
-    assert_eq!(raw.goaway().await, 0xb, "ENHANCE_YOUR_CALM");
-    raw.closed().await;
-    // herald is fine.
-    let mut other = Raw::connect(&h, &c, &[]).await;
-    assert_eq!(other.call("GET", "/health/live", None).await.status, 200);
+    ended_calmly(raw, &h, &c).await;
 }
 
 #[tokio::test]
@@ -488,10 +493,7 @@ async fn a_continuation_flood_ends_the_connection() {
             break;
         }
     }
-    assert_eq!(raw.goaway().await, 0xb, "ENHANCE_YOUR_CALM");
-    raw.closed().await;
-    let mut other = Raw::connect(&h, &c, &[]).await;
-    assert_eq!(other.call("GET", "/health/live", None).await.status, 200);
+    ended_calmly(raw, &h, &c).await;
 }
 
 #[tokio::test]
