@@ -32,15 +32,18 @@ pub fn accepted() {
     ACCEPTED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Start the thread (once per process; glibc only: other allocators return
-/// memory by themselves or not at all).
+/// Start the thread, once per process however many servers it starts (glibc
+/// only: other allocators return memory by themselves or not at all).
 pub fn spawn() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
     }
-    let _ = std::thread::Builder::new()
-        .name("herald-trim".into())
-        .spawn(run);
+    STARTED.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("herald-trim".into())
+            .spawn(run);
+    });
 }
 
 fn run() {
