@@ -567,3 +567,44 @@ async fn a_route_that_waits_answers_later_on_the_same_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_replay_larger_than_one_write_arrives_whole() {
+    let c = make_cert("h2-replay", 2099);
+    let h = start_tls(&c, &["--heartbeat-interval", "1h"], None);
+    // Windows far above the replay: only herald's own write turns split it.
+    let mut raw = Raw::connect(&h, &c, &[(4, 1 << 20)]).await;
+    raw.send(WINDOW_UPDATE, 0, 0, &(1u32 << 20).to_be_bytes())
+        .await;
+    // 60 events of 1 KB: the replay is several write turns' worth.
+    let data = "r".repeat(1000);
+    let body = serde_json::json!({"event": "r", "data": data, "target": "all"}).to_string();
+    let first = raw.call("POST", "/api/broadcast", Some(&body)).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 1..60 {
+        raw.publish(serde_json::json!({"event": "r", "data": data, "target": "all"}))
+            .await;
+    }
+    let mut fields = request("GET", "/api/user/sse/connect?userId=replayer");
+    fields.push(("last-event-id", first));
+    // Stream ids only grow: past the ids the publishes used.
+    let id = raw.next_id;
+    raw.headers(id, &fields, true).await;
+    let mut parser = Parser::default();
+    let mut replayed = 0;
+    while replayed < 59 {
+        let f = raw.until(|f| f.stream == id).await;
+        assert_ne!(f.kind, RST_STREAM, "stream reset");
+        if f.kind == DATA {
+            assert_eq!(f.flags & END_STREAM, 0, "the stream stays open");
+            replayed += parser
+                .feed(&f.payload)
+                .iter()
+                .filter(|e| e.event == "r")
+                .count();
+        }
+    }
+    assert_eq!(replayed, 59);
+}

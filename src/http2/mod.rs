@@ -1032,6 +1032,11 @@ impl Conn {
                 }
             }
         }
+        if out.len() >= WRITE_BUDGET {
+            // A stream may have been cut short by the budget rather than by its
+            // window: another turn looks again.
+            more = true;
+        }
         for (key, serial, reason) in ended {
             if reason == CloseReason::SlowConsumer && !self.tx.pending.is_empty() {
                 // The client does not read the connection at all: the
