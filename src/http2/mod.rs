@@ -80,15 +80,14 @@ pub fn spawn(
 ) {
     let cfg = &shard.shared.config;
     let deadline = Box::pin(tokio::time::sleep(cfg.header_timeout));
+    let max_header = cfg.max_header_bytes as u32;
     let mut conn = Box::new(Conn {
-        max_header: cfg.max_header_bytes,
-        max_body: cfg.max_body,
         shard,
         tcp,
         tx: keys.0,
         rx: keys.1,
-        records,
-        input: plain,
+        records: Vec::new(),
+        input: Vec::new(),
         out: Vec::new(),
         hpack: Decoder::new(4096),
         block: None,
@@ -96,11 +95,10 @@ pub fn spawn(
         mailbox: None,
         drain_key: None,
         deadline: Some(deadline),
-        started: false,
         preface: false,
         settings_seen: false,
         last_stream: 0,
-        goaway: None,
+        goaway_sent: false,
         peer_goaway: false,
         failed: None,
         eof: false,
@@ -120,9 +118,14 @@ pub fn spawn(
             (SETTINGS_HEADER_TABLE_SIZE, 0),
             (SETTINGS_ENABLE_PUSH, 0),
             (SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS),
-            (SETTINGS_MAX_HEADER_LIST_SIZE, conn.max_header as u32),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, max_header),
         ],
     );
+    // What the handshake left: what rustls opened comes before the records
+    // after it.
+    conn.frames_in(&plain);
+    let mut records = records;
+    conn.received(&mut records);
     tokio::task::spawn_local(Serve(conn));
 }
 
@@ -152,6 +155,28 @@ struct Stream {
     /// The client has not ended its side.
     recv_open: bool,
     state: StreamState,
+}
+
+impl Stream {
+    /// Done on herald's side; the SSE stream it was, to end in the table.
+    fn finish(&mut self) -> Option<(u32, u64)> {
+        match std::mem::replace(&mut self.state, StreamState::Done) {
+            StreamState::Events { key, serial } => Some((key, serial)),
+            _ => None,
+        }
+    }
+
+    /// A request whose body is in, for the routes; the stream waits for its
+    /// answer.
+    fn take_body(&mut self) -> Option<Box<Incoming>> {
+        match std::mem::replace(&mut self.state, StreamState::Routing) {
+            StreamState::Body(inc) => Some(inc),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
 }
 
 /// A request whose body is coming.
@@ -199,11 +224,11 @@ struct Conn {
     tcp: TcpStream,
     tx: Box<RecordTx>,
     rx: Box<RecordRx>,
-    /// Received bytes not opened yet (part of a record), or, until the first
-    /// read, what the handshake left; empty (unallocated) otherwise.
+    /// Received bytes not opened yet (part of a record); empty (unallocated)
+    /// otherwise.
     records: Vec<u8>,
-    /// Opened bytes not handled yet (part of a frame), or, until the first
-    /// read, what rustls opened; empty (unallocated) otherwise.
+    /// Opened bytes not handled yet (part of a frame); empty (unallocated)
+    /// otherwise.
     input: Vec<u8>,
     /// Frames to seal and send; freed after each write.
     out: Vec<u8>,
@@ -216,16 +241,12 @@ struct Conn {
     drain_key: Option<usize>,
     /// Until the client's preface and first SETTINGS are in.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    max_header: usize,
-    max_body: usize,
-    /// The handshake's leftovers were handled.
-    started: bool,
     preface: bool,
     settings_seen: bool,
     /// The highest stream id the client opened.
     last_stream: u32,
-    /// herald sent GOAWAY with this last stream id.
-    goaway: Option<u32>,
+    /// herald sent GOAWAY.
+    goaway_sent: bool,
     peer_goaway: bool,
     failed: Option<ConnError>,
     /// The client closed its side, or the socket failed.
@@ -251,7 +272,7 @@ impl Conn {
                 return self.close();
             }
         }
-        if self.goaway.is_none() && *self.shard.phase.borrow() == Phase::Draining {
+        if !self.goaway_sent && *self.shard.phase.borrow() == Phase::Draining {
             self.go_away(NO_ERROR);
         }
         let mut drained = false;
@@ -290,7 +311,7 @@ impl Conn {
             return self.close();
         }
         let quiet = self.streams.is_empty() && self.tx.pending.is_empty() && self.out.is_empty();
-        if quiet && (self.goaway.is_some() || self.peer_goaway) {
+        if quiet && (self.goaway_sent || self.peer_goaway) {
             return self.close();
         }
         self.register(cx);
@@ -304,15 +325,13 @@ impl Conn {
     /// One read from the socket and what it brings; `Pending` once the socket
     /// has nothing more.
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.started {
-            match self.tcp.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => {
-                    self.eof = true;
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(())) => {}
+        match self.tcp.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => {
+                self.eof = true;
+                return Poll::Ready(());
             }
+            Poll::Ready(Ok(())) => {}
         }
         let shard = self.shard.clone();
         // Reads go into the shard's buffer; only part of a record or of a frame
@@ -322,27 +341,24 @@ impl Conn {
         rx.clear();
         rx.extend_from_slice(&self.records);
         self.records = Vec::new();
-        if self.started {
-            rx.reserve(crate::tls::record::MAX_RECORD);
-            match self.tcp.try_read_buf(&mut *rx) {
-                Ok(0) => self.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => self.eof = true,
-            }
-        } else {
-            // The handshake's leftovers: what rustls opened, then the records
-            // after it.
-            self.started = true;
-            let plain = std::mem::take(&mut self.input);
-            self.frames_in(&plain);
+        rx.reserve(crate::tls::record::MAX_RECORD);
+        match self.tcp.try_read_buf(&mut *rx) {
+            Ok(0) => self.eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.eof = true,
         }
-        let opened = self.open_records(&mut rx);
-        if opened < rx.len() && !self.eof && self.failed.is_none() {
-            self.records = rx[opened..].to_vec();
-        }
+        self.received(&mut rx);
         Poll::Ready(())
+    }
+
+    /// Handle the whole records in `buf` and keep what is left of the last one.
+    fn received(&mut self, buf: &mut [u8]) {
+        let opened = self.open_records(buf);
+        if opened < buf.len() && !self.eof && self.failed.is_none() {
+            self.records = buf[opened..].to_vec();
+        }
     }
 
     /// Open the whole records at the front of `buf` and handle the frames they
@@ -497,10 +513,16 @@ impl Conn {
         }
     }
 
-    fn stream_mut(&mut self, id: u32) -> Option<&mut Stream> {
+    /// Where stream `id` is in `streams`, unless it is done.
+    fn stream_at(&self, id: u32) -> Option<usize> {
         self.streams
-            .iter_mut()
-            .find(|s| s.id == id && !matches!(s.state, StreamState::Done))
+            .iter()
+            .position(|s| s.id == id && !matches!(s.state, StreamState::Done))
+    }
+
+    fn stream_mut(&mut self, id: u32) -> Option<&mut Stream> {
+        let i = self.stream_at(id)?;
+        Some(&mut self.streams[i])
     }
 
     /// A stream id the client has not opened yet (frames on it are errors).
@@ -525,50 +547,41 @@ impl Conn {
         }
         let data = unpad(head.flags, payload)?;
         let end = head.flags & END_STREAM != 0;
-        let max_body = self.max_body;
-        let mut out = std::mem::take(&mut self.out);
-        let mut dispatch = None;
-        let result = match self.stream_mut(head.stream) {
-            Some(s) if s.recv_open => {
-                if let StreamState::Body(inc) = &mut s.state {
-                    inc.window -= len;
-                    // One byte past the limit is kept: the route answers 413.
-                    let room = (max_body + 1).saturating_sub(inc.body.len());
-                    inc.body.extend_from_slice(&data[..data.len().min(room)]);
-                    let over = inc.body.len() > max_body;
-                    if inc.window < 0 {
-                        put_rst(&mut out, s.id, FLOW_CONTROL_ERROR);
-                        s.state = StreamState::Done;
-                    } else if end || over {
-                        s.recv_open = !end;
-                        if let StreamState::Body(inc) =
-                            std::mem::replace(&mut s.state, StreamState::Routing)
-                        {
-                            dispatch = Some((s.id, inc));
-                        }
-                    } else if len > 0 {
-                        inc.window += len;
-                        put_window_update(&mut out, s.id, len as u32);
-                    }
-                } else if end {
-                    // Data past a body's limit, after it went to the routes
-                    // (its window is not given back): dropped.
-                    s.recv_open = false;
-                }
-                Ok(())
-            }
+        let max_body = self.shard.shared.config.max_body;
+        let open = self
+            .stream_at(head.stream)
+            .filter(|&i| self.streams[i].recv_open);
+        let Some(i) = open else {
             // Data on a stream the client had already ended, or that is
             // closed (§5.1).
-            _ => {
-                put_rst(&mut out, head.stream, STREAM_CLOSED);
-                Ok(())
-            }
+            put_rst(&mut self.out, head.stream, STREAM_CLOSED);
+            return Ok(());
         };
-        self.out = out;
-        if let Some((id, inc)) = dispatch {
-            self.dispatch(id, inc.req, inc.body.freeze());
+        let s = &mut self.streams[i];
+        let StreamState::Body(inc) = &mut s.state else {
+            // Data past a body's limit, after it went to the routes (its window
+            // is not given back): dropped.
+            s.recv_open &= !end;
+            return Ok(());
+        };
+        inc.window -= len;
+        // One byte past the limit is kept: the route answers 413.
+        let room = (max_body + 1).saturating_sub(inc.body.len());
+        inc.body.extend_from_slice(&data[..data.len().min(room)]);
+        if inc.window < 0 {
+            put_rst(&mut self.out, s.id, FLOW_CONTROL_ERROR);
+            s.state = StreamState::Done;
+        } else if end || inc.body.len() > max_body {
+            s.recv_open = !end;
+            let (id, body) = (s.id, s.take_body());
+            if let Some(inc) = body {
+                self.dispatch(id, inc.req, inc.body.freeze());
+            }
+        } else if len > 0 {
+            inc.window += len;
+            put_window_update(&mut self.out, s.id, len as u32);
         }
-        result
+        Ok(())
     }
 
     fn on_headers(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
@@ -599,7 +612,8 @@ impl Conn {
         block.buf.extend_from_slice(payload);
         // A header block is decoded whole (HPACK's state depends on it); past
         // four times the header limit it is a flood, not a request.
-        if block.buf.len() > 4 * self.max_header.max(DEFAULT_MAX_FRAME) {
+        let max_header = self.shard.shared.config.max_header_bytes;
+        if block.buf.len() > 4 * max_header.max(DEFAULT_MAX_FRAME) {
             return Err(ConnError(ENHANCE_YOUR_CALM));
         }
         if head.flags & END_HEADERS != 0 {
@@ -614,7 +628,7 @@ impl Conn {
     fn end_block(&mut self, mut block: Block) -> Result<(), ConnError> {
         let id = block.stream;
         let mut fields = Fields::default();
-        let max = self.max_header;
+        let max = self.shard.shared.config.max_header_bytes;
         self.hpack
             .decode(&mut Cursor::new(&mut block.buf), |h| {
                 fields.add(h, max);
@@ -635,12 +649,8 @@ impl Conn {
                 return Err(ConnError(PROTOCOL_ERROR));
             }
             s.recv_open = false;
-            if let StreamState::Body(_) = s.state {
-                if let StreamState::Body(inc) =
-                    std::mem::replace(&mut s.state, StreamState::Routing)
-                {
-                    self.dispatch(id, inc.req, inc.body.freeze());
-                }
+            if let Some(inc) = s.take_body() {
+                self.dispatch(id, inc.req, inc.body.freeze());
             }
             return Ok(());
         }
@@ -648,7 +658,7 @@ impl Conn {
             return Err(ConnError(PROTOCOL_ERROR));
         }
         self.last_stream = id;
-        if self.goaway.is_some() {
+        if self.goaway_sent {
             // Opened after herald's GOAWAY: ignored (§6.8).
             return Ok(());
         }
@@ -710,12 +720,8 @@ impl Conn {
         if self.resets > MAX_RESETS_PER_SEC {
             return Err(ConnError(ENHANCE_YOUR_CALM));
         }
-        if let Some(s) = self.stream_mut(head.stream) {
-            if let StreamState::Events { key, serial } =
-                std::mem::replace(&mut s.state, StreamState::Done)
-            {
-                self.end_events(key, serial, CloseReason::ClientClosed);
-            }
+        if let Some((key, serial)) = self.stream_mut(head.stream).and_then(Stream::finish) {
+            self.end_events(key, serial, CloseReason::ClientClosed);
         }
         Ok(())
     }
@@ -799,28 +805,22 @@ impl Conn {
         if self.is_idle(head.stream) {
             return Err(ConnError(PROTOCOL_ERROR));
         }
-        let mut out = std::mem::take(&mut self.out);
-        let mut ended = None;
-        if let Some(s) = self.stream_mut(head.stream) {
-            let window = i64::from(s.window) + inc;
-            if inc == 0 || window > MAX_WINDOW {
-                let code = if inc == 0 {
-                    PROTOCOL_ERROR
-                } else {
-                    FLOW_CONTROL_ERROR
-                };
-                put_rst(&mut out, s.id, code);
-                if let StreamState::Events { key, serial } =
-                    std::mem::replace(&mut s.state, StreamState::Done)
-                {
-                    ended = Some((key, serial));
-                }
-            } else {
-                s.window = window as i32;
-            }
+        let Some(i) = self.stream_at(head.stream) else {
+            return Ok(());
+        };
+        let s = &mut self.streams[i];
+        let window = i64::from(s.window) + inc;
+        if inc != 0 && window <= MAX_WINDOW {
+            s.window = window as i32;
+            return Ok(());
         }
-        self.out = out;
-        if let Some((key, serial)) = ended {
+        let code = if inc == 0 {
+            PROTOCOL_ERROR
+        } else {
+            FLOW_CONTROL_ERROR
+        };
+        put_rst(&mut self.out, s.id, code);
+        if let Some((key, serial)) = s.finish() {
             self.end_events(key, serial, CloseReason::ClientClosed);
         }
         Ok(())
@@ -931,9 +931,9 @@ impl Conn {
 
     /// Queue GOAWAY: no new streams; the connection closes once its streams end.
     fn go_away(&mut self, code: u32) {
-        if self.goaway.is_none() {
+        if !self.goaway_sent {
             put_goaway(&mut self.out, self.last_stream, code);
-            self.goaway = Some(self.last_stream);
+            self.goaway_sent = true;
         }
     }
 
@@ -1144,13 +1144,9 @@ impl Conn {
         }
     }
 
-    /// End the connection: its SSE streams, a `close_notify`, a FIN.
+    /// End the connection: a `close_notify`, a FIN. Its SSE streams end when
+    /// the task drops it ([`Drop`]).
     fn close(&mut self) -> Poll<()> {
-        for s in std::mem::take(&mut self.streams) {
-            if let StreamState::Events { key, serial } = s.state {
-                self.end_events(key, serial, CloseReason::ClientClosed);
-            }
-        }
         if !self.eof && self.tx.pending.is_empty() {
             let mut alert = Vec::new();
             if !self.out.is_empty() {
@@ -1173,8 +1169,8 @@ impl Drop for Conn {
         if let Some(key) = self.drain_key.take() {
             self.shard.h2_conns.borrow_mut().try_remove(key);
         }
-        for s in std::mem::take(&mut self.streams) {
-            if let StreamState::Events { key, serial } = s.state {
+        for mut s in std::mem::take(&mut self.streams) {
+            if let Some((key, serial)) = s.finish() {
                 self.end_events(key, serial, CloseReason::ClientClosed);
             }
         }

@@ -65,7 +65,20 @@ impl RecordTx {
     /// Take the sending key of a connection whose handshake is complete and
     /// whose outgoing records are all written; the connection is consumed.
     pub fn take(conn: ServerConnection) -> Result<Box<RecordTx>, String> {
-        Ok(take_both(conn)?.0)
+        // Only the sending key: a lean stream never reads a record again.
+        let (tls13, secrets) = extract(conn)?;
+        Ok(RecordTx::from_key(key_of(secrets.tx, tls13)?))
+    }
+
+    fn from_key(k: Key) -> Box<RecordTx> {
+        Box::new(RecordTx {
+            key: k.key,
+            iv: k.iv,
+            seq: k.seq,
+            limit: k.limit,
+            kind: k.kind,
+            pending: Vec::new(),
+        })
     }
 
     /// Seal `plaintext` (at most [`MAX_PLAINTEXT`] bytes) as one application-data
@@ -216,21 +229,10 @@ fn key_of((seq, secret): (u64, ConnectionTrafficSecrets), tls13: bool) -> Result
 /// records are all written and which holds no part of a record received (see
 /// [`super::WholeRecords`]); the connection is consumed.
 pub fn take_both(conn: ServerConnection) -> Result<(Box<RecordTx>, Box<RecordRx>), String> {
-    let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-    let secrets = conn
-        .dangerous_extract_secrets()
-        .map_err(|e| e.to_string())?;
-    let tx = key_of(secrets.tx, tls13)?;
+    let (tls13, secrets) = extract(conn)?;
     let rx = key_of(secrets.rx, tls13)?;
     Ok((
-        Box::new(RecordTx {
-            key: tx.key,
-            iv: tx.iv,
-            seq: tx.seq,
-            limit: tx.limit,
-            kind: tx.kind,
-            pending: Vec::new(),
-        }),
+        RecordTx::from_key(key_of(secrets.tx, tls13)?),
         Box::new(RecordRx {
             key: rx.key,
             iv: rx.iv,
@@ -238,6 +240,16 @@ pub fn take_both(conn: ServerConnection) -> Result<(Box<RecordTx>, Box<RecordRx>
             kind: rx.kind,
         }),
     ))
+}
+
+/// The secrets of a connection whose handshake is complete, and whether it
+/// is TLS 1.3.
+fn extract(conn: ServerConnection) -> Result<(bool, rustls::ExtractedSecrets), String> {
+    let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+    let secrets = conn
+        .dangerous_extract_secrets()
+        .map_err(|e| e.to_string())?;
+    Ok((tls13, secrets))
 }
 
 /// The largest record a peer may send: its header, a full plaintext and the
