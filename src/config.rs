@@ -124,6 +124,17 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = size)]
     pub max_header_bytes: usize,
 
+    /// An HTTP/2 connection with no open stream, and a keep-alive HTTP/1.1
+    /// publish connection between requests, is closed after this long.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// Request bodies all the connections of one shard may hold at once; past
+    /// it a new request with a body is refused (HTTP/1.1 `503`, HTTP/2
+    /// `REFUSED_STREAM`) rather than buffered.
+    #[arg(long, env = "HERALD_BODY_BUDGET", default_value = "16MiB", value_parser = size)]
+    pub body_budget: usize,
+
     /// Base of the `retry:` reconnect hint sent to every stream.
     #[arg(long, env = "HERALD_RETRY", default_value = "2s", value_parser = duration)]
     pub retry: Duration,
@@ -341,8 +352,17 @@ impl Config {
                 return Err("--pod-id: 1-128 characters of [A-Za-z0-9._:@-]".into());
             }
         }
-        if self.max_header_bytes < 1024 {
-            return Err("--max-header-bytes must be at least 1KiB".into());
+        if !(1024..=1 << 20).contains(&self.max_header_bytes) {
+            return Err("--max-header-bytes must be between 1KiB and 1MiB".into());
+        }
+        if self.max_body > 64 << 20 {
+            return Err("--max-body must be at most 64MiB".into());
+        }
+        if self.body_budget < self.max_body {
+            return Err("--body-budget must be at least --max-body".into());
+        }
+        if self.idle_timeout.is_zero() || self.header_timeout.is_zero() {
+            return Err("--idle-timeout and --header-timeout must be greater than 0".into());
         }
         Ok(())
     }
@@ -409,6 +429,8 @@ mod tests {
         assert_eq!(c.grace_period, Duration::from_secs(10));
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.max_header_bytes, 16 << 10);
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.body_budget, 16 << 20);
         c.validate().unwrap();
     }
 

@@ -50,6 +50,11 @@ pub const IDEMPOTENCY_BYTES: &str = "herald_idempotency_record_bytes";
 pub const IDEMPOTENCY_REPLAYED: &str = "herald_idempotency_replayed_total";
 pub const IDEMPOTENCY_EVICTED: &str = "herald_idempotency_evicted_total";
 pub const PUBLISH_RETRIES_APPLIED: &str = "herald_publish_retries_recognised_total";
+pub const H2_FLOODS: &str = "herald_http2_floods_total";
+pub const H2_RESETS_SENT: &str = "herald_http2_resets_sent_total";
+pub const H2_CONNECTION_ERRORS: &str = "herald_http2_connection_errors_total";
+pub const H2_IGNORED_FRAMES: &str = "herald_http2_ignored_frames_total";
+pub const BODIES_REFUSED: &str = "herald_request_bodies_refused_total";
 
 /// Upper bounds of the count histograms (Redis commands and items per batch).
 pub const COUNT_BUCKETS: [f64; 12] = [
@@ -185,6 +190,39 @@ fn describe() {
         Unit::Seconds,
         "Time for a delivery probe to come back through this pod's inbox"
     );
+    describe_counter!(
+        H2_FLOODS,
+        "HTTP/2 connections ended with ENHANCE_YOUR_CALM, by what flooded them"
+    );
+    describe_counter!(
+        H2_RESETS_SENT,
+        "HTTP/2 streams herald reset because of what their client sent, by error code"
+    );
+    describe_counter!(
+        H2_CONNECTION_ERRORS,
+        "HTTP/2 connections herald ended with a GOAWAY error, by error code"
+    );
+    describe_counter!(
+        H2_IGNORED_FRAMES,
+        "HTTP/2 frames that did nothing (PRIORITY, empty DATA or CONTINUATION, unknown types, frames on closed streams)"
+    );
+    describe_counter!(
+        BODIES_REFUSED,
+        "Requests with a body refused because the shard's --body-budget was spent, by protocol"
+    );
+    counter!(H2_IGNORED_FRAMES).absolute(0);
+    for kind in [
+        "useless_frames",
+        "settings",
+        "pings",
+        "resets",
+        "header_block",
+    ] {
+        counter!(H2_FLOODS, "kind" => kind).absolute(0);
+    }
+    for proto in ["http1", "http2"] {
+        counter!(BODIES_REFUSED, "proto" => proto).absolute(0);
+    }
     counter!(REDIS_ERRORS).absolute(0);
     gauge!(PENDING_EVENTS).set(0.0);
     // Every labelled series a dashboard may query exists from the start, at 0.
@@ -336,6 +374,26 @@ pub fn marked_inactive(n: u64) {
 
 pub fn tls_failed(reason: &'static str) {
     counter!(TLS_FAILED, "reason" => reason).increment(1);
+}
+
+pub fn h2_flood(kind: &'static str) {
+    counter!(H2_FLOODS, "kind" => kind).increment(1);
+}
+
+pub fn h2_reset_sent(code: &'static str) {
+    counter!(H2_RESETS_SENT, "code" => code).increment(1);
+}
+
+pub fn h2_connection_error(code: &'static str) {
+    counter!(H2_CONNECTION_ERRORS, "code" => code).increment(1);
+}
+
+pub fn h2_ignored_frame() {
+    counter!(H2_IGNORED_FRAMES).increment(1);
+}
+
+pub fn body_refused(proto: &'static str) {
+    counter!(BODIES_REFUSED, "proto" => proto).increment(1);
 }
 
 pub fn accept_failed() {

@@ -232,6 +232,48 @@ fn authorization<B>(req: &Request<B>) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// What a request is, decided when its headers arrive (herald's HTTP/2 asks
+/// before any body is read, so that only a body its route takes is kept, and
+/// never one from a client that may not publish).
+pub enum Intake {
+    /// A publish: its body is read (up to `--max-body`) and served.
+    Body,
+    /// A route that reads no body: anything sent is dropped.
+    NoBody,
+    /// Refused now (authentication): the answer.
+    Refuse(Response<HeraldBody>),
+}
+
+/// Route and authenticate a request from its head alone.
+pub fn intake(shard: &Rc<Shard>, req: &http::request::Parts) -> Intake {
+    let publisher = || {
+        let bearer = req
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        shard.shared.auth.check_publisher(bearer)
+    };
+    let checked = match (req.uri.path(), &req.method) {
+        ("/api/broadcast", &Method::POST) => publisher().map(|()| Intake::Body),
+        ("/api/user/sse/disconnect", &Method::POST) => publisher().map(|()| Intake::NoBody),
+        _ => Ok(Intake::NoBody),
+    };
+    checked.unwrap_or_else(|e| Intake::Refuse(error_for(shard, Some(&req.headers), &e)))
+}
+
+/// An error answer to a request with these headers (CORS lines for its
+/// origin when it is allowed, as every answer of [`handle`] has them).
+pub fn error_for(
+    shard: &Shard,
+    headers: Option<&http::HeaderMap>,
+    e: &ApiError,
+) -> Response<HeraldBody> {
+    let origin = headers
+        .and_then(|h| h.get(header::ORIGIN))
+        .and_then(|v| v.to_str().ok());
+    with_cors(shard, origin, error_response(e))
+}
+
 /// The hyper service: route one request (from hyper, or from herald's own
 /// HTTP/2 with its body collected).
 pub async fn handle<B>(
@@ -243,14 +285,19 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
+    // HEAD is GET without the body (RFC 9110 §9.3.2; the transports leave the
+    // body out), for every route but the connect, which opens a stream.
+    let method = match req.method() {
+        &Method::HEAD if path != super::CONNECT_PATH => Method::GET,
+        m => m.clone(),
+    };
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let cors_origin = cors::allowed(&shard.shared.config.cors_origins, origin.as_deref());
     if method == Method::OPTIONS {
+        let cors_origin = cors::allowed(&shard.shared.config.cors_origins, origin.as_deref());
         return Ok(preflight(origin.as_deref(), cors_origin));
     }
     let auth = &shard.shared.auth;
@@ -289,7 +336,17 @@ where
         ("/api/user/sse/disconnect" | "/api/broadcast", _) => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
-    let mut resp = result.unwrap_or_else(|e| error_response(&e));
+    let resp = result.unwrap_or_else(|e| error_response(&e));
+    Ok(with_cors(&shard, origin.as_deref(), resp))
+}
+
+/// Add the CORS lines an answer to a request from `origin` carries.
+fn with_cors(
+    shard: &Shard,
+    origin: Option<&str>,
+    mut resp: Response<HeraldBody>,
+) -> Response<HeraldBody> {
+    let cors_origin = cors::allowed(&shard.shared.config.cors_origins, origin);
     if !shard.shared.config.cors_origins.is_empty() && cors_origin.is_none() {
         // The answer depends on Origin: caches must not reuse it across origins.
         resp.headers_mut()
@@ -306,7 +363,7 @@ where
             h.append(header::VARY, header::HeaderValue::from_static("origin"));
         }
     }
-    Ok(resp)
+    resp
 }
 
 /// Answer `OPTIONS`: a CORS preflight from an allowed origin gets the methods and
@@ -478,13 +535,38 @@ where
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(_) => {
+    // Over HTTP/1.1 the body is still to be read: it counts against the
+    // shard's body budget while it is held, and must arrive within the
+    // header timeout. (herald's HTTP/2 hands over bodies already complete
+    // and counted.)
+    let _permit = match req.version() {
+        http::Version::HTTP_2 => None,
+        _ => match shard.body_permit(declared.map_or(max, |n| n as usize)) {
+            Some(p) => Some(p),
+            None => {
+                return Err(ApiError::new(
+                    503,
+                    "busy",
+                    "this pod holds all the request bodies it may; retry shortly",
+                ))
+            }
+        },
+    };
+    let collect = Limited::new(req.into_body(), max).collect();
+    let body = match tokio::time::timeout(shard.shared.config.header_timeout, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(_)) => {
             return Err(ApiError::bad_request(
                 "body_read_failed",
                 "could not read the request body",
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                408,
+                "body_timeout",
+                "the request body did not arrive in time",
             ))
         }
     };

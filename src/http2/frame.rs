@@ -56,6 +56,27 @@ pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// RFC 8441 (extended CONNECT, not offered): 0 or 1.
+pub const SETTINGS_ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
+/// RFC 9218 §2.1: 0 or 1.
+pub const SETTINGS_NO_RFC7540_PRIORITIES: u16 = 0x9;
+
+/// An error code's name (metrics labels, logs).
+pub fn code_name(code: u32) -> &'static str {
+    match code {
+        NO_ERROR => "no_error",
+        PROTOCOL_ERROR => "protocol_error",
+        INTERNAL_ERROR => "internal_error",
+        FLOW_CONTROL_ERROR => "flow_control_error",
+        STREAM_CLOSED => "stream_closed",
+        FRAME_SIZE_ERROR => "frame_size_error",
+        REFUSED_STREAM => "refused_stream",
+        CANCEL => "cancel",
+        COMPRESSION_ERROR => "compression_error",
+        ENHANCE_YOUR_CALM => "enhance_your_calm",
+        _ => "other",
+    }
+}
 
 /// A frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +153,12 @@ fn put_int(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
         value /= 128;
     }
     out.push(value as u8);
+}
+
+/// A Dynamic Table Size Update to `size` (RFC 7541 §6.3), at the start of a
+/// header block.
+pub fn put_table_size_update(out: &mut Vec<u8>, size: usize) {
+    put_int(out, 0x20, 5, size);
 }
 
 /// A string literal without Huffman coding (RFC 7541 §5.2).

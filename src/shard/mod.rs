@@ -64,6 +64,21 @@ pub struct Shard {
     /// A flush round is under way (publishes wait only for one that is: a shard
     /// with nothing to write has no round to wait for).
     pub in_round: std::cell::Cell<bool>,
+    /// Request bodies held by this shard's connections, in bytes (within
+    /// `--body-budget`).
+    pub bodies: std::cell::Cell<usize>,
+}
+
+/// A body counted against its shard's budget until dropped.
+pub struct BodyPermit {
+    shard: Rc<Shard>,
+    len: usize,
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        self.shard.body_bytes(-(self.len as i64));
+    }
 }
 
 /// Events a flush round may gather for the next before publishes on this shard
@@ -101,6 +116,32 @@ impl Shard {
     pub fn published(&self, n: usize) {
         self.queued_in_round
             .set(self.queued_in_round.get().saturating_add(n as u32));
+    }
+
+    /// Whether a new request body may start: the bodies held are within
+    /// `--body-budget` (one body more may take it past by one body at most).
+    pub fn body_room(&self) -> bool {
+        self.bodies.get() < self.shared.config.body_budget
+    }
+
+    /// Body bytes held grew (positive) or were let go.
+    pub fn body_bytes(&self, delta: i64) {
+        let now = self.bodies.get() as i64 + delta;
+        self.bodies.set(now.max(0) as usize);
+    }
+
+    /// Hold up to `len` bytes of one HTTP/1.1 request body until the permit
+    /// drops; `None` when the shard's body budget is spent.
+    pub fn body_permit(self: &Rc<Self>, len: usize) -> Option<BodyPermit> {
+        if !self.body_room() {
+            m::body_refused("http1");
+            return None;
+        }
+        self.body_bytes(len as i64);
+        Some(BodyPermit {
+            shard: self.clone(),
+            len,
+        })
     }
 
     /// Publish the table size after a change.
@@ -180,6 +221,7 @@ async fn run(
         queued_in_round: std::cell::Cell::new(0),
         round_end: Notify::new(),
         in_round: std::cell::Cell::new(false),
+        bodies: std::cell::Cell::new(0),
         phase: phase.clone(),
         shared: shared.clone(),
     });

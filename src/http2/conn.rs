@@ -1,0 +1,675 @@
+//! One HTTP/2 connection over its socket: records read and opened (the keys
+//! were taken out of rustls, [`crate::tls::record`]) into frames for the
+//! protocol core ([`Proto`]), what it produces sealed and written with one
+//! `write` per turn, its timer armed only while something is due, and the
+//! shard as its [`Host`]: the routes, the body budget, the SSE queues.
+//!
+//! A connection keeps no buffer while idle: reads go into the shard's
+//! buffer and only part of a record or of a frame stays with it (and must be
+//! completed within `--header-timeout`); frames are gathered and sealed in the
+//! shard's buffers; only what the kernel did not take waits in
+//! [`RecordTx::pending`].
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Body;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::frame::*;
+use super::host::{Answer, Host, Intake, Pull};
+use super::limits::{Limits, LINGER, OUTPUT_BACKLOG};
+use super::proto::Proto;
+use crate::clock;
+use crate::conn::{CloseReason, ConnState};
+use crate::error::ApiError;
+use crate::http::routes::{self, HeraldBody};
+use crate::shard::stream::StreamGuard;
+use crate::shard::{Phase, Shard};
+use crate::tls::record::{Opened, RecordRx, RecordTx};
+
+/// Reads and write turns per wake-up before the task yields to the others.
+const TURNS: usize = 16;
+
+/// Serve an HTTP/2 connection whose handshake is done: `records` were read
+/// from the socket and not opened yet, `plain` opened by rustls and not read.
+pub fn spawn(
+    shard: Rc<Shard>,
+    tcp: TcpStream,
+    keys: (Box<RecordTx>, Box<RecordRx>),
+    records: Vec<u8>,
+    plain: Vec<u8>,
+) {
+    let now = clock::now_ns();
+    let limits = Limits::from_config(&shard.shared.config);
+    let mut conn = Box::new(Conn {
+        proto: Proto::new(limits, now),
+        host: ShardHost {
+            shard,
+            mailbox: None,
+            waiting: Vec::new(),
+        },
+        tcp,
+        tx: keys.0,
+        rx: keys.1,
+        records: Vec::new(),
+        input: Vec::new(),
+        partial_since: 0,
+        timer: None,
+        timer_at: 0,
+        drain_key: None,
+        eof: false,
+        linger_until: 0,
+    });
+    // What the handshake left: what rustls opened comes before the records
+    // after it.
+    conn.frames_in(&plain, now);
+    let mut records = records;
+    conn.received(&mut records, now);
+    tokio::task::spawn_local(Serve(conn));
+}
+
+struct Serve(Box<Conn>);
+
+impl Future for Serve {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll(cx)
+    }
+}
+
+struct Conn {
+    proto: Proto,
+    host: ShardHost,
+    tcp: TcpStream,
+    tx: Box<RecordTx>,
+    rx: Box<RecordRx>,
+    /// Received bytes not opened yet (part of a record); empty (unallocated)
+    /// otherwise.
+    records: Vec<u8>,
+    /// Opened bytes not handled yet (part of a frame); empty (unallocated)
+    /// otherwise.
+    input: Vec<u8>,
+    /// Since when part of a record or frame has been kept (0: none is).
+    partial_since: u64,
+    /// Armed only while something is due: an idle SSE connection has none.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer_at: u64,
+    /// Its place in the shard's list of HTTP/2 connections (woken to send
+    /// GOAWAY when the pod drains).
+    drain_key: Option<usize>,
+    /// The client closed its side, or the socket failed.
+    eof: bool,
+    /// Closed: input is read and dropped until then (0: not closed).
+    linger_until: u64,
+}
+
+impl Conn {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = clock::now_ns();
+        if self.linger_until != 0 {
+            return self.linger(cx, now);
+        }
+        if self.timer_at != 0 && now >= self.timer_at {
+            self.timer_at = 0;
+            let ht = self.proto.limits.header_timeout_ns;
+            if self.partial_since != 0 && now >= self.partial_since.saturating_add(ht) {
+                debug!("HTTP/2 partial frame or record not completed in time");
+                self.proto.fail(PROTOCOL_ERROR);
+            } else {
+                self.proto.on_timer(&mut self.host, now);
+            }
+        }
+        if *self.host.shard.phase.borrow() == Phase::Draining {
+            self.proto.go_away();
+        }
+        let mut drained = false;
+        for _ in 0..TURNS {
+            if self.eof || self.proto.failed().is_some() || self.backlog() > OUTPUT_BACKLOG {
+                // Not reading past the backlog: the socket's writable edge
+                // brings the task back.
+                drained = true;
+                break;
+            }
+            if self.read(cx, now).is_pending() {
+                drained = true;
+                break;
+            }
+        }
+        if !drained {
+            // More input than one turn takes: the others get theirs first.
+            cx.waker().wake_by_ref();
+        }
+        self.take_answers(now);
+        if self.eof {
+            return self.close(cx, now);
+        }
+        match self.write(cx, now) {
+            Err(()) => return Poll::Ready(()),
+            Ok(true) => cx.waker().wake_by_ref(),
+            Ok(false) => {}
+        }
+        if self.eof || self.proto.failed().is_some() {
+            // A failed connection's GOAWAY went out with the write above,
+            // unless the client does not read: it is not waited for.
+            return self.close(cx, now);
+        }
+        let flushed = self.tx.pending.is_empty() && self.proto.out.is_empty();
+        if self.proto.is_done() && flushed {
+            return self.close(cx, now);
+        }
+        self.arm_timer(cx, now);
+        self.register(cx);
+        Poll::Pending
+    }
+
+    fn backlog(&self) -> usize {
+        self.tx.pending.len() + self.proto.out.len()
+    }
+
+    /// One read from the socket and what it brings; `Pending` once the socket
+    /// has nothing more.
+    fn read(&mut self, cx: &mut Context<'_>, now: u64) -> Poll<()> {
+        match self.tcp.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => {
+                self.eof = true;
+                return Poll::Ready(());
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let shard = self.host.shard.clone();
+        // Reads go into the shard's buffer; only part of a record or of a frame
+        // is kept by the connection (in a buffer of its size), so that a burst
+        // of connections does not leave a read buffer each in the heap.
+        let mut rx = shard.io.rx();
+        rx.clear();
+        rx.extend_from_slice(&self.records);
+        self.records = Vec::new();
+        rx.reserve(crate::tls::record::MAX_RECORD);
+        match self.tcp.try_read_buf(&mut *rx) {
+            Ok(0) => self.eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.eof = true,
+        }
+        self.received(&mut rx, now);
+        Poll::Ready(())
+    }
+
+    /// Handle the whole records in `buf` and keep what is left of the last one.
+    fn received(&mut self, buf: &mut [u8], now: u64) {
+        let opened = self.open_records(buf, now);
+        if opened < buf.len() && !self.eof && self.proto.failed().is_none() {
+            self.records = buf[opened..].to_vec();
+        }
+        let partial = !self.records.is_empty() || !self.input.is_empty();
+        self.partial_since = match (partial, self.partial_since) {
+            (false, _) => 0,
+            (true, 0) => now,
+            (true, since) => since,
+        };
+    }
+
+    /// Open the whole records at the front of `buf` and handle the frames they
+    /// hold; how many bytes were whole records.
+    fn open_records(&mut self, buf: &mut [u8], now: u64) -> usize {
+        let mut at = 0;
+        while let Some(len) = RecordRx::record_len(&buf[at..]) {
+            let Ok(len) = len else {
+                self.proto.fail(PROTOCOL_ERROR);
+                break;
+            };
+            if buf.len() - at < len {
+                break;
+            }
+            match self.rx.open(&mut buf[at..at + len]) {
+                Ok(Opened::Data(range)) => {
+                    self.frames_in(&buf[at + range.start..at + range.end], now);
+                }
+                Ok(Opened::Alert) => self.eof = true,
+                Err(_) => {
+                    debug!("HTTP/2 connection sent a record that does not open");
+                    self.eof = true;
+                }
+            }
+            at += len;
+            if self.eof || self.proto.failed().is_some() {
+                break;
+            }
+        }
+        at
+    }
+
+    /// Handle the frames of `plain` after what `input` kept of an earlier
+    /// record (part of a frame); keep what is left of the last one.
+    fn frames_in(&mut self, plain: &[u8], now: u64) {
+        if self.input.is_empty() {
+            let taken = self.proto.receive(&mut self.host, plain, now);
+            if taken < plain.len() && self.proto.failed().is_none() {
+                self.input = plain[taken..].to_vec();
+            }
+        } else {
+            let mut input = std::mem::take(&mut self.input);
+            input.extend_from_slice(plain);
+            let taken = self.proto.receive(&mut self.host, &input, now);
+            if taken < input.len() && self.proto.failed().is_none() {
+                input.drain(..taken);
+                self.input = input;
+            }
+        }
+    }
+
+    fn take_answers(&mut self, now: u64) {
+        let Some(mailbox) = &self.host.mailbox else {
+            return;
+        };
+        let answers = std::mem::take(&mut mailbox.borrow_mut().answers);
+        for (id, resp) in answers {
+            self.host.waiting.retain(|(s, _)| *s != id);
+            self.proto.answer(&mut self.host, id, to_answer(resp), now);
+        }
+        // No request with the routes: the mailbox is freed.
+        if self
+            .host
+            .mailbox
+            .as_ref()
+            .is_some_and(|m| Rc::strong_count(m) == 1)
+        {
+            self.host.mailbox = None;
+            self.host.waiting = Vec::new();
+        }
+    }
+
+    /// Write what is pending, then the control frames and what the streams
+    /// have, while the socket takes it all. `Ok(true)`: more to do after a
+    /// yield; `Err`: the socket failed.
+    fn write(&mut self, cx: &mut Context<'_>, now: u64) -> Result<bool, ()> {
+        for _ in 0..TURNS {
+            if !self.tx.pending.is_empty() {
+                match self.tcp.try_write(&self.tx.pending) {
+                    Ok(0) => return Err(()),
+                    Ok(n) if n == self.tx.pending.len() => self.tx.pending = Vec::new(),
+                    Ok(n) => {
+                        self.tx.pending.drain(..n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return match self.tcp.poll_write_ready(cx) {
+                            Poll::Ready(Ok(())) => Ok(true),
+                            Poll::Ready(Err(_)) => Err(()),
+                            Poll::Pending => Ok(false),
+                        };
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(()),
+                }
+            }
+            // Control frames first, then the streams' data, in the shard's
+            // plaintext buffer (no allocation per write), sealed into its
+            // sealing buffer.
+            let shard = self.host.shard.clone();
+            let mut plain = shard.io.plain();
+            plain.clear();
+            if !self.proto.out.is_empty() {
+                plain.extend_from_slice(&self.proto.out);
+                self.proto.out = Vec::new();
+            }
+            let produced = self.proto.produce(&mut self.host, &mut plain, now);
+            if produced.slow && !self.tx.pending.is_empty() {
+                // The client does not read the connection at all: the
+                // connection, not one stream, is the slow consumer.
+                self.eof = true;
+            }
+            if plain.is_empty() {
+                return Ok(false);
+            }
+            let mut scratch = shard.io.scratch();
+            scratch.clear();
+            let sealed = self
+                .tx
+                .seal_chunks(&mut scratch, &[IoSlice::new(&plain)], usize::MAX);
+            drop(plain);
+            if sealed.is_err() {
+                // The session's key is used up: the client reconnects.
+                return Err(());
+            }
+            match self.tcp.try_write(&scratch) {
+                Ok(n) if n == scratch.len() => {}
+                Ok(n) => self.tx.pending = scratch[n..].to_vec(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    self.tx.pending = scratch.clone();
+                }
+                Err(_) => return Err(()),
+            }
+            if !produced.more && self.tx.pending.is_empty() && self.proto.out.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The timer at the next deadline (the protocol's, or a partial frame's
+    /// or record's), or none.
+    fn arm_timer(&mut self, cx: &mut Context<'_>, now: u64) {
+        let partial = (self.partial_since != 0).then(|| {
+            self.partial_since
+                .saturating_add(self.proto.limits.header_timeout_ns)
+        });
+        let due = match (self.proto.next_deadline(), partial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.set_timer(cx, now, due);
+    }
+
+    fn set_timer(&mut self, cx: &mut Context<'_>, now: u64, due: Option<u64>) {
+        let Some(due) = due else {
+            self.timer = None;
+            self.timer_at = 0;
+            return;
+        };
+        let at =
+            tokio::time::Instant::now() + std::time::Duration::from_nanos(due.saturating_sub(now));
+        if self.timer_at != due {
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.timer_at = due;
+        }
+        if let Some(t) = &mut self.timer {
+            if t.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+    }
+
+    /// Wakers: the socket's are registered by the reads and writes; the
+    /// mailbox, the SSE streams' table entries and the drain list get this
+    /// task's.
+    fn register(&mut self, cx: &mut Context<'_>) {
+        let waker = cx.waker();
+        if let Some(m) = &self.host.mailbox {
+            let mut m = m.borrow_mut();
+            if !m.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                m.waker = Some(waker.clone());
+            }
+        }
+        let shard = &self.host.shard;
+        let mut table = shard.table.borrow_mut();
+        for (key, serial) in self.proto.event_streams() {
+            if let Some(c) = table.get_mut(key as usize).filter(|c| c.serial == serial) {
+                if c.waker.is_none() {
+                    c.waker = Some(waker.clone());
+                }
+            }
+        }
+        drop(table);
+        if self.drain_key.is_none() {
+            self.drain_key = Some(shard.h2_conns.borrow_mut().insert(waker.clone()));
+        }
+    }
+
+    /// End the connection: what is queued (GOAWAY) and a `close_notify`, a
+    /// FIN; then input is read and dropped for a while ([`LINGER`]) so that
+    /// the close is not a reset. Its streams end now.
+    fn close(&mut self, cx: &mut Context<'_>, now: u64) -> Poll<()> {
+        if !self.eof && self.tx.pending.is_empty() {
+            let mut alert = Vec::new();
+            if !self.proto.out.is_empty() {
+                let out = std::mem::take(&mut self.proto.out);
+                let _ = self
+                    .tx
+                    .seal_chunks(&mut alert, &[IoSlice::new(&out)], usize::MAX);
+            }
+            if self.tx.close_notify(&mut alert).is_ok() {
+                let _ = self.tcp.try_write(&alert);
+            }
+        }
+        let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+        self.proto.end_all(&mut self.host);
+        self.records = Vec::new();
+        self.input = Vec::new();
+        self.tx.pending = Vec::new();
+        if self.eof {
+            return Poll::Ready(());
+        }
+        self.linger_until = now.saturating_add(LINGER.as_nanos() as u64);
+        self.linger(cx, now)
+    }
+
+    /// Read and drop input until the client closes or [`LINGER`] is over.
+    fn linger(&mut self, cx: &mut Context<'_>, now: u64) -> Poll<()> {
+        if now >= self.linger_until {
+            return Poll::Ready(());
+        }
+        let mut sink = [0u8; 2048];
+        for _ in 0..64 {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => {
+                    let until = self.linger_until;
+                    self.set_timer(cx, now, Some(until));
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => match self.tcp.try_read(&mut sink) {
+                    Ok(0) => return Poll::Ready(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return Poll::Ready(()),
+                },
+            }
+        }
+        // A client still sending at full speed: not waited for.
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(key) = self.drain_key.take() {
+            self.host.shard.h2_conns.borrow_mut().try_remove(key);
+        }
+        self.proto.end_all(&mut self.host);
+        for (_, task) in self.host.waiting.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Answers of the routes that waited, for the connection's task.
+#[derive(Default)]
+struct Mailbox {
+    answers: Vec<(u32, Response<HeraldBody>)>,
+    waker: Option<Waker>,
+}
+
+/// The shard, as the protocol core's [`Host`].
+struct ShardHost {
+    shard: Rc<Shard>,
+    mailbox: Option<Rc<RefCell<Mailbox>>>,
+    /// Routes that wait, by stream: aborted when their stream is reset.
+    waiting: Vec<(u32, tokio::task::AbortHandle)>,
+}
+
+impl Host for ShardHost {
+    fn intake(&mut self, req: &http::request::Parts) -> Intake {
+        match routes::intake(&self.shard, req) {
+            routes::Intake::Body => Intake::Body,
+            routes::Intake::NoBody => Intake::NoBody,
+            routes::Intake::Refuse(resp) => Intake::Refuse(to_answer(resp)),
+        }
+    }
+
+    /// Most routes answer at once (a connect on the embedded bus, a publish,
+    /// the probes): the route's future is polled here and freed before the
+    /// next request allocates its own. One that waits (Redis, a full round,
+    /// admission) goes on in a task of its own and answers through the
+    /// mailbox. Were every route a task, the futures of a burst of connects
+    /// (~2 KB each) would all be alive at once, and the heap they leave
+    /// behind would stay in the process's memory next to the streams.
+    fn dispatch(&mut self, stream: u32, req: http::request::Parts, body: Bytes) -> Option<Answer> {
+        let req = Request::from_parts(req, Full::new(body));
+        let mut route = Box::pin(routes::handle(self.shard.clone(), req));
+        // The no-op waker only stands in for this first poll: a task is always
+        // polled once it is spawned, and a route registers its wakers anew on
+        // every poll.
+        let mut noop = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(resp)) = route.as_mut().poll(&mut noop) {
+            return Some(to_answer(resp));
+        }
+        let mailbox = self
+            .mailbox
+            .get_or_insert_with(|| Rc::new(RefCell::new(Mailbox::default())))
+            .clone();
+        let task = tokio::task::spawn_local(async move {
+            let Ok(resp) = route.await;
+            let mut m = mailbox.borrow_mut();
+            m.answers.push((stream, resp));
+            if let Some(w) = m.waker.take() {
+                w.wake();
+            }
+        });
+        self.waiting.push((stream, task.abort_handle()));
+        None
+    }
+
+    fn cancel(&mut self, stream: u32) {
+        if let Some(at) = self.waiting.iter().position(|(s, _)| *s == stream) {
+            // What the route held (an admission slot, a publish in flight)
+            // goes with it, as when a client closes an HTTP/1.1 connection.
+            self.waiting.swap_remove(at).1.abort();
+        }
+    }
+
+    fn error(&mut self, req: Option<&http::request::Parts>, e: &ApiError) -> Answer {
+        to_answer(routes::error_for(&self.shard, req.map(|r| &r.headers), e))
+    }
+
+    fn body_room(&self) -> bool {
+        self.shard.body_room()
+    }
+
+    fn body_bytes(&mut self, delta: i64) {
+        self.shard.body_bytes(delta);
+    }
+
+    fn pull(
+        &mut self,
+        key: u32,
+        serial: u64,
+        stream: u32,
+        room: usize,
+        out: &mut Vec<u8>,
+        now: u64,
+    ) -> Pull {
+        let shard = &self.shard;
+        let mut table = shard.table.borrow_mut();
+        let Some(conn) = table.get_mut(key as usize).filter(|c| c.serial == serial) else {
+            return Pull::Gone;
+        };
+        match conn.state {
+            // Closed for any reason but the drain: it ends now (its queue was
+            // dropped). A drain's last frames (the retry: hint) go out first.
+            ConnState::Closing(reason) if reason != CloseReason::Shutdown => Pull::End(reason),
+            ConnState::Closing(reason) if conn.queue.is_empty() => Pull::End(reason),
+            _ if conn.queue.is_empty() || room == 0 => Pull::Idle,
+            _ => {
+                let taken = put_queued(out, stream, &conn.queue, room);
+                conn.queue
+                    .consume(taken, |published| shard.local.frame_written(published, now));
+                Pull::Wrote(taken)
+            }
+        }
+    }
+
+    fn end_events(&mut self, key: u32, serial: u64, reason: CloseReason) {
+        StreamGuard::new(self.shard.clone(), key as usize, serial).finish(reason);
+    }
+}
+
+/// A response of the routes as the protocol core takes it.
+fn to_answer(resp: Response<HeraldBody>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    match body {
+        Either::Right(events) => {
+            let (key, serial) = events.into_stream();
+            Answer::Events {
+                headers: parts.headers,
+                key: key as u32,
+                serial,
+            }
+        }
+        Either::Left(full) => Answer::Full {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: full_bytes(full),
+        },
+    }
+}
+
+/// The bytes of a complete response body.
+fn full_bytes(mut full: Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// One DATA frame of up to `room` bytes from the front of `queue`; returns
+/// how many bytes it took.
+fn put_queued(
+    out: &mut Vec<u8>,
+    stream: u32,
+    queue: &crate::conn::queue::OutQueue,
+    room: usize,
+) -> usize {
+    let head_at = out.len();
+    put_head(out, 0, DATA, 0, stream);
+    let mut slices = [IoSlice::new(&[]); 16];
+    let n = queue.slices(&mut slices);
+    let mut taken = 0;
+    for slice in &slices[..n] {
+        let k = slice.len().min(room - taken);
+        out.extend_from_slice(&slice[..k]);
+        taken += k;
+        if taken == room {
+            break;
+        }
+    }
+    let len = (taken as u32).to_be_bytes();
+    out[head_at..head_at + 3].copy_from_slice(&len[1..]);
+    taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection costs besides its keys and the table entries
+    /// of its streams (perf/RESULTS.md has the measured figures).
+    #[test]
+    fn connection_state_stays_small() {
+        let conn = std::mem::size_of::<Conn>();
+        eprintln!("Conn {conn} B, Proto {} B", std::mem::size_of::<Proto>());
+        assert!(conn <= 640, "Conn is {conn} bytes");
+    }
+}
