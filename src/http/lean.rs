@@ -15,7 +15,14 @@
 //! the rest of the connection. Once a request's first byte came, its head must
 //! arrive within `--header-timeout` ([`super::read_head`], as every head) and
 //! then its body within as long again (`408` past either); an idle keep-alive
-//! connection waits for its next request as hyper's do.
+//! connection waits for its next request at most `--idle-timeout`.
+//!
+//! A request is refused from its head, before its body is read (the
+//! connection then closes): `401` without the publisher credential, `413`
+//! over `--max-body`, `503` when the shard holds `--body-budget` of bodies
+//! already. So a body is only ever buffered for a client that may publish,
+//! and what one connection holds is its head and one body, for at most twice
+//! `--header-timeout`.
 
 use std::rc::Rc;
 
@@ -46,15 +53,62 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
     let mut deadline = None;
     loop {
         let len = head.plain_body.unwrap_or(0);
-        if len > cfg.max_body as u64 {
-            let e = ApiError::new(
+        // Refused before its body is read: a client that may not publish, a
+        // body over the limit, a shard whose body budget is spent. The
+        // connection closes after the answer (its body is not read).
+        let refusal = if len > cfg.max_body as u64 {
+            Some(ApiError::new(
                 413,
                 "body_too_large",
                 format!("publish body exceeds {} bytes", cfg.max_body),
-            );
-            return super::write_error(&mut stream, &e).await;
-        }
+            ))
+        } else {
+            shard
+                .shared
+                .auth
+                .check_publisher(head.authorization.as_deref())
+                .err()
+        };
         let need = head.len + len as usize;
+        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
+        if let Some(e) = refusal {
+            if buf.len() >= need && len <= cfg.max_body as u64 {
+                // The body came with the head: skipped, and the connection
+                // stays for the next request.
+                buf.advance(need);
+                encode(&mut out, &Err(e), cors_origin, !cfg.cors_origins.is_empty());
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                match next_head(&shard, &mut stream, &mut buf).await {
+                    Some(next) if takes(&next) => {
+                        head = next;
+                        continue;
+                    }
+                    Some(_) => return Box::pin(super::serve_hyper(shard, stream, buf)).await,
+                    None => return,
+                }
+            }
+            let mut lines = String::new();
+            encode_cors(&mut lines, cors_origin, !cfg.cors_origins.is_empty());
+            return super::write_error_with(&mut stream, &e, &lines).await;
+        }
+        let permit = if buf.len() < need {
+            match shard.body_permit(len as usize) {
+                Some(p) => Some(p),
+                None => {
+                    let e = ApiError::new(
+                        503,
+                        "busy",
+                        "this pod holds all the request bodies it may; retry shortly",
+                    );
+                    return super::write_error(&mut stream, &e).await;
+                }
+            }
+        } else {
+            None
+        };
         while buf.len() < need {
             buf.reserve(need - buf.len());
             let until = *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout);
@@ -71,16 +125,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
                 }
             }
         }
-        let cors_origin = cors::allowed(&cfg.cors_origins, head.origin.as_deref());
-        let result = match (
-            shard
-                .shared
-                .auth
-                .check_publisher(head.authorization.as_deref()),
-            std::mem::replace(&mut head.idempotency_key, Ok(None)),
-        ) {
-            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(key)) => match routes::publish_at_once(&shard, &buf[head.len..need], key) {
+        let result = match std::mem::replace(&mut head.idempotency_key, Ok(None)) {
+            Err(e) => Err(e),
+            Ok(key) => match routes::publish_at_once(&shard, &buf[head.len..need], key) {
                 Ok(routes::AtOnce::Done(answer)) => Ok((answer, false)),
                 // Boxed: what may wait is not part of this loop's state.
                 Ok(routes::AtOnce::Wait(parsed, key)) => {
@@ -89,6 +136,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
                 Err(e) => Err(e),
             },
         };
+        drop(permit);
         // Advanced past, not split off: a split counts a reference atomically.
         buf.advance(need);
         encode(&mut out, &result, cors_origin, !cfg.cors_origins.is_empty());
@@ -97,34 +145,37 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
         }
         out.clear();
         deadline = None;
-        // The next request: its first byte may take as long as the client
-        // likes (as on hyper's keep-alive connections); the rest of its head
-        // is read as every head is.
-        if buf.is_empty() {
-            if buf.capacity() > 4096 {
-                // An idle connection gives a large body's memory back.
-                buf = BytesMut::new();
-            }
-            buf.reserve(512);
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+        match next_head(&shard, &mut stream, &mut buf).await {
+            Some(next) if takes(&next) => head = next,
+            // Another kind of request: hyper serves the rest of the
+            // connection, from this request's first byte.
+            Some(_) => return Box::pin(super::serve_hyper(shard, stream, buf)).await,
+            None => return,
         }
-        // Most often the whole head came with the wake-up read: parsed here,
-        // without read_head's timer and future.
-        head = match super::head::parse(&buf) {
-            Ok(Some(next)) => next,
-            _ => match Box::pin(super::read_head(&shard, &mut stream, &mut buf)).await {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        if !takes(&head) {
-            // Another kind of request: hyper serves the rest of the connection,
-            // from this request's first byte.
-            return Box::pin(super::serve_hyper(shard, stream, buf)).await;
+    }
+}
+
+/// The next request's head on a keep-alive connection whose earlier requests
+/// are all consumed from `buf`. Its first byte may take `--idle-timeout`; the
+/// rest of its head is read as every head is.
+async fn next_head(shard: &Rc<Shard>, stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Head> {
+    if buf.is_empty() {
+        if buf.capacity() > 4096 {
+            // An idle connection gives a large body's memory back.
+            *buf = BytesMut::new();
         }
+        buf.reserve(512);
+        let idle = shard.shared.config.idle_timeout;
+        match tokio::time::timeout(idle, stream.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(_)) => {}
+        }
+    }
+    // Most often the whole head came with the wake-up read: parsed here,
+    // without read_head's timer and future.
+    match super::head::parse(buf) {
+        Ok(Some(next)) => Some(next),
+        _ => Box::pin(super::read_head(shard, stream, buf)).await,
     }
 }
 
@@ -148,11 +199,18 @@ fn encode(
     if replayed {
         out.extend_from_slice(b"idempotent-replayed: true\r\n");
     }
-    match cors_origin {
-        Some(origin) => out.extend_from_slice(cors::head_lines(origin).as_bytes()),
-        None if cors_on => out.extend_from_slice(b"vary: origin\r\n"),
-        None => {}
-    }
+    let mut lines = String::new();
+    encode_cors(&mut lines, cors_origin, cors_on);
+    out.extend_from_slice(lines.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+}
+
+/// The CORS lines of an answer (as hyper's route adds them).
+fn encode_cors(lines: &mut String, cors_origin: Option<&str>, cors_on: bool) {
+    match cors_origin {
+        Some(origin) => lines.push_str(&cors::head_lines(origin)),
+        None if cors_on => lines.push_str("vary: origin\r\n"),
+        None => {}
+    }
 }

@@ -239,7 +239,9 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let cfg = &shard.shared.config;
-    let max_buf = cfg.max_header_bytes.max(8192) + cfg.max_body;
+    // A head and one read of body: bodies stream through it (a route reads
+    // its body in chunks), so a client cannot make it hold one whole.
+    let max_buf = cfg.max_header_bytes.max(8192) + 8192;
     let header_timeout = cfg.header_timeout;
     // Boxed: the connection keeps the service's future while a stream lasts;
     // boxed, it is freed once the response is made.
