@@ -305,12 +305,18 @@ impl Decoder {
             // Read the name as a literal
             let name = name_marker.consume(buf);
             let value = value_marker.consume(buf);
-            Header::new(name, value)
+            // herald: a field HTTP/2 refuses is no decoding error (see
+            // `Header::Invalid`): decoding goes on.
+            Ok(Header::new(name.clone(), value.clone())
+                .unwrap_or_else(|_| Header::invalid(&name, &value)))
         } else {
             let e = self.table.get(table_idx)?;
             let value = self.decode_string(buf)?;
 
-            e.name().into_entry(value)
+            // herald: likewise.
+            Ok(e.name()
+                .into_entry(value.clone())
+                .unwrap_or_else(|_| Header::invalid(e.name().as_slice(), &value)))
         }
     }
 
@@ -949,5 +955,160 @@ mod test {
             }
             _ => panic!(),
         }
+    }
+}
+
+// herald: fields HTTP/2 refuses are `Header::Invalid`, decoding goes on and the
+// dynamic table stays in step; decoding errors are still errors.
+#[cfg(test)]
+mod herald_test {
+    use super::*;
+
+    const WITH_INDEXING: u8 = 0x40;
+    const WITHOUT_INDEXING: u8 = 0x00;
+
+    /// A literal with a new name (`kind`: with or without indexing).
+    fn literal(kind: u8, name: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind, name.len() as u8];
+        out.extend_from_slice(name);
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// A literal without indexing naming dynamic or static entry `index`.
+    fn name_ref(index: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = if index < 15 {
+            vec![index]
+        } else {
+            vec![0x0f, index - 15]
+        };
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn decode(de: &mut Decoder, block: &[u8]) -> Result<Vec<Header>, DecoderError> {
+        let mut buf = BytesMut::from(block);
+        let mut got = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            got.push(h);
+            ControlFlow::Continue(())
+        })?;
+        Ok(got)
+    }
+
+    fn invalid(name: &[u8], value: &[u8]) -> Header {
+        Header::invalid(name, value)
+    }
+
+    fn field(name: &'static str, value: &'static str) -> Header {
+        Header::Field {
+            name: header::HeaderName::from_static(name),
+            value: header::HeaderValue::from_static(value),
+        }
+    }
+
+    #[test]
+    fn fields_http2_refuses_are_invalid() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"Foo", b"bar"),      // uppercase name
+            (b":foo", b"bar"),     // unknown pseudo-header
+            (b":method", b"GE T"), // invalid method
+            (b"foo", b"a\rb"),     // CR in a value
+            (b":path", b"/\xff"),  // not UTF-8
+            (b":authority", b"\xc3"),
+            (b":status", b"abc"),
+            (b"", b"x"), // empty name
+        ];
+        for &(name, value) in cases {
+            let mut de = Decoder::new(4096);
+            let mut block = literal(WITHOUT_INDEXING, name, value);
+            block.push(0x82); // :method GET, after it
+            let got = decode(&mut de, &block).unwrap();
+            assert_eq!(got, [invalid(name, value), Header::Method(Method::GET)]);
+            assert_eq!(got[0].len(), 32 + name.len() + value.len());
+            assert_eq!(de.table.size(), 0);
+        }
+    }
+
+    #[test]
+    fn an_invalid_field_with_indexing_keeps_the_table_in_step() {
+        // Room for exactly the two entries below: 38 + 34 bytes.
+        let mut de = Decoder::new(72);
+        let mut block = literal(WITH_INDEXING, b"Foo", b"bar");
+        block.extend(literal(WITH_INDEXING, b"x", b"y"));
+        let got = decode(&mut de, &block).unwrap();
+        let x_y = field("x", "y");
+        assert_eq!(got, [invalid(b"Foo", b"bar"), x_y.clone()]);
+        assert_eq!(de.table.size(), 38 + 34);
+
+        // Indexed: 62 is the newest entry, 63 the invalid one; a new value
+        // for the invalid name is invalid too; 64 is no entry.
+        let mut block = vec![0x80 | 62, 0x80 | 63];
+        block.extend(name_ref(63, b"baz"));
+        let got = decode(&mut de, &block).unwrap();
+        assert_eq!(
+            got,
+            [
+                x_y.clone(),
+                invalid(b"Foo", b"bar"),
+                invalid(b"Foo", b"baz")
+            ]
+        );
+        assert_eq!(got[1].len(), 38);
+        assert_eq!(
+            decode(&mut de, &[0x80 | 64]),
+            Err(DecoderError::InvalidTableIndex)
+        );
+
+        // A third entry evicts the oldest, the invalid one, by its size.
+        let got = decode(&mut de, &literal(WITH_INDEXING, b"z", b"w")).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(de.table.size(), 34 + 34);
+        let got = decode(&mut de, &[0x80 | 63]).unwrap();
+        assert_eq!(got, [x_y]);
+        assert_eq!(
+            decode(&mut de, &[0x80 | 64]),
+            Err(DecoderError::InvalidTableIndex)
+        );
+    }
+
+    #[test]
+    fn a_valid_value_for_an_invalid_entrys_valid_name_is_valid() {
+        let mut de = Decoder::new(4096);
+        let got = decode(&mut de, &literal(WITH_INDEXING, b"foo", b"a\rb")).unwrap();
+        assert_eq!(got, [invalid(b"foo", b"a\rb")]);
+        let got = decode(&mut de, &name_ref(62, b"ok")).unwrap();
+        assert_eq!(got, [field("foo", "ok")]);
+        // A static entry's name with a value it refuses.
+        let got = decode(&mut de, &name_ref(2, b"GE T")).unwrap();
+        assert_eq!(got, [invalid(b":method", b"GE T")]);
+    }
+
+    #[test]
+    fn decoding_errors_are_still_errors() {
+        let mut de = Decoder::new(4096);
+        // A name string with a Huffman code padded with zeros.
+        assert_eq!(
+            decode(&mut de, &[0x00, 0x81, 0x00, 0x01, b'x']),
+            Err(DecoderError::InvalidHuffmanCode)
+        );
+        assert_eq!(
+            decode(&mut de, &[0x80]),
+            Err(DecoderError::InvalidTableIndex)
+        );
+        assert_eq!(
+            decode(&mut de, &[0x00, 0x03, b'f', b'o']),
+            Err(DecoderError::NeedMore(NeedMore::StringUnderflow))
+        );
+        assert_eq!(
+            decode(&mut de, &[0x82, 0x20]),
+            Err(DecoderError::InvalidMaxDynamicSize)
+        );
+        assert_eq!(
+            decode(&mut de, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecoderError::IntegerOverflow)
+        );
     }
 }

@@ -17,6 +17,15 @@ pub enum Header<T = HeaderName> {
     Path(BytesStr),
     Protocol(Protocol),
     Status(StatusCode),
+    // herald: a field that is well-formed HPACK but no valid HTTP/2 field (an
+    // empty or uppercase name, an unknown pseudo-header, a value `HeaderValue`
+    // refuses, an invalid method or status, a `:path`, `:authority`, `:scheme`
+    // or `:protocol` that is not UTF-8), as received. Upstream fails the whole
+    // header block with a `DecoderError`, which a server can only take as a
+    // connection error (COMPRESSION_ERROR); RFC 9113 §8.1.1 makes it a
+    // malformed request, a stream error, and decoding goes on so that the
+    // dynamic table stays in step with the peer's.
+    Invalid { name: Bytes, value: Bytes },
 }
 
 /// The header field name
@@ -29,6 +38,8 @@ pub enum Name<'a> {
     Path,
     Protocol,
     Status,
+    // herald: a `Header::Invalid`'s name.
+    Invalid(&'a Bytes),
 }
 
 #[doc(hidden)]
@@ -56,11 +67,22 @@ impl Header<Option<HeaderName>> {
             Path(v) => Path(v),
             Protocol(v) => Protocol(v),
             Status(v) => Status(v),
+            // herald: see `Header::Invalid`.
+            Invalid { name, value } => Invalid { name, value },
         })
     }
 }
 
 impl Header {
+    // herald: copied, so that an entry kept in the dynamic table holds on to
+    // no part of the buffers it was decoded from.
+    pub fn invalid(name: &[u8], value: &[u8]) -> Header {
+        Header::Invalid {
+            name: Bytes::copy_from_slice(name),
+            value: Bytes::copy_from_slice(value),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
@@ -114,6 +136,11 @@ impl Header {
             Header::Path(ref v) => 32 + 5 + v.len(),
             Header::Protocol(ref v) => 32 + 9 + v.as_str().len(),
             Header::Status(_) => 32 + 7 + 3,
+            // herald: the size RFC 7541 §4.1 gives any field.
+            Header::Invalid {
+                ref name,
+                ref value,
+            } => 32 + name.len() + value.len(),
         }
     }
 
@@ -127,6 +154,8 @@ impl Header {
             Header::Path(..) => Name::Path,
             Header::Protocol(..) => Name::Protocol,
             Header::Status(..) => Name::Status,
+            // herald: see `Header::Invalid`.
+            Header::Invalid { ref name, .. } => Name::Invalid(name),
         }
     }
 
@@ -139,6 +168,8 @@ impl Header {
             Header::Path(ref v) => v.as_ref(),
             Header::Protocol(ref v) => v.as_ref(),
             Header::Status(ref v) => v.as_str().as_ref(),
+            // herald: see `Header::Invalid`.
+            Header::Invalid { ref value, .. } => value.as_ref(),
         }
     }
 
@@ -173,6 +204,11 @@ impl Header {
             },
             Header::Status(ref a) => match *other {
                 Header::Status(ref b) => a == b,
+                _ => false,
+            },
+            // herald: see `Header::Invalid`.
+            Header::Invalid { value: ref a, .. } => match *other {
+                Header::Invalid { value: ref b, .. } => a == b,
                 _ => false,
             },
         }
@@ -222,6 +258,8 @@ impl From<Header> for Header<Option<HeaderName>> {
             Header::Path(v) => Header::Path(v),
             Header::Protocol(v) => Header::Protocol(v),
             Header::Status(v) => Header::Status(v),
+            // herald: see `Header::Invalid`.
+            Header::Invalid { name, value } => Header::Invalid { name, value },
         }
     }
 }
@@ -245,6 +283,8 @@ impl<'a> Name<'a> {
                     Err(_) => Err(DecoderError::InvalidStatusCode),
                 }
             }
+            // herald: the value may make a valid field of the name.
+            Name::Invalid(name) => Header::new(name.clone(), value),
         }
     }
 
@@ -257,6 +297,8 @@ impl<'a> Name<'a> {
             Name::Path => b":path",
             Name::Protocol => b":protocol",
             Name::Status => b":status",
+            // herald: see `Header::Invalid`.
+            Name::Invalid(name) => name,
         }
     }
 }
