@@ -39,7 +39,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use h2::hpack::{Decoder, Header};
+use h2_hpack::{Decoder, Header};
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
@@ -1238,7 +1238,7 @@ fn full_bytes(mut full: Full<Bytes>) -> Bytes {
 struct Fields {
     method: Option<Method>,
     scheme: bool,
-    path: Option<h2::hpack::BytesStr>,
+    path: Option<h2_hpack::BytesStr>,
     headers: HeaderMap,
     /// The header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it.
     size: usize,
@@ -1266,6 +1266,10 @@ impl Fields {
             }
             Header::Authority(_) => {}
             Header::Protocol(_) | Header::Status(_) => self.malformed = true,
+            // Well-formed HPACK but no valid HTTP/2 field (uppercase name,
+            // unknown pseudo-header, bad value…): a malformed request, a stream
+            // error (§8.1.1); its size is counted above.
+            Header::Invalid { .. } => self.malformed = true,
             Header::Field { name, value } => {
                 self.regular_seen = true;
                 // Connection-specific fields are malformed in HTTP/2 (§8.2.2).
