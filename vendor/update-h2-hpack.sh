@@ -74,8 +74,11 @@ usage() {
     exit 2
 }
 
-for tool in curl sha256sum tar patch diff; do
-    command -v "$tool" >/dev/null || die "needs $tool"
+for tool in curl sha256sum tar patch diff cmp; do
+    if ! command -v "$tool" >/dev/null; then
+        [[ ${1:-} != --check ]] || skip "needs $tool"
+        die "needs $tool"
+    fi
 done
 
 tmp=$(mktemp -d)
@@ -102,8 +105,9 @@ fetch() {
         curl -sSfL --connect-timeout 10 --max-time 120 -o "$file" \
             "https://static.crates.io/crates/h2/h2-$version.crate" || rc=$?
         if ((rc != 0)); then
-            # 6: no name resolution, 7: no connection, 28: timed out.
-            if [[ ${OFFLINE_OK:-0} == 1 ]] && ((rc == 6 || rc == 7 || rc == 28)); then
+            # No network: 5, 6 no name resolution (proxy, host), 7 no connection,
+            # 28 timed out, 35 no TLS handshake, 56 connection cut.
+            if [[ ${OFFLINE_OK:-0} == 1 ]] && [[ " 5 6 7 28 35 56 " == *" $rc "* ]]; then
                 skip "h2 $version is neither in cargo's cache nor downloadable (curl exit $rc)"
             fi
             die "downloading h2 $version failed (curl exit $rc)"
@@ -195,6 +199,7 @@ record() {
         echo "sha256 = $sum"
     } >"$upstream_file"
     sed -i "s/^version = \".*\"$/version = \"$version\"/" "$crate/Cargo.toml"
+    sed -i "s/^Upstream: \*\*h2 [0-9.]*\*\*/Upstream: **h2 $version**/" "$crate/README.md"
 }
 
 update() {
@@ -209,7 +214,11 @@ update() {
     record
     echo "update-h2-hpack: vendor/h2-hpack is now h2 $version with herald.patch applied"
     # The rest of the workspace (hyper's h2 in the tests, the load client) too.
-    (cd "$here/.." && cargo update -p h2 --precise "$version")
+    local locked
+    locked=$(sed -n '/^name = "h2"$/{n;s/^version = "\(.*\)"$/\1/p;}' "$here/../Cargo.lock")
+    if [[ $locked != "$version" ]]; then
+        (cd "$here/.." && cargo update -p h2 --precise "$version")
+    fi
 }
 
 # herald.patch as far as it goes on VERSION, written into the crate, with a
