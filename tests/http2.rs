@@ -43,7 +43,7 @@ struct Frame {
 struct Raw {
     tls: TlsStream<TcpStream>,
     buf: Vec<u8>,
-    hpack: h2::hpack::Decoder,
+    hpack: h2_hpack::Decoder,
     next_id: u32,
 }
 
@@ -102,7 +102,7 @@ impl Raw {
         Raw {
             tls,
             buf: Vec::new(),
-            hpack: h2::hpack::Decoder::new(4096),
+            hpack: h2_hpack::Decoder::new(4096),
             next_id: 1001,
         }
     }
@@ -205,8 +205,8 @@ impl Raw {
         self.hpack
             .decode(&mut Cursor::new(&mut buf), |h| {
                 match h {
-                    h2::hpack::Header::Status(s) => answer.status = s.as_u16(),
-                    h2::hpack::Header::Field { name, value } => answer
+                    h2_hpack::Header::Status(s) => answer.status = s.as_u16(),
+                    h2_hpack::Header::Field { name, value } => answer
                         .headers
                         .push((name.to_string(), value.to_str().unwrap().to_string())),
                     other => panic!("unexpected field {other:?}"),
@@ -607,4 +607,56 @@ async fn a_replay_larger_than_one_write_arrives_whole() {
         }
     }
     assert_eq!(replayed, 59);
+}
+
+/// A field that is well-formed HPACK but no valid HTTP/2 request field makes
+/// its request malformed (RFC 9113 §8.1.1): that stream is reset, and the
+/// connection and its SSE stream go on (the decoder once failed the header
+/// block, which could only end the connection with COMPRESSION_ERROR).
+#[tokio::test]
+async fn a_field_http2_refuses_resets_its_stream_alone() {
+    let c = make_cert("h2-invalid-field", 2099);
+    let h = start_tls(&c, &["--heartbeat-interval", "1h"], None);
+    let mut raw = Raw::connect(&h, &c, &[]).await;
+    raw.headers(
+        1,
+        &request("GET", "/api/user/sse/connect?userId=kept"),
+        true,
+    )
+    .await;
+    let mut publisher = Raw::connect(&h, &c, &[]).await;
+    publisher.wait_connections(1).await;
+    let refused = [
+        ("X-Upper", "v"),
+        (":foo", "bar"),
+        ("x-cr", "a\rb"),
+        ("", "empty name"),
+    ];
+    for (i, (name, value)) in refused.into_iter().enumerate() {
+        let id = 3 + 2 * i as u32;
+        let mut fields = request("GET", "/health/live");
+        fields.push((name, value.into()));
+        raw.headers(id, &fields, true).await;
+        let f = raw.until(|f| f.stream == id).await;
+        assert_eq!(f.kind, RST_STREAM, "{name:?}");
+        assert_eq!(f.payload, 1u32.to_be_bytes(), "PROTOCOL_ERROR for {name:?}");
+    }
+    // A bad method too.
+    raw.headers(11, &request("GE T", "/health/live"), true)
+        .await;
+    assert_eq!(raw.until(|f| f.stream == 11).await.kind, RST_STREAM);
+
+    publisher
+        .publish(serde_json::json!({"event": "e", "data": "still here", "target": "all"}))
+        .await;
+    let mut parser = Parser::default();
+    loop {
+        let f = raw.next().await.expect("connection open");
+        assert!(f.kind != GOAWAY && f.kind != RST_STREAM, "{f:?}");
+        if f.kind == DATA && f.stream == 1 && parser.feed(&f.payload).iter().any(|e| e.event == "e")
+        {
+            break;
+        }
+    }
+    assert_eq!(raw.call("GET", "/health/live", None).await.status, 200);
 }

@@ -4,7 +4,7 @@
 //! the other streams on it (SSE streams, most often) did nothing wrong.
 
 use bytes::Bytes;
-use h2::hpack::Header;
+use h2_hpack::Header;
 use http::{HeaderMap, Method, Request};
 
 /// A request's fields as they are decoded, then [`Fields::request`].
@@ -13,7 +13,7 @@ pub struct Fields {
     method: Option<Method>,
     scheme: bool,
     authority: bool,
-    path: Option<h2::hpack::BytesStr>,
+    path: Option<h2_hpack::BytesStr>,
     headers: HeaderMap,
     /// The header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it.
     pub size: usize,
@@ -56,8 +56,13 @@ impl Fields {
                 self.malformed |= p.is_empty();
                 self.malformed |= self.path.replace(p).is_some();
             }
-            // Extended CONNECT is not offered; `:status` is a response's.
-            Header::Protocol(_) | Header::Status(_) => self.malformed = true,
+            // Extended CONNECT is not offered; `:status` is a response's; a
+            // field HTTP/2 refuses (an uppercase name, an unknown
+            // pseudo-header, a value with CR, LF or NUL) came through the
+            // decoder as `Invalid`, its size counted above.
+            Header::Protocol(_) | Header::Status(_) | Header::Invalid { .. } => {
+                self.malformed = true
+            }
             Header::Field { name, value } => {
                 self.regular_seen = true;
                 self.malformed |= !field_ok(&name, &value);
@@ -154,8 +159,8 @@ mod tests {
         }
     }
 
-    fn bs(s: &'static str) -> h2::hpack::BytesStr {
-        h2::hpack::BytesStr::try_from(Bytes::from_static(s.as_bytes())).unwrap()
+    fn bs(s: &'static str) -> h2_hpack::BytesStr {
+        h2_hpack::BytesStr::try_from(Bytes::from_static(s.as_bytes())).unwrap()
     }
 
     fn base() -> Fields {

@@ -250,7 +250,7 @@ mod tests {
     use std::io::Cursor;
 
     use bytes::BytesMut;
-    use h2::hpack::{Decoder, Header};
+    use h2_hpack::{Decoder, Header};
     use http::header::{HeaderValue, CONTENT_TYPE};
 
     use super::*;

@@ -3,7 +3,7 @@
 //! It owns one connection from the end of the TLS handshake to its close: the
 //! record layer in both directions (the keys are taken out of rustls,
 //! [`crate::tls::record`]), the frames (RFC 9113), the header blocks (RFC 7541,
-//! decoded with the h2 crate's HPACK decoder, vendored in `vendor/h2`), and its
+//! decoded with the h2 crate's HPACK decoder, vendored in `vendor/h2-hpack`), and its
 //! streams. An SSE stream is a stream id and a send window here plus its entry
 //! in the shard's table, like any other stream: the shard's flush wakes the
 //! connection's task, which moves what each stream has queued into DATA frames

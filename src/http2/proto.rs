@@ -7,7 +7,7 @@
 //! tests and property tests drive it in memory.
 
 use bytes::BytesMut;
-use h2::hpack::Decoder;
+use h2_hpack::Decoder;
 use tracing::debug;
 
 use super::flood::{Flood, Floods};
