@@ -48,6 +48,10 @@ pub mod proto;
 mod recv;
 pub mod send;
 pub mod streams;
+#[doc(hidden)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use conn::spawn;
 pub use limits::MAX_STREAMS;
