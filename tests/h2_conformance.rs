@@ -32,7 +32,7 @@ use support::certs::{make_cert, TestCert};
 use support::h2raw::*;
 use support::hpack::{self, Lit, Name, Rep};
 use support::tls::start_tls;
-use support::Herald;
+use support::{Herald, WAIT};
 
 fn cert() -> &'static TestCert {
     static CERT: OnceLock<TestCert> = OnceLock::new();
@@ -1822,21 +1822,23 @@ malformed! {
 async fn flood(prelude: Vec<u8>, frames: impl Iterator<Item = Vec<u8>>, max_last: u32) {
     let (_h, c) = acked().await;
     let H2 { mut r, mut wr, .. } = c;
+    // Each write is bounded: one that herald does not take in time ends the
+    // flood (what herald sent by then is judged below).
     let writer = async move {
-        use tokio::io::AsyncWriteExt;
         let mut batch = prelude;
         for (i, fr) in frames.enumerate() {
             batch.extend(fr);
             if i % 64 == 63 {
-                if wr.write_all(&batch).await.is_err() {
+                if !matches!(
+                    tokio::time::timeout(WAIT, put(&mut wr, &batch)).await,
+                    Ok(true)
+                ) {
                     return wr;
                 }
                 batch.clear();
             }
         }
-        if wr.write_all(&batch).await.is_ok() {
-            let _ = wr.flush().await;
-        }
+        let _ = tokio::time::timeout(WAIT, put(&mut wr, &batch)).await;
         wr
     };
     let (_wr, (frames, closed)) = tokio::join!(writer, drain(&mut r, Duration::from_secs(10)));

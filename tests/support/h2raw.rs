@@ -556,9 +556,8 @@ impl H2 {
     /// report.
     pub async fn write(&mut self, bytes: &[u8]) {
         self.note_streams(bytes);
-        if self.wr.write_all(bytes).await.is_ok() {
-            let _ = self.wr.flush().await;
-        }
+        let written = tokio::time::timeout(WAIT, put(&mut self.wr, bytes)).await;
+        assert!(written.is_ok(), "herald took no more input for {WAIT:?}");
     }
 
     /// When `bytes` are whole frames, [`H2::fresh_id`] goes past the streams
@@ -858,6 +857,11 @@ impl H2 {
     pub async fn drain(&mut self, within: std::time::Duration) -> (Vec<Frame>, bool) {
         drain(&mut self.r, within).await
     }
+}
+
+/// Write and flush `bytes`; `false` if the connection failed.
+pub async fn put(wr: &mut WriteHalf<TlsStream<TcpStream>>, bytes: &[u8]) -> bool {
+    wr.write_all(bytes).await.is_ok() && wr.flush().await.is_ok()
 }
 
 /// Everything herald sends until it closes or `within` passes; `true` if it
