@@ -1713,6 +1713,34 @@ table! {
         => Then::Rst(PROTOCOL_ERROR);
 }
 
+table! {
+    /// herald · RFC 9113 §8.1: pseudo-header fields in trailers that end the
+    /// stream: a stream error PROTOCOL_ERROR (no answer).
+    herald_pseudo_header_in_trailers_ending_stream: acked,
+        [open_publish(1, &[]), f(DATA, 0, 1, r#"{"event":"x","data":"y","target":"all"}"#),
+         f(HEADERS, EH_ES, 1, blk(&[(":path", "/")]))].concat() => Then::Rst(PROTOCOL_ERROR);
+    /// herald · routes: an unknown path is 404 (JSON), as over HTTP/1.1.
+    herald_unknown_path_404: acked, f(HEADERS, EH_ES, 1, blk(&request("GET", "/nope", &[])))
+        => Then::Answer(404);
+    /// herald · routes: a method a route does not take is 405 (JSON).
+    herald_wrong_method_405: acked,
+        f(HEADERS, EH_ES, 1, blk(&request("DELETE", "/health/live", &[])))
+        => Then::Answer(405);
+}
+
+/// herald · routes: OPTIONS without an Origin is 204 with `allow`, the
+/// HEADERS ending the stream.
+#[tokio::test]
+async fn herald_options() {
+    let (_h, mut c) = acked().await;
+    c.headers(1, &request("OPTIONS", "/api/broadcast", &[]), true)
+        .await;
+    let a = c.expect_answer(1, 204).await;
+    assert!(a.headers_ended && a.body.is_empty(), "{a:?}");
+    assert!(a.field("allow").is_some(), "{a:?}");
+    c.alive().await;
+}
+
 /// The preface, then `frames` as the first frames: a connection error
 /// PROTOCOL_ERROR (RFC 9113 §3.4: the client's first frame is SETTINGS).
 async fn first_frame(frames: Vec<u8>) {
