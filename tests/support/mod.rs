@@ -5,6 +5,8 @@
 pub mod backend;
 pub mod certs;
 pub mod check;
+pub mod h2raw;
+pub mod hpack;
 pub mod ops;
 pub mod redis;
 pub mod redis_cluster;
