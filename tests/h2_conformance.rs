@@ -99,8 +99,10 @@ fn open_publish(stream: u32, extra: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// h2spec's `POST /` without END_STREAM, and herald's answer to it, which
-/// comes at once: `405` whole (the route cannot take a POST whatever the body).
+/// comes when the request is complete: `405` whole (the route cannot take a POST).
 async fn post_root(c: &mut H2, stream: u32, extra: &[(&str, &str)]) {
+    // `POST /` reads no body: herald answers it (405) once the request is
+    // complete, dropping what comes meanwhile; nothing is sent before.
     c.send(
         HEADERS,
         END_HEADERS,
@@ -108,8 +110,6 @@ async fn post_root(c: &mut H2, stream: u32, extra: &[(&str, &str)]) {
         &blk(&request("POST", "/", extra)),
     )
     .await;
-    let a = c.expect_answer(stream, 405).await;
-    assert_eq!(a.json()["error"], "method_not_allowed");
 }
 
 /// What herald must do after a row's frames.
@@ -435,31 +435,31 @@ async fn s5_1_1_smaller_stream_id() {
 #[tokio::test]
 async fn s5_1_2_exceed_concurrent_streams() {
     let (_h, mut c) = acked().await;
-    // Windows of 0 keep the answers from ending.
+    // Windows of 0 keep the answers from ending; past ANSWER_BUDGET of
+    // answers waiting on a window, herald holds the other requests (their
+    // answers come as the first drain), so only some HEADERS come now.
     let mut bytes = f(SETTINGS, 0, 0, settings(&[(INITIAL_WINDOW_SIZE, 0)]));
     for i in 0..=128u32 {
         bytes.extend(get(1 + 2 * i));
     }
     c.write(&bytes).await;
     let mut answered = std::collections::BTreeSet::new();
-    let mut refused = false;
-    while answered.len() < 128 || !refused {
-        let fr = c
-            .must("128 HEADERS and RST_STREAM(stream 257, REFUSED_STREAM)")
-            .await;
+    loop {
+        let fr = c.must("RST_STREAM(stream 257, REFUSED_STREAM)").await;
         match (fr.kind, fr.stream) {
             (HEADERS, s) if s < 257 && fr.status() == Some(200) && !fr.end_stream() => {
                 assert!(answered.insert(s), "a second HEADERS on stream {s}");
             }
-            (RST_STREAM, 257) if fr.code() == Some(REFUSED_STREAM) => refused = true,
+            (RST_STREAM, 257) if fr.code() == Some(REFUSED_STREAM) => break,
             _ => panic!(
-                "expected 128 HEADERS and RST_STREAM(stream 257, REFUSED_STREAM), herald sent {}",
+                "expected HEADERS and RST_STREAM(stream 257, REFUSED_STREAM), herald sent {}",
                 fr.describe()
             ),
         }
     }
+    assert!(!answered.is_empty(), "the first answers start at once");
     c.ping().await;
-    // The others go on: with windows, every answer ends.
+    // The others go on: with windows, every answer comes and ends.
     c.write(
         &[
             f(WINDOW_UPDATE, 0, 0, u32be(1 << 30)),
@@ -470,14 +470,19 @@ async fn s5_1_2_exceed_concurrent_streams() {
     .await;
     let mut ended = 0;
     while ended < 128 {
-        let fr = c.must("the 128 answers' DATA").await;
-        assert!(
-            fr.kind == DATA && fr.stream < 257,
-            "expected the answers' DATA, herald sent {}",
-            fr.describe()
-        );
-        ended += usize::from(fr.end_stream());
+        let fr = c.must("the 128 answers").await;
+        match (fr.kind, fr.stream) {
+            (HEADERS, s) if s < 257 && fr.status() == Some(200) && !fr.end_stream() => {
+                assert!(answered.insert(s), "a second HEADERS on stream {s}");
+            }
+            (DATA, s) if s < 257 => {
+                assert!(answered.contains(&s), "DATA before HEADERS on stream {s}");
+                ended += usize::from(fr.end_stream());
+            }
+            _ => panic!("expected the answers, herald sent {}", fr.describe()),
+        }
     }
+    assert_eq!(answered.len(), 128);
     c.alive().await;
 }
 
@@ -567,7 +572,7 @@ async fn s6_1_data_not_open() {
 }
 
 /// h2spec http2/6.1/3 · RFC 9113 §6.1: padding as long as the payload is
-/// a connection error PROTOCOL_ERROR. (`POST /` is answered first.)
+/// a connection error PROTOCOL_ERROR.
 #[tokio::test]
 async fn s6_1_data_invalid_pad_length() {
     let (_h, mut c) = acked().await;
@@ -914,8 +919,9 @@ table! {
         => Then::Goaway(PROTOCOL_ERROR, 0);
 }
 
-/// h2spec's `POST /` variants of the body cases: `405` at once, then the
-/// frames under test, then RST_STREAM PROTOCOL_ERROR on the stream.
+/// h2spec's `POST /` variants of the body cases: the frames under test
+/// make the request malformed before it is complete, so it is never
+/// answered: RST_STREAM PROTOCOL_ERROR on the stream.
 async fn root_variant(extra: &[(&str, &str)], frames: Vec<u8>) {
     let (_h, mut c) = acked().await;
     post_root(&mut c, 1, extra).await;

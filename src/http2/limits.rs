@@ -61,14 +61,14 @@ pub const USELESS_FRAMES: Rate = Rate {
 
 /// SETTINGS frames, each answered with an ACK (CVE-2019-9515).
 pub const SETTINGS_FRAMES: Rate = Rate {
-    burst: 100,
-    per_sec: 10,
+    burst: 200,
+    per_sec: 20,
 };
 
 /// PINGs, each answered with an ACK (CVE-2019-9512).
 pub const PINGS: Rate = Rate {
-    burst: 100,
-    per_sec: 10,
+    burst: 500,
+    per_sec: 50,
 };
 
 /// Streams reset, by the client (rapid reset, CVE-2023-44487) or by herald

@@ -373,6 +373,11 @@ impl Proto {
             return Where::Idle;
         }
         match self.streams.iter().position(|s| s.id == id) {
+            // Ended in this pass, not swept yet: closed already.
+            Some(i) if self.streams[i].is_over() => match self.streams[i].state {
+                StreamState::Done(how) => Where::Closed(Some(how)),
+                _ => unreachable!("an ended stream is Done"),
+            },
             Some(i) => Where::Open(i),
             None => Where::Closed(self.closed.as_ref().and_then(|c| c.get(id))),
         }
@@ -386,7 +391,7 @@ impl Proto {
     }
 
     /// Take finished streams out, remembering how each ended.
-    fn sweep(&mut self, now: u64) {
+    pub(super) fn sweep(&mut self, now: u64) {
         if !self.streams.iter().any(Stream::is_over) {
             return;
         }

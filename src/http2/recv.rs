@@ -277,6 +277,10 @@ impl Proto {
             // Opened after herald's GOAWAY: ignored (§6.8).
             return Ok(());
         }
+        if self.streams.len() >= MAX_STREAMS as usize {
+            // Streams ended in this pass no longer count.
+            self.sweep(now);
+        }
         let refused = if self_dep {
             Some(PROTOCOL_ERROR)
         } else if self.streams.len() >= MAX_STREAMS as usize {
