@@ -20,13 +20,13 @@ pub const MAX_SETTINGS_ENTRIES: usize = 32;
 /// Output waiting for the socket (control frames and sealed records) past
 /// which the connection's input is not read: a client that sends PINGs,
 /// SETTINGS or resets but does not read cannot grow herald's output.
-pub const OUTPUT_BACKLOG: usize = 64 << 10;
+pub const OUTPUT_BACKLOG: usize = 32 << 10;
 
 /// Answers waiting on the client's window, plus [`ROUTE_COST`] for each
 /// request still with the routes: past it, complete requests wait their turn
 /// (they are not refused) until answers drain. Stops a client that opens its
 /// windows at 0 from pinning 128 rendered answers.
-pub const ANSWER_BUDGET: usize = 64 << 10;
+pub const ANSWER_BUDGET: usize = 32 << 10;
 
 /// What a request with the routes counts against [`ANSWER_BUDGET`] (its
 /// future and its answer to come).
@@ -89,6 +89,11 @@ pub struct Limits {
     pub header_block: usize,
     /// A request body (`--max-body`; 413 beyond).
     pub max_body: usize,
+    /// Request heads the connection keeps at once (those waiting for their
+    /// body, their turn or their answer): four full ones; past it a new
+    /// stream is refused (`REFUSED_STREAM`). Stops 128 pending requests of
+    /// 16 KiB headers each.
+    pub request_heads: usize,
     /// Body bytes the connection may hold at once: the connection window
     /// herald gives (it is given back only as bodies are answered).
     pub conn_window: u32,
@@ -113,6 +118,7 @@ impl Limits {
         Limits {
             header_list,
             header_block: 2 * header_list.max(DEFAULT_MAX_FRAME),
+            request_heads: 4 * header_list.max(DEFAULT_MAX_FRAME),
             max_body: cfg.max_body,
             conn_window: window,
             stream_window: window,
@@ -128,7 +134,9 @@ impl Limits {
     /// table its client may fill before herald's SETTINGS apply, the bodies
     /// (the connection window), answers, and output.
     pub fn connection_bound(&self) -> usize {
-        let state = 1024 + MAX_STREAMS as usize * 64;
+        // The connection's state, and per stream its slot and what a request
+        // waiting for its body keeps besides its head.
+        let state = 1024 + MAX_STREAMS as usize * 160;
         let record = crate::tls::record::MAX_RECORD;
         let frame = super::frame::HEAD_LEN + DEFAULT_MAX_FRAME;
         let hpack = 4096 + 64 * 32;
@@ -136,6 +144,7 @@ impl Limits {
             + record
             + frame
             + self.header_block
+            + self.request_heads
             + hpack
             + self.conn_window as usize
             + ANSWER_BUDGET

@@ -68,6 +68,8 @@ pub struct Proto {
     /// Bytes of answers waiting on a window, plus ROUTE_COST per request with
     /// the routes.
     pub(super) answers: u32,
+    /// Sizes of the request heads kept (see [`Limits::request_heads`]).
+    pub(super) heads: u32,
     /// herald's next header block starts with a table size update (RFC 7541
     /// §4.2): at the first one, and after every client SETTINGS that set
     /// SETTINGS_HEADER_TABLE_SIZE.
@@ -104,6 +106,7 @@ impl Proto {
             recv_window: DEFAULT_WINDOW,
             give_back: 0,
             answers: 0,
+            heads: 0,
             table_update_due: true,
             floods: Floods::default(),
             rr: 0,
@@ -516,6 +519,7 @@ impl Proto {
             AtEnd::Refuse(_, head) => (None, head, 0),
             AtEnd::Drop => return,
         };
+        self.heads -= std::mem::take(&mut recv.head_size);
         self.release(host, held);
         let e = crate::error::ApiError::new(
             408,

@@ -15,7 +15,7 @@ use super::frame::*;
 use super::host::{Host, Intake};
 use super::limits::MAX_STREAMS;
 use super::proto::{Block, ConnError, Proto, Where};
-use super::streams::{AtEnd, Ended, Recv, Stream, StreamState};
+use super::streams::{AtEnd, Ended, Recv, Request, Stream, StreamState};
 use crate::conn::CloseReason;
 use crate::error::ApiError;
 
@@ -123,6 +123,7 @@ impl Proto {
             AtEnd::Refuse(answer, head) => (*answer, head, 0),
             AtEnd::Drop => return,
         };
+        self.heads -= std::mem::take(&mut recv.head_size);
         self.release(host, held);
         self.start_answer(host, i, answer, head, now);
     }
@@ -132,9 +133,36 @@ impl Proto {
         let Some(recv) = self.streams[i].recv.take() else {
             return;
         };
+        let size = recv.head_size;
         match recv.at_end {
-            AtEnd::Serve { req, body, head } => self.begin(host, i, *req, body.freeze(), head, now),
-            AtEnd::ServeEmpty { req, head } => self.begin(host, i, *req, Bytes::new(), head, now),
+            AtEnd::Serve { req, body, head } => {
+                let body = body.freeze();
+                self.begin(
+                    host,
+                    i,
+                    Request {
+                        req: *req,
+                        body,
+                        head,
+                        size,
+                    },
+                    now,
+                )
+            }
+            AtEnd::ServeEmpty { req, head } => {
+                let body = Bytes::new();
+                self.begin(
+                    host,
+                    i,
+                    Request {
+                        req: *req,
+                        body,
+                        head,
+                        size,
+                    },
+                    now,
+                )
+            }
             AtEnd::Refuse(answer, head) => self.start_answer(host, i, *answer, head, now),
             // Answered already; the answer ends the stream when it is out.
             AtEnd::Drop => {}
@@ -281,9 +309,12 @@ impl Proto {
             // Streams ended in this pass no longer count.
             self.sweep(now);
         }
+        let size = fields.size as u32;
         let refused = if self_dep {
             Some(PROTOCOL_ERROR)
-        } else if self.streams.len() >= MAX_STREAMS as usize {
+        } else if self.streams.len() >= MAX_STREAMS as usize
+            || (self.heads > 0 && (self.heads + size) as usize > self.limits.request_heads)
+        {
             Some(REFUSED_STREAM)
         } else {
             None
@@ -307,6 +338,7 @@ impl Proto {
                     window: i64::from(p.limits.stream_window),
                     length_left: None,
                     received: 0,
+                    head_size: 0,
                     at_end: AtEnd::Drop,
                 }));
             }
@@ -351,12 +383,20 @@ impl Proto {
             match intake {
                 Intake::Refuse(answer) => self.start_answer(host, i, answer, is_head, now),
                 Intake::Body | Intake::NoBody => {
-                    self.begin(host, i, head.parts, Bytes::new(), is_head, now)
+                    self.heads += size;
+                    let req = Request {
+                        req: head.parts,
+                        body: Bytes::new(),
+                        head: is_head,
+                        size,
+                    };
+                    self.begin(host, i, req, now)
                 }
             }
             return Ok(());
         }
         let req = Box::new(head.parts);
+        let kept = !matches!(intake, Intake::Refuse(_));
         let at_end = match intake {
             Intake::Body if !host.body_room() => {
                 // The shard holds all the bodies it may: try again later.
@@ -377,8 +417,12 @@ impl Proto {
             window: i64::from(self.limits.stream_window),
             length_left: head.content_length,
             received: 0,
+            head_size: if kept { size } else { 0 },
             at_end,
         }));
+        if kept {
+            self.heads += size;
+        }
         Ok(())
     }
 
@@ -520,14 +564,21 @@ impl Proto {
         let id = s.id;
         let recv = s.recv.take();
         let state = std::mem::replace(&mut s.state, StreamState::Done(how));
-        let mut held = match recv.map(|r| r.at_end) {
-            Some(AtEnd::Serve { body, .. }) => body.len(),
-            _ => 0,
-        };
+        let mut held = 0;
+        if let Some(r) = recv {
+            self.heads -= r.head_size;
+            if let AtEnd::Serve { body, .. } = r.at_end {
+                held += body.len();
+            }
+        }
         match state {
-            StreamState::Queued(q) => held += q.body.len(),
-            StreamState::Routing { held: h, .. } => {
+            StreamState::Queued(q) => {
+                held += q.body.len();
+                self.heads -= q.size;
+            }
+            StreamState::Routing { held: h, size, .. } => {
                 held += h as usize;
+                self.heads -= size;
                 self.answers -= super::limits::ROUTE_COST as u32;
                 host.cancel(id);
             }

@@ -3,13 +3,11 @@
 //! flow-control windows — answers' bodies and SSE streams, moved from their
 //! queues, round robin, up to one record's worth per write turn.
 
-use bytes::Bytes;
-
 use super::frame::*;
 use super::host::{Answer, Host, Pull};
 use super::limits::{ANSWER_BUDGET, ROUTE_COST};
 use super::proto::Proto;
-use super::streams::{AtEnd, Ended, Outgoing, Queued, StreamState};
+use super::streams::{AtEnd, Ended, Outgoing, Request, StreamState};
 use crate::conn::CloseReason;
 use crate::tls::record::MAX_PLAINTEXT;
 
@@ -47,47 +45,33 @@ impl Proto {
     }
 
     fn answered<H: Host>(&mut self, host: &mut H, i: usize, answer: Answer, now: u64) {
-        let StreamState::Routing { head, held } = self.streams[i].state else {
+        let StreamState::Routing { head, held, size } = self.streams[i].state else {
             return;
         };
         self.answers -= ROUTE_COST as u32;
+        self.heads -= size;
         self.release(host, held as usize);
         self.start_answer(host, i, answer, head, now);
     }
 
     /// A complete request: to the routes, or held while answers drain.
-    pub(super) fn begin<H: Host>(
-        &mut self,
-        host: &mut H,
-        i: usize,
-        req: http::request::Parts,
-        body: Bytes,
-        head: bool,
-        now: u64,
-    ) {
+    pub(super) fn begin<H: Host>(&mut self, host: &mut H, i: usize, req: Request, now: u64) {
         if self.answers as usize + ROUTE_COST > ANSWER_BUDGET {
-            self.streams[i].state = StreamState::Queued(Box::new(Queued { req, body, head }));
+            self.streams[i].state = StreamState::Queued(Box::new(req));
             return;
         }
-        self.dispatch(host, i, req, body, head, now);
+        self.dispatch(host, i, req, now);
     }
 
-    fn dispatch<H: Host>(
-        &mut self,
-        host: &mut H,
-        i: usize,
-        req: http::request::Parts,
-        body: Bytes,
-        head: bool,
-        now: u64,
-    ) {
+    fn dispatch<H: Host>(&mut self, host: &mut H, i: usize, req: Request, now: u64) {
         let id = self.streams[i].id;
         self.streams[i].state = StreamState::Routing {
-            head,
-            held: body.len() as u32,
+            head: req.head,
+            held: req.body.len() as u32,
+            size: req.size,
         };
         self.answers += ROUTE_COST as u32;
-        if let Some(answer) = host.dispatch(id, req, body) {
+        if let Some(answer) = host.dispatch(id, req.req, req.body) {
             self.answered(host, i, answer, now);
         }
     }
@@ -107,7 +91,7 @@ impl Proto {
             else {
                 return;
             };
-            self.dispatch(host, i, q.req, q.body, q.head, now);
+            self.dispatch(host, i, *q, now);
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Recv {
     pub length_left: Option<u64>,
     /// Body bytes received, kept or not.
     pub received: u64,
+    /// The size of the request head kept in `at_end` (counted in the
+    /// connection's [`super::limits::Limits::request_heads`]).
+    pub head_size: u32,
     pub at_end: AtEnd,
 }
 
@@ -57,11 +60,13 @@ pub enum AtEnd {
     Drop,
 }
 
-/// A complete request waiting for the answer budget.
-pub struct Queued {
+/// A complete request, for the routes (or waiting for the answer budget).
+pub struct Request {
     pub req: http::request::Parts,
     pub body: Bytes,
     pub head: bool,
+    /// Its head's size, counted until it is answered.
+    pub size: u32,
 }
 
 /// An answer's body being sent.
@@ -77,13 +82,15 @@ pub enum StreamState {
     /// The request is coming ([`Stream::recv`] says what happens then).
     Receiving,
     /// Complete, waiting until answers drain ([`super::limits::ANSWER_BUDGET`]).
-    Queued(Box<Queued>),
+    Queued(Box<Request>),
     /// With the routes: the answer comes later. `held` body bytes stay on the
-    /// connection window and the shard's budget until it does; a HEAD
-    /// request's answer carries no body.
+    /// connection window and the shard's budget until it does, its head's
+    /// `size` on the connection's head budget; a HEAD request's answer
+    /// carries no body.
     Routing {
         head: bool,
         held: u32,
+        size: u32,
     },
     Sending(Box<Outgoing>),
     /// An SSE stream: its entry in the shard's table.

@@ -385,3 +385,40 @@ fn an_answer_that_comes_later_and_a_stream_reset_meanwhile() {
     p.answer(&mut host, 3, events, SEC);
     assert_eq!(host.ended, [(99, 1, CloseReason::ClientClosed)]);
 }
+
+#[test]
+fn request_heads_kept_at_once_are_bounded() {
+    let mut host = MemoryHost::default();
+    let mut p = open(&mut host);
+    // Heads of ~8.2 KB waiting for their bodies: the budget (4 × 16 KiB) takes
+    // seven, the eighth and later are refused; the others go on.
+    let big = "v".repeat(8_000);
+    let mut refused = Vec::new();
+    for i in 0..10u32 {
+        let id = 1 + 2 * i;
+        let block = request_block("POST", "/publish", &[("x-big", &big)]);
+        p.receive(&mut host, &frame(HEADERS, END_HEADERS, id, &block), SEC);
+        for (h, payload) in drain(&mut p, &mut host, SEC) {
+            if h.kind == RST_STREAM {
+                assert_eq!(code(&payload), REFUSED_STREAM);
+                refused.push(h.stream);
+            }
+        }
+    }
+    assert_eq!(refused, [15, 17, 19]);
+    assert_eq!(p.failed(), None);
+    // One completes: its head goes, room for another.
+    p.receive(&mut host, &frame(DATA, END_STREAM, 1, b"{}"), SEC);
+    drain(&mut p, &mut host, SEC);
+    let block = request_block("POST", "/publish", &[("x-big", &big)]);
+    p.receive(&mut host, &frame(HEADERS, END_HEADERS, 21, &block), SEC);
+    let f = drain(&mut p, &mut host, SEC);
+    assert!(f.iter().all(|(h, _)| h.kind != RST_STREAM), "{:?}", kinds(&f));
+}
+
+#[test]
+fn the_stated_bound_of_a_connection() {
+    let bound = limits().connection_bound();
+    eprintln!("one HTTP/2 connection holds at most {bound} B with default flags");
+    assert!(bound <= 288 << 10, "{bound}");
+}
