@@ -17,8 +17,8 @@ pub enum Intake {
     /// The route reads no body: whatever comes is dropped, the request is
     /// served once it is complete.
     NoBody,
-    /// Refused already (authentication, a body declared too large): a body
-    /// is dropped, and this is the answer once the request is complete.
+    /// Refused already (authentication): this is the answer, sent at once;
+    /// a body is dropped as it comes.
     Refuse(Answer),
 }
 

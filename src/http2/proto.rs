@@ -516,7 +516,6 @@ impl Proto {
         let (req, head, held) = match std::mem::replace(&mut recv.at_end, AtEnd::Drop) {
             AtEnd::Serve { req, body, head } => (Some(req), head, body.len()),
             AtEnd::ServeEmpty { req, head } => (Some(req), head, 0),
-            AtEnd::Refuse(_, head) => (None, head, 0),
             AtEnd::Drop => return,
         };
         self.heads -= std::mem::take(&mut recv.head_size);

@@ -120,7 +120,6 @@ impl Proto {
         let (answer, head, held) = match std::mem::replace(&mut recv.at_end, AtEnd::Drop) {
             AtEnd::Serve { req, body, head } => (host.error(Some(&req), &e), head, body.len()),
             AtEnd::ServeEmpty { req, head } => (host.error(Some(&req), &e), head, 0),
-            AtEnd::Refuse(answer, head) => (*answer, head, 0),
             AtEnd::Drop => return,
         };
         self.heads -= std::mem::take(&mut recv.head_size);
@@ -163,7 +162,6 @@ impl Proto {
                     now,
                 )
             }
-            AtEnd::Refuse(answer, head) => self.start_answer(host, i, *answer, head, now),
             // Answered already; the answer ends the stream when it is out.
             AtEnd::Drop => {}
         }
@@ -379,9 +377,17 @@ impl Proto {
             return Ok(());
         }
         let intake = host.intake(&head.parts);
+        if let Intake::Refuse(answer) = intake {
+            // Refused from its head (authentication): answered now; what the
+            // client still sends is dropped and, once the answer is out, it
+            // is told to stop (RST_STREAM NO_ERROR).
+            drop_rest(self);
+            self.start_answer(host, i, answer, is_head, now);
+            return Ok(());
+        }
         if end_stream {
             match intake {
-                Intake::Refuse(answer) => self.start_answer(host, i, answer, is_head, now),
+                Intake::Refuse(_) => unreachable!("answered above"),
                 Intake::Body | Intake::NoBody => {
                     self.heads += size;
                     let req = Request {
@@ -396,7 +402,6 @@ impl Proto {
             return Ok(());
         }
         let req = Box::new(head.parts);
-        let kept = !matches!(intake, Intake::Refuse(_));
         let at_end = match intake {
             Intake::Body if !host.body_room() => {
                 // The shard holds all the bodies it may: try again later.
@@ -410,19 +415,17 @@ impl Proto {
                 head: is_head,
             },
             Intake::NoBody => AtEnd::ServeEmpty { req, head: is_head },
-            Intake::Refuse(answer) => AtEnd::Refuse(Box::new(answer), is_head),
+            Intake::Refuse(_) => unreachable!("answered above"),
         };
         self.streams[i].recv = Some(Box::new(Recv {
             deadline: now.saturating_add(self.limits.header_timeout_ns),
             window: i64::from(self.limits.stream_window),
             length_left: head.content_length,
             received: 0,
-            head_size: if kept { size } else { 0 },
+            head_size: size,
             at_end,
         }));
-        if kept {
-            self.heads += size;
-        }
+        self.heads += size;
         Ok(())
     }
 

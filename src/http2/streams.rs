@@ -7,7 +7,6 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::host::Answer;
 use super::limits::CLOSED_MEMORY;
 
 /// One open stream.
@@ -53,8 +52,6 @@ pub enum AtEnd {
         req: Box<http::request::Parts>,
         head: bool,
     },
-    /// Answer this (a refusal decided at HEADERS); what comes is dropped.
-    Refuse(Box<Answer>, bool),
     /// Already answered (a body too large, a timeout): once the answer is
     /// sent, the stream is reset with NO_ERROR (§8.1) and what comes dropped.
     Drop,

@@ -184,7 +184,7 @@ fn more_than_the_connection_window_is_a_flow_control_error() {
 }
 
 #[test]
-fn a_refused_request_keeps_none_of_its_body_and_is_answered_at_its_end() {
+fn a_refused_request_is_answered_at_once_and_keeps_none_of_its_body() {
     let mut host = MemoryHost::default();
     let mut p = open(&mut host);
     let h = frame(
@@ -194,6 +194,10 @@ fn a_refused_request_keeps_none_of_its_body_and_is_answered_at_its_end() {
         &request_block("POST", "/refuse", &[]),
     );
     p.receive(&mut host, &h, SEC);
+    let f = drain(&mut p, &mut host, SEC);
+    assert_eq!(kinds(&f), [(HEADERS, 1), (DATA, 1), (RST_STREAM, 1)]);
+    assert_eq!(status(&f[0].1), 401);
+    assert_eq!(code(&f[2].1), NO_ERROR, "told to stop sending");
     for _ in 0..3 {
         p.receive(&mut host, &frame(DATA, 0, 1, &[0; 16_000]), SEC);
         assert_eq!(host.bodies, 0);
@@ -204,10 +208,6 @@ fn a_refused_request_keeps_none_of_its_body_and_is_answered_at_its_end() {
         [(WINDOW_UPDATE, 0); 3],
         "dropped bytes given back"
     );
-    p.receive(&mut host, &frame(DATA, END_STREAM, 1, &[]), SEC);
-    let f = drain(&mut p, &mut host, SEC);
-    assert_eq!(kinds(&f), [(HEADERS, 1), (DATA, 1)]);
-    assert_eq!(status(&f[0].1), 401);
     assert!(host.dispatched.is_empty());
 }
 
@@ -413,7 +413,11 @@ fn request_heads_kept_at_once_are_bounded() {
     let block = request_block("POST", "/publish", &[("x-big", &big)]);
     p.receive(&mut host, &frame(HEADERS, END_HEADERS, 21, &block), SEC);
     let f = drain(&mut p, &mut host, SEC);
-    assert!(f.iter().all(|(h, _)| h.kind != RST_STREAM), "{:?}", kinds(&f));
+    assert!(
+        f.iter().all(|(h, _)| h.kind != RST_STREAM),
+        "{:?}",
+        kinds(&f)
+    );
 }
 
 #[test]
