@@ -116,6 +116,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut, m
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => {}
                 Err(_) => {
+                    // The budget is given back before the answer's linger.
+                    drop(permit);
                     let e = ApiError::new(
                         408,
                         "body_timeout",

@@ -32,6 +32,11 @@ pub const ANSWER_BUDGET: usize = 32 << 10;
 /// future and its answer to come).
 pub const ROUTE_COST: usize = 1 << 10;
 
+/// What a request head kept for later costs besides its fields' bytes (its
+/// parsed parts, header map and stream state: ~1.3 KB measured with 128
+/// pending requests), counted against [`Limits::request_heads`].
+pub const HEAD_COST: usize = 1 << 10;
+
 /// Streams whose end herald remembers (how they closed: the frames a client
 /// may still send on them are told apart, RFC 9113 §5.1); older ones are
 /// treated as closed long ago.
@@ -90,9 +95,10 @@ pub struct Limits {
     /// A request body (`--max-body`; 413 beyond).
     pub max_body: usize,
     /// Request heads the connection keeps at once (those waiting for their
-    /// body, their turn or their answer): four full ones; past it a new
-    /// stream is refused (`REFUSED_STREAM`). Stops 128 pending requests of
-    /// 16 KiB headers each.
+    /// body, their turn or their answer), each counted as its fields' bytes
+    /// plus [`HEAD_COST`]: four full ones, or some sixty small ones; past it a
+    /// new stream is refused (`REFUSED_STREAM`). Stops 128 pending requests
+    /// of 16 KiB headers each.
     pub request_heads: usize,
     /// Body bytes the connection may hold at once: the connection window
     /// herald gives (it is given back only as bodies are answered).

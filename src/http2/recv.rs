@@ -307,7 +307,7 @@ impl Proto {
             // Streams ended in this pass no longer count.
             self.sweep(now);
         }
-        let size = fields.size as u32;
+        let size = (fields.size + super::limits::HEAD_COST) as u32;
         let refused = if self_dep {
             Some(PROTOCOL_ERROR)
         } else if self.streams.len() >= MAX_STREAMS as usize

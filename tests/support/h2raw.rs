@@ -301,7 +301,7 @@ pub enum Read {
 
 /// The reading side: herald's frames, its header blocks decoded.
 pub struct Reader {
-    rd: ReadHalf<TlsStream<TcpStream>>,
+    pub rd: ReadHalf<TlsStream<TcpStream>>,
     buf: Vec<u8>,
     pub hpack: hpack::Decoder,
     /// The next block from herald must open with a size update.
