@@ -124,15 +124,13 @@ async fn hold_bodies(c: &mut H2, n: u32) -> usize {
     let mut per_stream = vec![0usize; n as usize];
     'send: loop {
         let mut progressed = false;
-        for i in 0..n as usize {
-            let room = (60_000 - per_stream[i])
-                .min(16_384)
-                .min(window.max(0) as usize);
+        for (i, done) in per_stream.iter_mut().enumerate() {
+            let room = (60_000 - *done).min(16_384).min(window.max(0) as usize);
             if room == 0 {
                 continue;
             }
             c.send(DATA, 0, 1 + 2 * i as u32, &vec![b'x'; room]).await;
-            per_stream[i] += room;
+            *done += room;
             window -= room as i64;
             sent += room;
             progressed = true;
