@@ -8,6 +8,7 @@
 //! previous certificate stays. A reload only changes what new handshakes get:
 //! connections already open keep the session they negotiated.
 
+pub mod keys;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -102,8 +103,11 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     // Lean HTTP/1.1 streams take their sending key out of rustls after the
-    // handshake and seal their records themselves (see `record`).
+    // handshake and seal their records themselves (see `record`); the traffic
+    // secrets behind the keys, for key updates, are captured as rustls derives
+    // them (`keys`).
     config.enable_secret_extraction = true;
+    config.key_log = Arc::new(keys::CaptureLog);
     Ok(config)
 }
 
