@@ -9,6 +9,7 @@
 //! connections already open keep the session they negotiated.
 
 pub mod keys;
+pub mod lean;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ pub struct Tls {
 impl Tls {
     /// Load `cert` and `key`; the error says which file and why.
     pub fn load(cert: &Path, key: &Path) -> Result<Tls, String> {
+        // The record limit's test hook is read once, at start.
+        record::test_record_limit();
         let config = server_config(cert, key)?;
         Ok(Tls {
             cert: cert.to_path_buf(),
@@ -102,10 +105,9 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
         .with_single_cert(chain, private)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    // Lean HTTP/1.1 streams take their sending key out of rustls after the
-    // handshake and seal their records themselves (see `record`); the traffic
-    // secrets behind the keys, for key updates, are captured as rustls derives
-    // them (`keys`).
+    // After the handshake herald takes the keys out of rustls and seals and
+    // opens the records itself (see `record`); the traffic secrets behind
+    // them, for key updates, are captured as rustls derives them (`keys`).
     config.enable_secret_extraction = true;
     config.key_log = Arc::new(keys::CaptureLog);
     Ok(config)
@@ -214,7 +216,8 @@ impl rustls::client::danger::ServerCertVerifier for PinnedLeaf {
 /// when the handshake completes rustls holds no part of a later record. An
 /// HTTP/2 connection then opens its records itself (its keys are taken out of
 /// rustls, [`record::take_both`]) starting with what is still buffered here
-/// ([`WholeRecords::into_parts`]). Reads from the socket are greedy (one
+/// ([`WholeRecords::into_parts`]); so does a lean HTTP/1.1 stream after its
+/// connect's head ([`lean::LeanTls`]). Reads from the socket are greedy (one
 /// `read` may bring several records) and rustls is given one record at a
 /// time; what it was given is dropped before the next read, and the buffer is
 /// freed whenever it empties.
@@ -225,8 +228,8 @@ pub struct WholeRecords<T> {
     given: usize,
     /// Where the record being handed to rustls ends in `buf`.
     record_end: usize,
-    /// After the handshake of an HTTP/1.1 connection: reads go straight
-    /// through once `buf` is used up.
+    /// After the first request head of an HTTP/1.1 connection that is not a
+    /// lean stream: reads go straight through once `buf` is used up.
     through: bool,
 }
 
