@@ -634,6 +634,39 @@ async fn http2_streams_stay_open_across_key_updates() {
     }
 }
 
+/// A record header no peer may send on an HTTP/2 connection is answered with
+/// a record_overflow alert (not an HTTP/2 frame); a record that does not open
+/// with bad_record_mac.
+#[tokio::test]
+async fn http2_answers_bad_records_with_fatal_alerts() {
+    let c = make_cert("ku-h2-alerts", 2100);
+    let h = start(&c, None);
+    for (raw, alert) in [
+        (vec![0x17, 3, 3, 0xff, 0xff], "RecordOverflow"),
+        (
+            [&[0x17, 3, 3, 0, 40][..], &[9; 40]].concat(),
+            "BadRecordMac",
+        ),
+    ] {
+        let (tls, seen) = tap_connect(&h, &c, b"h2", None, false).await;
+        let mut h2 = H2::start(tls, seen).await;
+        h2.tls.get_mut().0.tcp.write_all(&raw).await.unwrap();
+        let err = loop {
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(WAIT, h2.tls.read(&mut buf))
+                .await
+                .expect("an answer in time")
+            {
+                Ok(0) => panic!("closed without an alert"),
+                // herald's SETTINGS and the like, before the alert.
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert!(format!("{err:?}").contains(alert), "{err:?}");
+    }
+}
+
 /// With the record limit lowered to 32, a lean stream and an HTTP/2 stream
 /// over TLS 1.3 AES-GCM each receive several times that many records, one
 /// event per record: herald updated its keys (its KeyUpdate records are

@@ -330,6 +330,22 @@ mod tests {
         assert_eq!(lean.alert(), Some(Fatal::RecordOverflow));
     }
 
+    /// Every suite, TLS 1.2 too (its receiving key kept as key and IV):
+    /// data is discarded and close_notify ends the stream without an alert.
+    #[test]
+    fn a_lean_stream_reads_every_suite_to_its_close_notify() {
+        for suite in crate::tls::record::tests::every_suite() {
+            let (mut lean, mut client) = lean_of(suite);
+            let mut scratch = Vec::new();
+            client.writer().write_all(b"discarded").unwrap();
+            let got = lean.read_from(&mut Feed(client_wire(&mut client), 3), &mut scratch, 0, SEC);
+            assert_eq!(got, Received::default(), "{suite:?}");
+            client.send_close_notify();
+            let got = lean.read_from(&mut Feed(client_wire(&mut client), 3), &mut scratch, 0, SEC);
+            assert!(got.end && lean.alert().is_none(), "{suite:?}");
+        }
+    }
+
     /// Application data is discarded, and counts toward the input limit.
     #[test]
     fn too_much_input_ends_a_lean_stream() {
