@@ -18,8 +18,13 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// A server and a client connection that completed their handshake in memory.
-fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
+/// A server and a client connection that completed their handshake in memory,
+/// and the traffic secrets herald captured from it.
+fn pair() -> (
+    rustls::ServerConnection,
+    rustls::ClientConnection,
+    herald::tls::keys::Captured,
+) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
         .unwrap()
@@ -35,8 +40,10 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
             PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
         )
         .unwrap();
-    // As herald's own configuration: lean streams take their key out.
+    // As herald's own configuration: lean streams take their keys out, and
+    // the traffic secrets behind them (key updates).
     server_cfg.enable_secret_extraction = true;
+    server_cfg.key_log = Arc::new(herald::tls::keys::CaptureLog);
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(cert.der().to_vec()))
@@ -52,6 +59,7 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
         ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();
+    let mut captured = herald::tls::keys::Captured::default();
     let mut buf = Vec::new();
     while client.is_handshaking() || server.is_handshaking() {
         buf.clear();
@@ -59,7 +67,7 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
             client.write_tls(&mut buf).unwrap();
         }
         server.read_tls(&mut &buf[..]).unwrap();
-        server.process_new_packets().unwrap();
+        herald::tls::keys::capturing(&mut captured, || server.process_new_packets()).unwrap();
         buf.clear();
         while server.wants_write() {
             server.write_tls(&mut buf).unwrap();
@@ -67,15 +75,18 @@ fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
         client.read_tls(&mut &buf[..]).unwrap();
         client.process_new_packets().unwrap();
     }
-    (server, client)
+    (server, client, captured)
 }
 
 fn seal(c: &mut Criterion) {
-    let (mut server, _client) = pair();
-    // A key seals at most 2^24 AES-GCM records; criterion runs more: a fresh
-    // session then (once per 16 M iterations).
-    let fresh = || herald::tls::record::RecordTx::take(pair().0).unwrap();
-    let mut tx = fresh();
+    let (mut server, _client, _) = pair();
+    // A key seals at most 2^24 AES-GCM records; herald then updates it (TLS
+    // 1.3), within the runs measured. A fresh session should a seal fail.
+    let fresh = || {
+        let (server, _client, captured) = pair();
+        herald::tls::lean::LeanTls::take(server, &captured).unwrap()
+    };
+    let mut lean = fresh();
     let frame = format!(
         "id: 1796131572939665\nevent: message\ndata: \"T123456789012S42P{}\"\n\n",
         "x".repeat(83)
@@ -97,8 +108,8 @@ fn seal(c: &mut Criterion) {
         let chunks = [std::io::IoSlice::new(frame.as_bytes())];
         b.iter(|| {
             out.clear();
-            if tx.seal_chunks(&mut out, &chunks, usize::MAX).is_err() {
-                tx = fresh();
+            if lean.tx.seal_chunks(&mut out, &chunks, usize::MAX).is_err() {
+                lean = fresh();
             }
             std::hint::black_box(&out);
         })
@@ -110,8 +121,8 @@ fn seal(c: &mut Criterion) {
             let chunks = [std::io::IoSlice::new(frame.as_bytes()); 16];
             b.iter(|| {
                 out.clear();
-                if tx.seal_chunks(&mut out, &chunks, usize::MAX).is_err() {
-                    tx = fresh();
+                if lean.tx.seal_chunks(&mut out, &chunks, usize::MAX).is_err() {
+                    lean = fresh();
                 }
                 std::hint::black_box(&out);
             })

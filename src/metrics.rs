@@ -408,7 +408,7 @@ pub fn connect_rejected(reason: &'static str) {
 /// connect or a close costs an atomic add, not a registry lookup.
 pub struct ConnCounters {
     pub opened: metrics::Counter,
-    closed: [metrics::Counter; 5],
+    closed: [metrics::Counter; CloseReason::ALL.len()],
 }
 
 impl ConnCounters {

@@ -19,15 +19,20 @@ pub enum CloseReason {
     Disconnected,
     /// The pod is shutting down.
     Shutdown,
+    /// A TLS 1.2 session's AES-GCM key sealed all the records it may (no key
+    /// update exists in TLS 1.2): the stream ends with `close_notify` and its
+    /// client resumes on a new session.
+    TlsKeyLimit,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::ClientClosed,
         CloseReason::SlowConsumer,
         CloseReason::Replaced,
         CloseReason::Disconnected,
         CloseReason::Shutdown,
+        CloseReason::TlsKeyLimit,
     ];
 
     pub fn label(self) -> &'static str {
@@ -37,6 +42,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::Disconnected => "disconnected",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TlsKeyLimit => "tls_key_limit",
         }
     }
 }

@@ -156,31 +156,51 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
         _ => return crate::metrics::tls_failed("timeout"),
     }
     let stream = crate::tls::WholeRecords::new(stream);
-    let accepted = tokio::time::timeout(cfg.header_timeout, tls.acceptor().accept(stream)).await;
-    let stream = match accepted {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    // The handshake's traffic secrets are captured as rustls derives them
+    // (for key updates once herald has the keys, `crate::tls::keys`).
+    let handshake = crate::tls::keys::capture(tls.acceptor().accept(stream));
+    let accepted = tokio::time::timeout(cfg.header_timeout, handshake).await;
+    let (stream, secrets) = match accepted {
+        Ok((Ok(s), secrets)) => (s, secrets),
+        Ok((Err(e), _)) => {
             debug!(error = %e, "TLS handshake failed");
             return crate::metrics::tls_failed("handshake");
         }
         Err(_) => return crate::metrics::tls_failed("timeout"),
     };
     if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-        return start_h2(shard, stream).await;
+        return start_h2(shard, stream, secrets).await;
     }
     // A task of its own for what follows: a task keeps room for its largest
     // state, and the handshake's must not stay allocated for the connection's
     // life. The stream is boxed once, so that no future holds two copies of it.
-    let mut stream = Box::new(stream);
-    stream.get_mut().0.pass_through();
-    tokio::task::spawn_local(serve_tls_h1(shard, stream));
+    tokio::task::spawn_local(serve_tls_h1(shard, Box::new(stream), secrets));
+}
+
+/// Write what rustls still has to send before its keys are taken: records
+/// must leave in sequence. That is its session tickets (TLS 1.3) and a
+/// KeyUpdate it owes: rustls answers a client's KeyUpdate(update_requested)
+/// by moving to its next sending key at once and parking its reply, sealed
+/// under the old key, until it next writes (`perhaps_write_key_update`); an
+/// empty plaintext write through its writer puts the reply in line (tokio-rustls
+/// skips empty writes), the flush sends it.
+async fn flush_rustls<S>(stream: &mut TlsStream<S>) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    std::io::Write::write(&mut stream.get_mut().1.writer(), &[])?;
+    stream.flush().await
 }
 
 /// HTTP/2 over TLS is herald's own ([`crate::http2`]): rustls' last records
-/// (session tickets) are written, what it has opened is read out, its keys are
-/// taken and the rest of it dropped.
-async fn start_h2(shard: Rc<Shard>, mut stream: TlsStream<crate::tls::WholeRecords<TcpStream>>) {
-    if let Err(e) = stream.flush().await {
+/// (session tickets, a KeyUpdate it owes) are written, what it has opened is
+/// read out, its keys are taken and the rest of it dropped.
+async fn start_h2(
+    shard: Rc<Shard>,
+    mut stream: TlsStream<crate::tls::WholeRecords<TcpStream>>,
+    secrets: crate::tls::keys::Captured,
+) {
+    if let Err(e) = flush_rustls(&mut stream).await {
         return debug!(error = %e, "HTTP/2 connection failed after its handshake");
     }
     let (whole, mut conn) = stream.into_inner();
@@ -193,41 +213,46 @@ async fn start_h2(shard: Rc<Shard>, mut stream: TlsStream<crate::tls::WholeRecor
         }
     }
     let (tcp, records) = whole.into_parts();
-    match crate::tls::record::take_both(conn) {
+    match crate::tls::record::take_both(conn, &secrets) {
         Ok(keys) => crate::http2::spawn(shard, tcp, keys, records, plain),
         Err(e) => debug!(error = %e, "cannot take an HTTP/2 connection's keys"),
     }
 }
 
-/// HTTP/1.1 over TLS: the first head is read here, as on the plain port. A
-/// connect becomes a lean stream like a plain one, its records sealed by the
-/// shard ([`crate::tls::record`]): the rustls connection is dropped once its
-/// sending key is taken. Anything else is served by hyper from the bytes read.
+/// HTTP/1.1 over TLS: the first head is read here, as on the plain port,
+/// rustls still given whole records ([`crate::tls::WholeRecords`]). A connect
+/// becomes a lean stream like a plain one, its records sealed and opened by the
+/// shard ([`crate::tls::lean`]): the rustls connection is dropped once its
+/// keys are taken, and what was read after its last record is the stream's
+/// first input. Anything else is served by hyper from the bytes read.
 async fn serve_tls_h1(
     shard: Rc<Shard>,
     mut stream: Box<TlsStream<crate::tls::WholeRecords<TcpStream>>>,
+    secrets: crate::tls::keys::Captured,
 ) {
     let mut buf = BytesMut::with_capacity(512);
     match first_request(&shard, &mut stream, &mut buf).await {
         First::Stream(new) => {
             drop(buf);
-            // What rustls still has to send (TLS 1.3 session tickets) goes out
-            // before its key is taken: records must leave in sequence.
-            let flushed = stream.flush().await;
+            let flushed = flush_rustls(&mut stream).await;
             let (whole, conn) = stream.into_inner();
-            let tcp = whole.into_parts().0;
-            let tx = flushed
+            let (tcp, early) = whole.into_parts();
+            let lean = flushed
                 .map_err(|e| e.to_string())
-                .and_then(|()| crate::tls::record::RecordTx::take(conn));
-            match tx {
-                Ok(tx) => attach_lean(&shard, new, tcp, Some(tx)),
+                .and_then(|()| crate::tls::lean::LeanTls::take(conn, &secrets));
+            match lean {
+                Ok(lean) => attach_lean(&shard, new, tcp, Some((lean, early))),
                 Err(e) => {
-                    debug!(error = %e, "cannot take a TLS stream's key");
+                    debug!(error = %e, "cannot take a TLS stream's keys");
                     abandon(&shard, new.key, new.serial);
                 }
             }
         }
-        First::Request(_) => Box::pin(serve_h1(shard, Rewind::new(buf.freeze(), stream))).await,
+        First::Request(_) => {
+            drop(secrets);
+            stream.get_mut().0.pass_through();
+            Box::pin(serve_h1(shard, Rewind::new(buf.freeze(), stream))).await
+        }
         First::Done => {}
     }
 }
@@ -259,12 +284,13 @@ where
 
 /// Hand a lean stream's socket to the shard: out of tokio's reactor (no task, no
 /// registration kept per idle stream), into the shard's poll and the table; a
-/// TLS stream with its record layer.
+/// TLS stream with its record layer and what was read after the records
+/// rustls opened.
 fn attach_lean(
     shard: &Rc<Shard>,
     new: routes::NewStream,
     stream: TcpStream,
-    tls: Option<Box<crate::tls::record::RecordTx>>,
+    tls: Option<(Box<crate::tls::lean::LeanTls>, Vec<u8>)>,
 ) {
     let sock = stream.into_std().map(mio::net::TcpStream::from_std);
     let mut table = shard.table.borrow_mut();
@@ -291,11 +317,11 @@ fn attach_lean(
         drop(table);
         return abandon(shard, new.key, new.serial);
     }
-    if let Some(tx) = tls {
-        shard.io.set_tls(new.key, tx);
-    }
-    table.mark_dirty(new.key);
     drop(table);
+    if let Some((lean, early)) = tls {
+        io::attach_tls(shard, new.key, lean, &early);
+    }
+    shard.table.borrow_mut().mark_dirty(new.key);
     io::flush(shard);
 }
 

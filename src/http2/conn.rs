@@ -34,7 +34,7 @@ use crate::error::ApiError;
 use crate::http::routes::{self, HeraldBody};
 use crate::shard::stream::StreamGuard;
 use crate::shard::{Phase, Shard};
-use crate::tls::record::{Opened, RecordRx, RecordTx};
+use crate::tls::record::{BadRecord, Opened, RecordRx, RecordTx, SealError};
 
 /// Reads and write turns per wake-up before the task yields to the others.
 const TURNS: usize = 16;
@@ -225,10 +225,14 @@ impl Conn {
     /// hold; how many bytes were whole records.
     fn open_records(&mut self, buf: &mut [u8], now: u64) -> usize {
         let mut at = 0;
+        let mut fatal = None;
         while let Some(len) = RecordRx::record_len(&buf[at..]) {
-            let Ok(len) = len else {
-                self.proto.fail(PROTOCOL_ERROR);
-                break;
+            let len = match len {
+                Ok(len) => len,
+                Err(BadRecord(alert)) => {
+                    fatal = Some(alert);
+                    break;
+                }
             };
             if buf.len() - at < len {
                 break;
@@ -237,16 +241,32 @@ impl Conn {
                 Ok(Opened::Data(range)) => {
                     self.frames_in(&buf[at + range.start..at + range.end], now);
                 }
-                Ok(Opened::Alert) => self.eof = true,
-                Err(_) => {
-                    debug!("HTTP/2 connection sent a record that does not open");
-                    self.eof = true;
+                // The receiving key is the next one already; herald's own
+                // KeyUpdate, when asked for, goes before its next record.
+                Ok(Opened::KeyUpdate { requested }) => {
+                    if requested {
+                        self.tx.request_update();
+                    }
+                }
+                Ok(Opened::Alert(_)) => self.eof = true,
+                Err(BadRecord(alert)) => {
+                    debug!(?alert, "HTTP/2 connection sent a record herald refuses");
+                    fatal = Some(alert);
                 }
             }
             at += len;
-            if self.eof || self.proto.failed().is_some() {
+            if fatal.is_some() || self.eof || self.proto.failed().is_some() {
                 break;
             }
+        }
+        if let Some(alert) = fatal {
+            // The fatal alert (RFC 8446 §6), then close's FIN; unless a
+            // record is half written.
+            let mut out = Vec::new();
+            if self.tx.pending.is_empty() && self.tx.fatal_alert(&mut out, alert).is_ok() {
+                let _ = self.tcp.try_write(&out);
+            }
+            self.eof = true;
         }
         at
     }
@@ -331,7 +351,8 @@ impl Conn {
                 // connection, not one stream, is the slow consumer.
                 self.eof = true;
             }
-            if plain.is_empty() {
+            // A KeyUpdate that is due goes out even with no frames.
+            if plain.is_empty() && !self.tx.update_pending() {
                 return Ok(false);
             }
             let mut scratch = shard.io.scratch();
@@ -340,8 +361,18 @@ impl Conn {
                 .tx
                 .seal_chunks(&mut scratch, &[IoSlice::new(&plain)], usize::MAX);
             drop(plain);
-            if sealed.is_err() {
-                // The session's key is used up: the client reconnects.
+            if let Err(e) = sealed {
+                if e == SealError::KeyExhausted {
+                    // A TLS 1.2 key is used up (no key update exists there):
+                    // the streams end (their clients resume on a new session)
+                    // and close sends close_notify, for which a record is
+                    // kept.
+                    drop(scratch);
+                    self.proto
+                        .end_all_as(&mut self.host, CloseReason::TlsKeyLimit);
+                    self.proto.fail(NO_ERROR);
+                    return Ok(false);
+                }
                 return Err(());
             }
             match self.tcp.try_write(&scratch) {

@@ -541,8 +541,13 @@ impl Proto {
     /// The connection is going: its SSE streams end, its routes stop, what it
     /// held is let go.
     pub fn end_all<H: Host>(&mut self, host: &mut H) {
+        self.end_all_as(host, CloseReason::ClientClosed);
+    }
+
+    /// As [`Proto::end_all`], the SSE streams reported ended for `reason`.
+    pub fn end_all_as<H: Host>(&mut self, host: &mut H, reason: CloseReason) {
         for i in 0..self.streams.len() {
-            self.end_stream(host, i, Ended::ByUs, CloseReason::ClientClosed);
+            self.end_stream(host, i, Ended::ByUs, reason);
         }
         self.streams.clear();
         self.give_back = 0;

@@ -14,12 +14,21 @@
 //! Events from the poll: readable means the client sent something (discarded) or
 //! went away (closed); writable unblocks a stream.
 //!
-//! A lean stream over TLS is the same entry plus its [`RecordTx`] (in
-//! [`IoSet::tls`], by slab key): its queued frames are sealed into records in the
-//! shard's one scratch buffer and written from there; only what the kernel does
-//! not take stays with the stream, and at most [`SEAL_BUDGET`] of it.
+//! A lean stream over TLS is the same entry plus its record layer, a
+//! [`LeanTls`] (in [`IoSet::tls`], by slab key): its queued frames are sealed
+//! into records in the shard's one scratch buffer and written from there; only
+//! what the kernel does not take stays with the stream, and at most
+//! [`SEAL_BUDGET`] of it. What its client sends is opened as records
+//! ([`LeanTls::read_from`]): a KeyUpdate asking for one back marks the stream
+//! dirty, so that the flush sends herald's even with no event queued; an alert
+//! or a bad record closes it. A stream left holding part of a record is listed
+//! in [`IoSet::partials`]; while that list is not empty the loop also waits for
+//! its earliest deadline (`--header-timeout` after the part came) and closes
+//! the streams whose record is still incomplete then.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -32,7 +41,8 @@ use tracing::warn;
 use super::Shard;
 use crate::clock;
 use crate::conn::{CloseReason, Conn, ConnState, ConnTable};
-use crate::tls::record::{RecordTx, MAX_OVERHEAD, MAX_PLAINTEXT};
+use crate::tls::lean::LeanTls;
+use crate::tls::record::{RecordTx, SealError, MAX_OVERHEAD, MAX_PLAINTEXT};
 
 /// Frames handed to one `writev`.
 pub const MAX_SLICES: usize = 64;
@@ -56,7 +66,11 @@ pub struct IoSet {
     closing: RefCell<Vec<(u32, CloseReason)>>,
     /// The record layer of each lean TLS stream, by slab key (empty without
     /// `--tls-cert`: plain streams pay nothing for it).
-    tls: RefCell<Vec<Option<Box<RecordTx>>>>,
+    tls: RefCell<Vec<Option<Box<LeanTls>>>>,
+    /// Lean TLS streams holding part of a record: (deadline in
+    /// [`clock::now_ns`] time, slab key, serial), earliest first. Empty, and
+    /// no timer armed, while none does.
+    partials: RefCell<BinaryHeap<Reverse<(u64, u32, u64)>>>,
     /// Where TLS streams' records are sealed before their write.
     scratch: RefCell<Vec<u8>>,
     /// Where HTTP/2 connections gather their frames before sealing them.
@@ -85,19 +99,26 @@ impl IoSet {
             dirty: RefCell::new(Vec::new()),
             closing: RefCell::new(Vec::new()),
             tls: RefCell::new(Vec::new()),
+            partials: RefCell::new(BinaryHeap::new()),
             scratch: RefCell::new(Vec::new()),
             plain: RefCell::new(Vec::new()),
             rx: RefCell::new(Vec::new()),
         })
     }
 
-    /// Seal `key`'s records with `tx` from now on (a lean TLS stream).
-    pub fn set_tls(&self, key: usize, tx: Box<RecordTx>) {
+    /// Seal and open `key`'s records with `lean` from now on (a lean TLS
+    /// stream).
+    fn set_tls(&self, key: usize, lean: Box<LeanTls>) {
         let mut tls = self.tls.borrow_mut();
         if tls.len() <= key {
             tls.resize_with(key + 1, || None);
         }
-        tls[key] = Some(tx);
+        tls[key] = Some(lean);
+    }
+
+    /// The deadline of the first stream holding part of a record.
+    fn next_partial(&self) -> Option<u64> {
+        self.partials.borrow().peek().map(|Reverse((d, _, _))| *d)
     }
 
     /// The shard's sealing buffer (HTTP/2 connections seal their frames in it
@@ -123,11 +144,26 @@ impl IoSet {
     }
 }
 
-/// Turn readiness events into reads (EOF detection) and unblocked writes.
+/// Turn readiness events into reads (EOF detection, TLS records) and
+/// unblocked writes; close the TLS streams whose partial record is late.
 pub async fn io_loop(shard: Rc<Shard>) {
     let io = &shard.io;
     loop {
-        let mut guard = match io.fd.readable().await {
+        let readable = match io.next_partial() {
+            None => io.fd.readable().await,
+            Some(deadline) => {
+                let wait = Duration::from_nanos(deadline.saturating_sub(clock::now_ns()));
+                tokio::select! {
+                    r = io.fd.readable() => r,
+                    () = tokio::time::sleep(wait) => {
+                        expire_partials(&shard);
+                        flush(&shard);
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut guard = match readable {
             Ok(g) => g,
             Err(e) => {
                 warn!(shard = shard.id, error = %e, "stream poll failed");
@@ -160,21 +196,27 @@ fn handle_events(shard: &Shard) -> bool {
     let mut count = 0;
     {
         let mut closing = io.closing.borrow_mut();
+        let mut tls = io.tls.borrow_mut();
         for ev in events.iter() {
             count += 1;
             let key = ev.token().0;
-            let Some(conn) = table.get_mut(key) else {
-                continue;
-            };
-            let Some(sock) = conn.io.as_mut() else {
-                continue;
-            };
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                if let Some(reason) = drain_input(sock) {
+                let lean = tls.get_mut(key).and_then(Option::as_mut);
+                let end = match lean {
+                    Some(lean) => tls_input(shard, &mut table, key, lean, &[]),
+                    None => match table.get_mut(key).and_then(|c| c.io.as_mut()) {
+                        Some(sock) => drain_input(sock),
+                        None => continue,
+                    },
+                };
+                if let Some(reason) = end {
                     closing.push((key as u32, reason));
                     continue;
                 }
             }
+            let Some(conn) = table.get_mut(key).filter(|c| c.io.is_some()) else {
+                continue;
+            };
             if ev.is_writable() && conn.blocked {
                 conn.blocked = false;
                 table.mark_dirty(key);
@@ -183,6 +225,98 @@ fn handle_events(shard: &Shard) -> bool {
     }
     close_pending(shard, &mut table);
     count >= EVENTS
+}
+
+/// Read and open what a lean TLS stream's client sent, `early` first (what
+/// was read during the handshake and not opened); `Some` when the stream is to
+/// be closed.
+fn tls_input(
+    shard: &Shard,
+    table: &mut ConnTable,
+    key: usize,
+    lean: &mut LeanTls,
+    early: &[u8],
+) -> Option<CloseReason> {
+    let conn = table.get_mut(key)?;
+    let serial = conn.serial;
+    let sock = conn.io.as_mut()?;
+    let timeout = shard.shared.config.header_timeout.as_nanos() as u64;
+    let mut scratch = shard.io.rx();
+    let got = lean.read_from(
+        &mut early.chain(sock),
+        &mut scratch,
+        clock::now_ns(),
+        timeout,
+    );
+    drop(scratch);
+    if let Some(deadline) = got.list {
+        shard
+            .io
+            .partials
+            .borrow_mut()
+            .push(Reverse((deadline, key as u32, serial)));
+    }
+    if got.end {
+        return Some(CloseReason::ClientClosed);
+    }
+    if got.reply {
+        // herald's KeyUpdate goes out with the next flush, queue or not.
+        table.mark_dirty(key);
+    }
+    None
+}
+
+/// Close the lean TLS streams whose partial record did not come whole in
+/// time; the others listed are listed again for their own deadline.
+fn expire_partials(shard: &Shard) {
+    let now = clock::now_ns();
+    let io = &shard.io;
+    let mut table = shard.table.borrow_mut();
+    {
+        let mut partials = io.partials.borrow_mut();
+        let mut tls = io.tls.borrow_mut();
+        let mut closing = io.closing.borrow_mut();
+        while let Some(&Reverse((deadline, key, serial))) = partials.peek() {
+            if deadline > now {
+                break;
+            }
+            partials.pop();
+            if table.get(key as usize).is_none_or(|c| c.serial != serial) {
+                // Gone; the slot may be another stream's now.
+                continue;
+            }
+            let Some(lean) = tls.get_mut(key as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            match lean.partial_deadline() {
+                Some(d) if d <= now => closing.push((key, CloseReason::ClientClosed)),
+                Some(d) => partials.push(Reverse((d, key, serial))),
+                None => {}
+            }
+        }
+        if partials.is_empty() {
+            // Give the list's memory back after a burst.
+            *partials = BinaryHeap::new();
+        }
+    }
+    close_pending(shard, &mut table);
+}
+
+/// Attach a lean TLS stream's record layer (its socket is in the table);
+/// `early` is what the handshake read after the last record rustls opened,
+/// opened here first.
+pub fn attach_tls(shard: &Shard, key: usize, mut lean: Box<LeanTls>, early: &[u8]) {
+    let mut table = shard.table.borrow_mut();
+    let end = if early.is_empty() {
+        None
+    } else {
+        tls_input(shard, &mut table, key, &mut lean, early)
+    };
+    shard.io.set_tls(key, lean);
+    if let Some(reason) = end {
+        shard.io.closing.borrow_mut().push((key as u32, reason));
+        close_pending(shard, &mut table);
+    }
 }
 
 /// Read and discard what the client sent; `Some` when it is gone or abusive.
@@ -238,9 +372,9 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
             // write (a slow consumer) is closed now, not when its reader wakes up.
             continue;
         }
-        if let Some(tx) = tls.get_mut(key as usize).and_then(Option::as_mut) {
+        if let Some(lean) = tls.get_mut(key as usize).and_then(Option::as_mut) {
             let on_frame = |published| shard.local.frame_written(published, now);
-            if let Some(reason) = write_sealed(conn, tx, &mut scratch, on_frame) {
+            if let Some(reason) = write_sealed(conn, &mut lean.tx, &mut scratch, on_frame) {
                 closing.push((key, reason));
             }
             continue;
@@ -291,16 +425,17 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
 /// stream's key (ring's AES key schedule and GHASH table, ~0.5 KB) is cold when
 /// a flush round comes back to it at low rates, and sealing would wait for it.
 #[inline]
-fn prefetch_tls(tls: &[Option<Box<RecordTx>>], key: u32) {
-    if let Some(Some(tx)) = tls.get(key as usize) {
-        crate::hint::prefetch(&**tx as *const RecordTx, std::mem::size_of::<RecordTx>());
+fn prefetch_tls(tls: &[Option<Box<LeanTls>>], key: u32) {
+    if let Some(Some(lean)) = tls.get(key as usize) {
+        crate::hint::prefetch(&lean.tx as *const RecordTx, std::mem::size_of::<RecordTx>());
     }
 }
 
 /// One write turn of a lean TLS stream: first the sealed bytes the kernel did
 /// not take last time, then its queue sealed [`SEAL_BUDGET`] at a time into
-/// `scratch` and written, while the kernel takes everything. `Some` when the
-/// stream is to be closed.
+/// `scratch` and written, while the kernel takes everything (a KeyUpdate that
+/// is due goes first, alone if nothing is queued). `Some` when the stream is
+/// to be closed.
 fn write_sealed(
     conn: &mut Conn,
     tx: &mut RecordTx,
@@ -335,7 +470,7 @@ fn write_sealed(
                 Err(_) => return Some(CloseReason::ClientClosed),
             }
         }
-        if conn.queue.is_empty() {
+        if conn.queue.is_empty() && !tx.update_pending() {
             return match conn.state {
                 ConnState::Closing(reason) => Some(reason),
                 ConnState::Open => None,
@@ -345,9 +480,13 @@ fn write_sealed(
         scratch.reserve(SEAL_BUDGET + MAX_OVERHEAD);
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let n = conn.queue.slices(&mut slices);
-        let Ok(taken) = tx.seal_chunks(scratch, &slices[..n], SEAL_BUDGET) else {
-            // The session's key is used up: the client resumes on a new one.
-            return Some(CloseReason::ClientClosed);
+        let taken = match tx.seal_chunks(scratch, &slices[..n], SEAL_BUDGET) {
+            Ok(taken) => taken,
+            // A TLS 1.2 key is used up (no key update exists there): the
+            // stream ends with close_notify, and its client resumes on a new
+            // session.
+            Err(SealError::KeyExhausted) => return Some(CloseReason::TlsKeyLimit),
+            Err(_) => return Some(CloseReason::ClientClosed),
         };
         conn.queue.consume(taken, &mut on_frame);
         match sock.write(scratch) {
@@ -384,14 +523,15 @@ fn close_pending(shard: &Shard, table: &mut ConnTable) {
             ConnState::Open => fallback,
         };
         if let Some(mut conn) = table.remove(key as usize) {
-            let tx = tls.get_mut(key as usize).and_then(Option::take);
+            let lean = tls.get_mut(key as usize).and_then(Option::take);
             if let Some(sock) = &mut conn.io {
-                if let Some(mut tx) = tx.filter(|tx| tx.pending.is_empty()) {
-                    // A TLS stream says it ends (close_notify), so that its client
+                if let Some(mut lean) = lean.filter(|l| l.tx.pending.is_empty()) {
+                    // A TLS stream says it ends (close_notify, or the fatal
+                    // alert its client's input called for), so that its client
                     // can tell the end from a truncation; best effort, unless a
                     // record is half written.
                     let mut alert = Vec::with_capacity(MAX_OVERHEAD + 2);
-                    if tx.close_notify(&mut alert).is_ok() {
+                    if lean.seal_end(&mut alert).is_ok() {
                         let _ = sock.write(&alert);
                     }
                 }

@@ -8,6 +8,8 @@
 //! previous certificate stays. A reload only changes what new handshakes get:
 //! connections already open keep the session they negotiated.
 
+pub mod keys;
+pub mod lean;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ pub struct Tls {
 impl Tls {
     /// Load `cert` and `key`; the error says which file and why.
     pub fn load(cert: &Path, key: &Path) -> Result<Tls, String> {
+        // The record limit's test hook is read once, at start.
+        record::test_record_limit();
         let config = server_config(cert, key)?;
         Ok(Tls {
             cert: cert.to_path_buf(),
@@ -101,9 +105,11 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
         .with_single_cert(chain, private)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    // Lean HTTP/1.1 streams take their sending key out of rustls after the
-    // handshake and seal their records themselves (see `record`).
+    // After the handshake herald takes the keys out of rustls and seals and
+    // opens the records itself (see `record`); the traffic secrets behind
+    // them, for key updates, are captured as rustls derives them (`keys`).
     config.enable_secret_extraction = true;
+    config.key_log = Arc::new(keys::CaptureLog);
     Ok(config)
 }
 
@@ -210,9 +216,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedLeaf {
 /// when the handshake completes rustls holds no part of a later record. An
 /// HTTP/2 connection then opens its records itself (its keys are taken out of
 /// rustls, [`record::take_both`]) starting with what is still buffered here
-/// ([`WholeRecords::into_parts`]). Reads from the socket are greedy (one `read` may bring several
-/// records) and rustls is given one record at a time; the buffer is freed
-/// whenever it empties.
+/// ([`WholeRecords::into_parts`]); so does a lean HTTP/1.1 stream after its
+/// connect's head ([`lean::LeanTls`]). Reads from the socket are greedy (one
+/// `read` may bring several records) and rustls is given one record at a
+/// time; what it was given is dropped before the next read, and the buffer is
+/// freed whenever it empties.
 pub struct WholeRecords<T> {
     io: T,
     buf: Vec<u8>,
@@ -220,8 +228,8 @@ pub struct WholeRecords<T> {
     given: usize,
     /// Where the record being handed to rustls ends in `buf`.
     record_end: usize,
-    /// After the handshake of an HTTP/1.1 connection: reads go straight
-    /// through once `buf` is used up.
+    /// After the first request head of an HTTP/1.1 connection that is not a
+    /// lean stream: reads go straight through once `buf` is used up.
     through: bool,
 }
 
@@ -296,15 +304,27 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeRecords<T> {
             if this.through && this.buf.is_empty() {
                 return std::pin::Pin::new(&mut this.io).poll_read(cx, out);
             }
+            // What rustls has been given goes, so that a client trickling
+            // small records does not make the buffer keep its whole handshake.
+            if this.given > 0 {
+                this.buf.drain(..this.given);
+                this.record_end = this.record_end.saturating_sub(this.given);
+                this.given = 0;
+            }
             // Room for one more full record after what is buffered, read into
             // without zeroing it first.
             let have = this.buf.len();
             this.buf.reserve(record::MAX_RECORD);
             let mut rb = tokio::io::ReadBuf::uninit(this.buf.spare_capacity_mut());
+            let ptr = rb.filled().as_ptr();
             let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            // The reader must have filled this buffer, not swapped in another
+            // (as tokio-util's `poll_read_buf` checks).
+            assert_eq!(ptr, rb.filled().as_ptr(), "the read buffer was swapped");
             let n = rb.filled().len();
             // SAFETY: the first `n` bytes of the spare capacity were written by
-            // the read (ReadBuf tracks what it filled).
+            // the read (ReadBuf tracks what it filled, in the buffer checked
+            // above).
             unsafe { this.buf.set_len(have + n) };
             match polled {
                 Poll::Ready(Ok(())) if n == 0 => {
@@ -362,5 +382,77 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WholeRecords<T>
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    use super::*;
+
+    /// A socket that gives what it holds `chunk` bytes per read, then nothing
+    /// yet (`Pending`).
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.at == self.data.len() {
+                return Poll::Pending;
+            }
+            // One byte first: every later read ends a byte into a record.
+            let chunk = if self.at == 0 { 1 } else { self.chunk };
+            let n = chunk.min(self.data.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A client trickling 1-byte handshake records, a partial record always
+    /// at the end of what it sent: what rustls was given is not kept.
+    #[test]
+    fn whole_records_keeps_only_what_rustls_has_not_had() {
+        let mut data = Vec::new();
+        for i in 0..20_000u32 {
+            data.extend_from_slice(&[0x16, 3, 1, 0, 1, i as u8]);
+        }
+        data.extend_from_slice(&[0x16, 3, 3, 0x40]);
+        // Reads end mid-record: each read brings a record's tail and the next
+        // one's head, so the buffer is never used up.
+        let mut w = WholeRecords::new(Trickle {
+            data,
+            at: 0,
+            chunk: 6,
+        });
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut given = Vec::new();
+        let mut most = 0;
+        loop {
+            let mut storage = [0u8; 64];
+            let mut out = ReadBuf::new(&mut storage);
+            match Pin::new(&mut w).poll_read(&mut cx, &mut out) {
+                Poll::Ready(Ok(())) => given.extend_from_slice(out.filled()),
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => break,
+            }
+            most = most.max(w.buf.len());
+        }
+        assert_eq!(given.len(), 20_000 * 6, "every whole record given");
+        assert!(most < 64, "the buffer held {most} bytes at most");
+        let (_, rest) = w.into_parts();
+        assert_eq!(rest, [0x16, 3, 3, 0x40]);
     }
 }
