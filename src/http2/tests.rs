@@ -385,3 +385,48 @@ fn an_answer_that_comes_later_and_a_stream_reset_meanwhile() {
     p.answer(&mut host, 3, events, SEC);
     assert_eq!(host.ended, [(99, 1, CloseReason::ClientClosed)]);
 }
+
+#[test]
+fn an_answer_that_comes_after_the_connection_failed_is_not_written() {
+    let mut host = MemoryHost::default();
+    let mut p = open(&mut host);
+    let later = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("GET", "/later", &[]),
+    );
+    p.receive(&mut host, &later, SEC);
+    // A connection error; `conn` still hands over the answers that came.
+    p.receive(
+        &mut host,
+        &frame(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes()),
+        SEC,
+    );
+    assert_eq!(p.failed(), Some(PROTOCOL_ERROR));
+    let (id, answer) = host.answer_later().expect("stream 1 waits");
+    p.answer(&mut host, id, answer, SEC);
+    let events = Answer::Events {
+        headers: Default::default(),
+        key: 99,
+        serial: 1,
+    };
+    host.events.insert(
+        99,
+        super::testing::Events {
+            serial: 1,
+            ..Default::default()
+        },
+    );
+    p.answer(&mut host, id, events, SEC);
+    assert_eq!(
+        host.ended,
+        [(99, 1, CloseReason::ClientClosed)],
+        "ended at once"
+    );
+    let f = drain(&mut p, &mut host, SEC);
+    assert_eq!(kinds(&f), [(GOAWAY, 0)], "nothing after GOAWAY");
+    p.end_all(&mut host);
+    assert_eq!(host.bodies, 0);
+    assert_eq!(p.answers_accounted(), (0, 0));
+}
