@@ -257,7 +257,13 @@ impl Proto {
         }
         self.give_back = 0;
         self.sweep(now);
-        self.run_queued(host, now);
+        // Not once the connection failed: a held request served now would
+        // write its answer after the GOAWAY, where nothing may follow
+        // (RFC 9113 §5.4.1). A reset in the pass that failed frees the
+        // budget it waits for.
+        if self.failed.is_none() {
+            self.run_queued(host, now);
+        }
     }
 
     fn frame<H: Host>(

@@ -387,6 +387,37 @@ fn an_answer_that_comes_later_and_a_stream_reset_meanwhile() {
 }
 
 #[test]
+fn a_request_held_for_the_answer_budget_is_not_served_once_the_connection_failed() {
+    let mut host = MemoryHost::default();
+    let mut p = open(&mut host);
+    let get = |id, path| {
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &request_block("GET", path, &[]),
+        )
+    };
+    // 64 answers to come fill the answer budget: the next request waits.
+    let routes = (super::limits::ANSWER_BUDGET / super::limits::ROUTE_COST) as u32;
+    for k in 0..routes {
+        p.receive(&mut host, &get(2 * k + 1, "/later"), SEC);
+    }
+    let held = 2 * routes + 1;
+    p.receive(&mut host, &get(held, "/x"), SEC);
+    assert_eq!(host.dispatched.len(), routes as usize, "held");
+    drain(&mut p, &mut host, SEC);
+    // A reset makes room, and a connection error follows in the same read.
+    let mut input = frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes());
+    input.extend(frame(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes()));
+    p.receive(&mut host, &input, SEC);
+    assert_eq!(p.failed(), Some(PROTOCOL_ERROR));
+    let f = drain(&mut p, &mut host, SEC);
+    assert_eq!(kinds(&f), [(GOAWAY, 0)], "nothing after GOAWAY");
+    assert_eq!(host.dispatched.len(), routes as usize, "not served");
+}
+
+#[test]
 fn an_answer_that_comes_after_the_connection_failed_is_not_written() {
     let mut host = MemoryHost::default();
     let mut p = open(&mut host);
