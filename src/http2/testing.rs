@@ -9,6 +9,8 @@
 //! opens an SSE stream (its queue is [`MemoryHost::push`]ed); `GET /later`
 //! is answered later ([`MemoryHost::later`]); anything else `200 ok`.
 
+pub mod checked;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
