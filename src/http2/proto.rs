@@ -152,6 +152,43 @@ impl Proto {
         self.streams.len()
     }
 
+    /// Body bytes the streams hold, recomputed from them: what the host was
+    /// told through [`Host::body_bytes`] must add up to it (property tests).
+    #[doc(hidden)]
+    pub fn held_bytes(&self) -> usize {
+        self.streams
+            .iter()
+            .map(|s| {
+                let receiving = match s.recv.as_ref().map(|r| &r.at_end) {
+                    Some(AtEnd::Serve { body, .. }) => body.len(),
+                    _ => 0,
+                };
+                receiving
+                    + match &s.state {
+                        StreamState::Queued(q) => q.body.len(),
+                        StreamState::Routing { held, .. } => *held as usize,
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+
+    /// The running count of answers against [`super::limits::ANSWER_BUDGET`],
+    /// and the same recomputed from the streams (property tests).
+    #[doc(hidden)]
+    pub fn answers_accounted(&self) -> (usize, usize) {
+        let recomputed = self
+            .streams
+            .iter()
+            .map(|s| match &s.state {
+                StreamState::Sending(o) => o.data.len() - o.sent,
+                StreamState::Routing { .. } => super::limits::ROUTE_COST,
+                _ => 0,
+            })
+            .sum();
+        (self.answers as usize, recomputed)
+    }
+
     /// The SSE streams, for the shard to wake the connection when they have
     /// news.
     pub fn event_streams(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
@@ -223,7 +260,13 @@ impl Proto {
         }
         self.give_back = 0;
         self.sweep(now);
-        self.run_queued(host, now);
+        // Not once the connection failed: a held request served now would
+        // write its answer after the GOAWAY, where nothing may follow
+        // (RFC 9113 §5.4.1). A reset in the pass that failed frees the
+        // budget it waits for.
+        if self.failed.is_none() {
+            self.run_queued(host, now);
+        }
     }
 
     fn frame<H: Host>(

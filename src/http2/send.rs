@@ -33,9 +33,14 @@ impl Proto {
             .iter()
             .position(|s| s.id == id && matches!(s.state, StreamState::Routing { .. }));
         match at {
-            Some(i) => self.answered(host, i, answer, now),
-            None => {
-                // Reset meanwhile: an SSE stream opened for it ends at once.
+            // Not once the connection failed: nothing but its GOAWAY may
+            // follow (RFC 9113 §5.4.1), and `conn` still hands over the
+            // answers that came with the input that failed it. The stream
+            // stays with the routes until `end_all` lets it go.
+            Some(i) if self.failed().is_none() => self.answered(host, i, answer, now),
+            _ => {
+                // Reset meanwhile (or failed): an SSE stream opened for it
+                // ends at once.
                 if let Answer::Events { key, serial, .. } = answer {
                     host.end_events(key, serial, CloseReason::ClientClosed);
                 }

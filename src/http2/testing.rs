@@ -8,6 +8,32 @@
 //! length); `POST /refuse` is refused at its headers (`401`); `GET /events`
 //! opens an SSE stream (its queue is [`MemoryHost::push`]ed); `GET /later`
 //! is answered later ([`MemoryHost::later`]); anything else `200 ok`.
+//!
+//! Property tests and fuzzing: [`checked::CheckedConn`] drives a connection
+//! with this host and a client's view beside it, and asserts after every step
+//! what herald promises whatever a client sends: at most `MAX_STREAMS`
+//! streams; the body bytes the host was told are held are what the streams
+//! hold ([`Proto::held_bytes`]), within the connection window, and the
+//! answers' count adds up ([`Proto::answers_accounted`]); the client's window
+//! plus what is held never exceeds the window herald gave; herald's DATA
+//! stays within the client's windows and frame size; what herald writes
+//! parses, names no idle stream, follows no GOAWAY with an error code and no
+//! end of its stream; input after a connection error has no effect; after
+//! [`Proto::end_all`] every SSE stream was ended once and nothing is held.
+//! `tests/h2_properties.rs` feeds it generated frame sequences (plausible
+//! ones, and their bytes mutated) in random chunks, with a random clock,
+//! write turns, SSE events and later answers between them, and checks that
+//! its generators reach the states the properties are about; the fuzz target
+//! `fuzz/fuzz_targets/h2_frames.rs` feeds it any bytes
+//! ([`checked::run_frames`]), and `tests/fuzz_corpus.rs` replays its corpus
+//! (seeded with the frame sequences of the unit tests in `tests.rs`) on
+//! stable. A failure they find becomes a unit test in `tests.rs`.
+//!
+//! [`Proto::held_bytes`]: super::proto::Proto::held_bytes
+//! [`Proto::answers_accounted`]: super::proto::Proto::answers_accounted
+//! [`Proto::end_all`]: super::proto::Proto::end_all
+
+pub mod checked;
 
 use std::collections::HashMap;
 

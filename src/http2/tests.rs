@@ -426,3 +426,79 @@ fn the_stated_bound_of_a_connection() {
     eprintln!("one HTTP/2 connection holds at most {bound} B with default flags");
     assert!(bound <= 288 << 10, "{bound}");
 }
+
+#[test]
+fn a_request_held_for_the_answer_budget_is_not_served_once_the_connection_failed() {
+    let mut host = MemoryHost::default();
+    let mut p = open(&mut host);
+    let get = |id, path| {
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &request_block("GET", path, &[]),
+        )
+    };
+    // 64 answers to come fill the answer budget: the next request waits.
+    let routes = (super::limits::ANSWER_BUDGET / super::limits::ROUTE_COST) as u32;
+    for k in 0..routes {
+        p.receive(&mut host, &get(2 * k + 1, "/later"), SEC);
+    }
+    let held = 2 * routes + 1;
+    p.receive(&mut host, &get(held, "/x"), SEC);
+    assert_eq!(host.dispatched.len(), routes as usize, "held");
+    drain(&mut p, &mut host, SEC);
+    // A reset makes room, and a connection error follows in the same read.
+    let mut input = frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes());
+    input.extend(frame(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes()));
+    p.receive(&mut host, &input, SEC);
+    assert_eq!(p.failed(), Some(PROTOCOL_ERROR));
+    let f = drain(&mut p, &mut host, SEC);
+    assert_eq!(kinds(&f), [(GOAWAY, 0)], "nothing after GOAWAY");
+    assert_eq!(host.dispatched.len(), routes as usize, "not served");
+}
+
+#[test]
+fn an_answer_that_comes_after_the_connection_failed_is_not_written() {
+    let mut host = MemoryHost::default();
+    let mut p = open(&mut host);
+    let later = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("GET", "/later", &[]),
+    );
+    p.receive(&mut host, &later, SEC);
+    // A connection error; `conn` still hands over the answers that came.
+    p.receive(
+        &mut host,
+        &frame(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes()),
+        SEC,
+    );
+    assert_eq!(p.failed(), Some(PROTOCOL_ERROR));
+    let (id, answer) = host.answer_later().expect("stream 1 waits");
+    p.answer(&mut host, id, answer, SEC);
+    let events = Answer::Events {
+        headers: Default::default(),
+        key: 99,
+        serial: 1,
+    };
+    host.events.insert(
+        99,
+        super::testing::Events {
+            serial: 1,
+            ..Default::default()
+        },
+    );
+    p.answer(&mut host, id, events, SEC);
+    assert_eq!(
+        host.ended,
+        [(99, 1, CloseReason::ClientClosed)],
+        "ended at once"
+    );
+    let f = drain(&mut p, &mut host, SEC);
+    assert_eq!(kinds(&f), [(GOAWAY, 0)], "nothing after GOAWAY");
+    p.end_all(&mut host);
+    assert_eq!(host.bodies, 0);
+    assert_eq!(p.answers_accounted(), (0, 0));
+}
