@@ -26,8 +26,11 @@
 //! - [`streams`]: stream state, and how the last ones closed;
 //! - [`flood`]: what a client makes herald do for nothing, counted;
 //! - [`host`]: what the protocol core asks of the shard (routes, budgets, queues);
-//! - [`proto`], [`recv`], [`send`]: the protocol core, without I/O or clock;
-//! - [`conn`]: the core over a socket and the record layer, the shard as host.
+//! - [`proto`] (connection frames), [`recv`] (requests and bodies), [`reset`]
+//!   (streams ending, resets, priorities, windows), [`send`] (answers, DATA),
+//!   [`timers`] (deadlines): the protocol core, without I/O or clock;
+//! - [`conn`]: the core over a socket and the record layer; [`shard_host`]: the
+//!   shard as its host.
 //!
 //! Requests are routed and authenticated when their headers arrive
 //! ([`host::Intake`]): only a body its route takes is kept, up to `--max-body`,
@@ -46,12 +49,15 @@ pub mod host;
 pub mod limits;
 pub mod proto;
 mod recv;
+mod reset;
 pub mod send;
+mod shard_host;
 pub mod streams;
 #[doc(hidden)]
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 pub use conn::spawn;
 pub use limits::MAX_STREAMS;

@@ -50,7 +50,7 @@ pub struct Proto {
     /// Frames to send before any DATA: control frames, answers' heads.
     pub out: Vec<u8>,
     preface: bool,
-    settings_seen: bool,
+    pub(super) settings_seen: bool,
     /// The highest stream id the client opened.
     pub(super) last_stream: u32,
     pub(super) goaway_sent: bool,
@@ -77,7 +77,7 @@ pub struct Proto {
     pub(super) floods: Floods,
     /// Where the next write turn starts among the streams (fairness).
     pub(super) rr: u16,
-    started: u64,
+    pub(super) started: u64,
     pub(super) block_since: u64,
     /// Since when the connection has had no stream (0: it has some).
     pub(super) idle_since: u64,
@@ -479,97 +479,6 @@ impl Proto {
         put_goaway(&mut self.out, self.last_stream, code);
         self.goaway_sent = true;
         self.failed = Some(code);
-    }
-
-    /// The earliest moment something is due ([`Proto::on_timer`]), if any.
-    /// An idle SSE connection has none (and keeps no timer).
-    pub fn next_deadline(&self) -> Option<u64> {
-        let ht = self.limits.header_timeout_ns;
-        let mut due = u64::MAX;
-        if !self.settings_seen {
-            due = due.min(self.started.saturating_add(ht));
-        }
-        if self.block.is_some() {
-            due = due.min(self.block_since.saturating_add(ht));
-        }
-        for s in &self.streams {
-            if let Some(r) = &s.recv {
-                due = due.min(r.deadline);
-            }
-            if let StreamState::Sending(o) = &s.state {
-                due = due.min(o.since.saturating_add(self.limits.send_timeout_ns));
-            }
-        }
-        if self.streams.is_empty() && !self.goaway_sent && self.settings_seen {
-            due = due.min(self.idle_since.saturating_add(self.limits.idle_timeout_ns));
-        }
-        (due != u64::MAX).then_some(due)
-    }
-
-    /// Act on what is due at `now`: a preface, header block or request body
-    /// that did not complete in time, an answer that made no progress, an
-    /// idle connection.
-    pub fn on_timer<H: Host>(&mut self, host: &mut H, now: u64) {
-        let ht = self.limits.header_timeout_ns;
-        if (!self.settings_seen && now >= self.started.saturating_add(ht))
-            || (self.block.is_some() && now >= self.block_since.saturating_add(ht))
-        {
-            debug!("HTTP/2 preface or header block not complete in time");
-            self.fail(PROTOCOL_ERROR);
-            return;
-        }
-        for i in 0..self.streams.len() {
-            if self.streams[i]
-                .recv
-                .as_ref()
-                .is_some_and(|r| now >= r.deadline)
-            {
-                self.request_timed_out(host, i, now);
-            }
-            let stalled = match &self.streams[i].state {
-                StreamState::Sending(o) => {
-                    now >= o.since.saturating_add(self.limits.send_timeout_ns)
-                }
-                _ => false,
-            };
-            if stalled {
-                debug!("HTTP/2 answer made no progress: reset");
-                let id = self.streams[i].id;
-                put_rst(&mut self.out, id, CANCEL);
-                crate::metrics::h2_reset_sent(code_name(CANCEL));
-                self.end_stream(host, i, Ended::ByUs, CloseReason::SlowConsumer);
-            }
-        }
-        if self.streams.is_empty()
-            && self.settings_seen
-            && now >= self.idle_since.saturating_add(self.limits.idle_timeout_ns)
-        {
-            self.go_away();
-        }
-        self.settle(host, now);
-    }
-
-    /// The request of stream `i` did not complete in time: answered 408, and
-    /// the stream reset once the answer is out.
-    fn request_timed_out<H: Host>(&mut self, host: &mut H, i: usize, now: u64) {
-        let Some(recv) = self.streams[i].recv.as_mut() else {
-            return;
-        };
-        recv.deadline = u64::MAX;
-        let (req, head, held) = match std::mem::replace(&mut recv.at_end, AtEnd::Drop) {
-            AtEnd::Serve { req, body, head } => (Some(req), head, body.len()),
-            AtEnd::ServeEmpty { req, head } => (Some(req), head, 0),
-            AtEnd::Drop => return,
-        };
-        self.heads -= std::mem::take(&mut recv.head_size);
-        self.release(host, held);
-        let e = crate::error::ApiError::new(
-            408,
-            "body_timeout",
-            "the request body did not arrive in time",
-        );
-        let answer = host.error(req.as_deref(), &e);
-        self.start_answer(host, i, answer, head, now);
     }
 
     /// Let go of `n` body bytes: the connection window is given back and the
