@@ -15,6 +15,7 @@ use herald::http2::frame::*;
 use herald::http2::limits::Limits;
 use herald::http2::testing::checked::run_frames;
 use herald::http2::testing::{frame, request_block};
+use herald::tls::testing::run_records;
 
 fn corpus(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -351,5 +352,67 @@ fn h2_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ];
     seeds.sort_by_key(|(name, _)| *name);
+    seeds
+}
+
+#[test]
+fn tls_records_corpus() {
+    let inputs = inputs("tls_records");
+    for data in &inputs {
+        run_records(data);
+    }
+    assert!(inputs.len() >= 10);
+}
+
+#[test]
+fn tls_records_seeds_are_in_the_corpus() {
+    let dir = corpus("tls_records");
+    let write = std::env::var_os("HERALD_WRITE_SEEDS").is_some();
+    for (name, data) in tls_seeds() {
+        let path = dir.join(format!("seed-{name}"));
+        if write {
+            std::fs::create_dir_all(&dir).expect("corpus dir");
+            std::fs::write(&path, &data).expect("write seed");
+        }
+        let kept = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            kept == data,
+            "{} differs (HERALD_WRITE_SEEDS=1)",
+            path.display()
+        );
+    }
+}
+
+/// Seeds of the record fuzzer: each kind of record layer with data, padding,
+/// empty records, key updates and an alert, read whole and changed.
+fn tls_seeds() -> Vec<(String, Vec<u8>)> {
+    // One record: kind, two bytes of length, its bytes (see ops_from_bytes).
+    let rec = |kind: u8, data: &[u8]| {
+        let mut r = vec![kind, data.len() as u8, (data.len() >> 8) as u8];
+        r.extend_from_slice(data);
+        r
+    };
+    let records = [
+        rec(0, b"GET / HTTP/1.1\r\n\r\n"),
+        rec(4, b""),
+        rec(5, b""),
+        rec(1, &[7; 300]),
+        rec(4, b""),
+        rec(6, &[]),
+    ]
+    .concat();
+    let mut seeds = Vec::new();
+    for which in 0..5u8 {
+        for how in 0..4u8 {
+            let mut d = vec![which, how, 40, 0, 3];
+            d.extend_from_slice(&records);
+            seeds.push((format!("{which}-{how}"), d));
+        }
+    }
+    let mut idle = vec![0, 0, 0, 0, 1];
+    for _ in 0..34 {
+        idle.extend(rec(4, b""));
+    }
+    seeds.push(("idle-run".into(), idle));
     seeds
 }

@@ -74,6 +74,23 @@ impl LeanTls {
         }))
     }
 
+    /// For the property tests and the fuzz target: a lean stream whose client
+    /// seals with the returned [`RecordTx`] ([`record::fixed_pair`]'s keys).
+    #[doc(hidden)]
+    pub fn fixed(which: u8) -> (RecordTx, Box<LeanTls>) {
+        let (client, _) = record::fixed_pair(which);
+        let (own, _) = record::fixed_pair(which);
+        let (rx, _) = record::fixed_state(which);
+        let lean = Box::new(LeanTls {
+            tx: own,
+            rx,
+            partial: None,
+            listed: false,
+            alert: None,
+        });
+        (client, lean)
+    }
+
     /// Read what the client sent until `io` would block (or [`INPUT_LIMIT`])
     /// and open it, after what was kept of a record. `scratch` is a buffer to
     /// work in; `now` and `timeout` (nanoseconds) set the deadline of a record

@@ -11,6 +11,8 @@
 pub mod keys;
 pub mod lean;
 pub mod record;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
