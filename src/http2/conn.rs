@@ -46,18 +46,15 @@ pub fn spawn(
         proto: Proto::new(limits, now),
         host: ShardHost {
             shard,
-            mailbox: None,
-            waiting: Vec::new(),
+            waiting: None,
         },
         tcp,
         tx: keys.0,
         rx: keys.1,
-        records: Vec::new(),
-        input: Vec::new(),
-        partial_since: 0,
+        partial: None,
         timer: None,
         timer_at: 0,
-        drain_key: None,
+        drain_key: NO_KEY,
         eof: false,
         linger_until: 0,
     });
@@ -85,24 +82,33 @@ struct Conn {
     tcp: TcpStream,
     tx: Box<RecordTx>,
     rx: Box<RecordRx>,
-    /// Received bytes not opened yet (part of a record); empty (unallocated)
-    /// otherwise.
-    records: Vec<u8>,
-    /// Opened bytes not handled yet (part of a frame); empty (unallocated)
-    /// otherwise.
-    input: Vec<u8>,
-    /// Since when part of a record or frame has been kept (0: none is).
-    partial_since: u64,
+    /// Part of a record or of a frame received, while there is one.
+    partial: Option<Box<Partial>>,
     /// Armed only while something is due: an idle SSE connection has none.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     timer_at: u64,
     /// Its place in the shard's list of HTTP/2 connections (woken to send
-    /// GOAWAY when the pod drains).
-    drain_key: Option<usize>,
+    /// GOAWAY when the pod drains), once registered.
+    drain_key: u32,
     /// The client closed its side, or the socket failed.
     eof: bool,
     /// Closed: input is read and dropped until then (0: not closed).
     linger_until: u64,
+}
+
+/// [`Conn::drain_key`] before the connection is on the list.
+const NO_KEY: u32 = u32::MAX;
+
+/// What a connection keeps of its input between reads (boxed: most of the
+/// time it keeps nothing).
+#[derive(Default)]
+struct Partial {
+    /// Received bytes not opened yet (part of a record).
+    records: Vec<u8>,
+    /// Opened bytes not handled yet (part of a frame).
+    input: Vec<u8>,
+    /// Since when: it must be complete within `--header-timeout`.
+    since: u64,
 }
 
 impl Conn {
@@ -113,8 +119,9 @@ impl Conn {
         }
         if self.timer_at != 0 && now >= self.timer_at {
             self.timer_at = 0;
-            let ht = self.proto.limits.header_timeout_ns;
-            if self.partial_since != 0 && now >= self.partial_since.saturating_add(ht) {
+            let ht = self.proto.limits.header_timeout_ns();
+            let since = self.partial.as_ref().map_or(0, |p| p.since);
+            if since != 0 && now >= since.saturating_add(ht) {
                 debug!("HTTP/2 partial frame or record not completed in time");
                 self.proto.fail(PROTOCOL_ERROR);
             } else {
@@ -185,8 +192,10 @@ impl Conn {
         // of connections does not leave a read buffer each in the heap.
         let mut rx = shard.io.rx();
         rx.clear();
-        rx.extend_from_slice(&self.records);
-        self.records = Vec::new();
+        if let Some(p) = &mut self.partial {
+            rx.extend_from_slice(&p.records);
+            p.records = Vec::new();
+        }
         rx.reserve(crate::tls::record::MAX_RECORD);
         match self.tcp.try_read_buf(&mut *rx) {
             Ok(0) => self.eof = true,
@@ -203,14 +212,25 @@ impl Conn {
     fn received(&mut self, buf: &mut [u8], now: u64) {
         let opened = self.open_records(buf, now);
         if opened < buf.len() && !self.eof && self.proto.failed().is_none() {
-            self.records = buf[opened..].to_vec();
+            self.keep(now).records = buf[opened..].to_vec();
         }
-        let partial = !self.records.is_empty() || !self.input.is_empty();
-        self.partial_since = match (partial, self.partial_since) {
-            (false, _) => 0,
-            (true, 0) => now,
-            (true, since) => since,
-        };
+        if self
+            .partial
+            .as_ref()
+            .is_some_and(|p| p.records.is_empty() && p.input.is_empty())
+        {
+            self.partial = None;
+        }
+    }
+
+    /// Where part of a record or frame is kept (since `now`, when it is new).
+    fn keep(&mut self, now: u64) -> &mut Partial {
+        self.partial.get_or_insert_with(|| {
+            Box::new(Partial {
+                since: now,
+                ..Partial::default()
+            })
+        })
     }
 
     /// Open the whole records at the front of `buf` and handle the frames they
@@ -266,40 +286,45 @@ impl Conn {
     /// Handle the frames of `plain` after what `input` kept of an earlier
     /// record (part of a frame); keep what is left of the last one.
     fn frames_in(&mut self, plain: &[u8], now: u64) {
-        if self.input.is_empty() {
+        let kept = self
+            .partial
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.input))
+            .unwrap_or_default();
+        if kept.is_empty() {
             let taken = self.proto.receive(&mut self.host, plain, now);
             if taken < plain.len() && self.proto.failed().is_none() {
-                self.input = plain[taken..].to_vec();
+                self.keep(now).input = plain[taken..].to_vec();
             }
         } else {
-            let mut input = std::mem::take(&mut self.input);
+            let mut input = kept;
             input.extend_from_slice(plain);
             let taken = self.proto.receive(&mut self.host, &input, now);
             if taken < input.len() && self.proto.failed().is_none() {
                 input.drain(..taken);
-                self.input = input;
+                self.keep(now).input = input;
             }
         }
     }
 
     fn take_answers(&mut self, now: u64) {
-        let Some(mailbox) = &self.host.mailbox else {
+        let Some(w) = &mut self.host.waiting else {
             return;
         };
-        let answers = std::mem::take(&mut mailbox.borrow_mut().answers);
+        let answers = std::mem::take(&mut w.mailbox.borrow_mut().answers);
+        w.tasks
+            .retain(|(s, _)| !answers.iter().any(|(id, _)| id == s));
         for (id, resp) in answers {
-            self.host.waiting.retain(|(s, _)| *s != id);
             self.proto.answer(&mut self.host, id, to_answer(resp), now);
         }
         // No request with the routes: the mailbox is freed.
         if self
             .host
-            .mailbox
+            .waiting
             .as_ref()
-            .is_some_and(|m| Rc::strong_count(m) == 1)
+            .is_some_and(|w| Rc::strong_count(&w.mailbox) == 1)
         {
-            self.host.mailbox = None;
-            self.host.waiting = Vec::new();
+            self.host.waiting = None;
         }
     }
 
@@ -390,9 +415,9 @@ impl Conn {
     /// The timer at the next deadline (the protocol's, or a partial frame's
     /// or record's), or none.
     fn arm_timer(&mut self, cx: &mut Context<'_>, now: u64) {
-        let partial = (self.partial_since != 0).then(|| {
-            self.partial_since
-                .saturating_add(self.proto.limits.header_timeout_ns)
+        let partial = self.partial.as_ref().map(|p| {
+            p.since
+                .saturating_add(self.proto.limits.header_timeout_ns())
         });
         let due = match (self.proto.next_deadline(), partial) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -428,8 +453,8 @@ impl Conn {
     /// task's.
     fn register(&mut self, cx: &mut Context<'_>) {
         let waker = cx.waker();
-        if let Some(m) = &self.host.mailbox {
-            let mut m = m.borrow_mut();
+        if let Some(w) = &self.host.waiting {
+            let mut m = w.mailbox.borrow_mut();
             if !m.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
                 m.waker = Some(waker.clone());
             }
@@ -444,8 +469,8 @@ impl Conn {
             }
         }
         drop(table);
-        if self.drain_key.is_none() {
-            self.drain_key = Some(shard.h2_conns.borrow_mut().insert(waker.clone()));
+        if self.drain_key == NO_KEY {
+            self.drain_key = shard.h2_conns.borrow_mut().insert(waker.clone()) as u32;
         }
     }
 
@@ -467,8 +492,7 @@ impl Conn {
         }
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
         self.proto.end_all(&mut self.host);
-        self.records = Vec::new();
-        self.input = Vec::new();
+        self.partial = None;
         self.tx.pending = Vec::new();
         if self.eof {
             return Poll::Ready(());
@@ -507,12 +531,19 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Some(key) = self.drain_key.take() {
-            self.host.shard.h2_conns.borrow_mut().try_remove(key);
+        if self.drain_key != NO_KEY {
+            let key = std::mem::replace(&mut self.drain_key, NO_KEY);
+            self.host
+                .shard
+                .h2_conns
+                .borrow_mut()
+                .try_remove(key as usize);
         }
         self.proto.end_all(&mut self.host);
-        for (_, task) in self.host.waiting.drain(..) {
-            task.abort();
+        if let Some(w) = self.host.waiting.take() {
+            for (_, task) in w.tasks {
+                task.abort();
+            }
         }
     }
 }
@@ -527,6 +558,6 @@ mod tests {
     fn connection_state_stays_small() {
         let conn = std::mem::size_of::<Conn>();
         eprintln!("Conn {conn} B, Proto {} B", std::mem::size_of::<Proto>());
-        assert!(conn <= 640, "Conn is {conn} bytes");
+        assert!(conn <= 448, "Conn is {conn} bytes");
     }
 }

@@ -88,18 +88,18 @@ pub const RESETS: Rate = Rate {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// The header list (`--max-header-bytes`; a larger request is answered 431).
-    pub header_list: usize,
+    pub header_list: u32,
     /// A header block as received (HEADERS and CONTINUATION payloads): twice
     /// the header list, past which the block is a flood, not a request.
-    pub header_block: usize,
+    pub header_block: u32,
     /// A request body (`--max-body`; 413 beyond).
-    pub max_body: usize,
+    pub max_body: u32,
     /// Request heads the connection keeps at once (those waiting for their
     /// body, their turn or their answer), each counted as its fields' bytes
     /// plus [`HEAD_COST`]: four full ones, or some sixty small ones; past it a
     /// new stream is refused (`REFUSED_STREAM`). Stops 128 pending requests
     /// of 16 KiB headers each.
-    pub request_heads: usize,
+    pub request_heads: u32,
     /// Body bytes the connection may hold at once: the connection window
     /// herald gives (it is given back only as bodies are answered).
     pub conn_window: u32,
@@ -107,31 +107,46 @@ pub struct Limits {
     /// and the byte past the limit that makes it a 413.
     pub stream_window: u32,
     /// Header blocks, bodies, partial frames and records complete within this
-    /// (`--header-timeout`); so does the preface.
-    pub header_timeout_ns: u64,
+    /// (`--header-timeout`, in milliseconds); so does the preface.
+    header_timeout_ms: u32,
     /// A connection with no stream closes after this (`--idle-timeout`).
-    pub idle_timeout_ns: u64,
-    /// An answer that has made no progress (the client gives no window) for
-    /// this long is reset (`CANCEL`), so that a stalled reader cannot keep
-    /// it: three times `--header-timeout` (30 s by default).
-    pub send_timeout_ns: u64,
+    idle_timeout_ms: u32,
 }
 
 impl Limits {
     pub fn from_config(cfg: &Config) -> Limits {
-        let header_list = cfg.max_header_bytes;
+        // Kept in 4 bytes each (a connection holds a copy): the configuration
+        // bounds the sizes (1 MiB of headers, 64 MiB of body).
+        let header_list = cfg.max_header_bytes as u32;
         let window = (cfg.max_body as i64 + 1).clamp(DEFAULT_WINDOW, MAX_WINDOW) as u32;
+        let max = header_list.max(DEFAULT_MAX_FRAME as u32);
         Limits {
             header_list,
-            header_block: 2 * header_list.max(DEFAULT_MAX_FRAME),
-            request_heads: 4 * header_list.max(DEFAULT_MAX_FRAME),
-            max_body: cfg.max_body,
+            header_block: 2 * max,
+            request_heads: 4 * max,
+            max_body: cfg.max_body as u32,
             conn_window: window,
             stream_window: window,
-            header_timeout_ns: ns(cfg.header_timeout),
-            idle_timeout_ns: ns(cfg.idle_timeout),
-            send_timeout_ns: ns(cfg.header_timeout).saturating_mul(3),
+            header_timeout_ms: ms(cfg.header_timeout),
+            idle_timeout_ms: ms(cfg.idle_timeout),
         }
+    }
+
+    /// `--header-timeout` in nanoseconds.
+    pub fn header_timeout_ns(&self) -> u64 {
+        u64::from(self.header_timeout_ms) * 1_000_000
+    }
+
+    /// `--idle-timeout` in nanoseconds.
+    pub fn idle_timeout_ns(&self) -> u64 {
+        u64::from(self.idle_timeout_ms) * 1_000_000
+    }
+
+    /// An answer that has made no progress (the client gives no window) for
+    /// this long is reset (`CANCEL`), so that a stalled reader cannot keep
+    /// it: three times `--header-timeout` (30 s by default).
+    pub fn send_timeout_ns(&self) -> u64 {
+        3 * self.header_timeout_ns()
     }
 
     /// What one connection may hold at most besides its SSE streams' queues
@@ -149,8 +164,8 @@ impl Limits {
         state
             + record
             + frame
-            + self.header_block
-            + self.request_heads
+            + self.header_block as usize
+            + self.request_heads as usize
             + hpack
             + self.conn_window as usize
             + ANSWER_BUDGET
@@ -158,6 +173,6 @@ impl Limits {
     }
 }
 
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }

@@ -125,7 +125,7 @@ impl Proto {
                 (SETTINGS_ENABLE_PUSH, 0),
                 (SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS),
                 (SETTINGS_INITIAL_WINDOW_SIZE, limits.stream_window),
-                (SETTINGS_MAX_HEADER_LIST_SIZE, limits.header_list as u32),
+                (SETTINGS_MAX_HEADER_LIST_SIZE, limits.header_list),
             ],
         );
         let extra = i64::from(limits.conn_window) - DEFAULT_WINDOW;

@@ -222,7 +222,7 @@ impl Proto {
         block.buf.extend_from_slice(payload);
         // A header block is decoded whole (HPACK's state depends on it); past
         // twice the header limit it is a flood, not a request.
-        if block.buf.len() > self.limits.header_block {
+        if block.buf.len() > self.limits.header_block as usize {
             crate::metrics::h2_flood("header_block");
             return Err(ConnError(ENHANCE_YOUR_CALM));
         }
@@ -245,7 +245,7 @@ impl Proto {
     ) -> Result<(), ConnError> {
         let id = block.stream;
         let mut fields = Fields::default();
-        let max = self.limits.header_list;
+        let max = self.limits.header_list as usize;
         let mut buf = block.buf;
         self.hpack
             .decode(&mut Cursor::new(&mut buf), |h| {
@@ -313,7 +313,7 @@ impl Proto {
         let refused = if self_dep {
             Some(PROTOCOL_ERROR)
         } else if self.streams.len() >= MAX_STREAMS as usize
-            || (self.heads > 0 && (self.heads + size) as usize > self.limits.request_heads)
+            || (self.heads > 0 && self.heads + size > self.limits.request_heads)
         {
             Some(REFUSED_STREAM)
         } else {
@@ -420,7 +420,7 @@ impl Proto {
             Intake::Refuse(_) => unreachable!("answered above"),
         };
         self.streams[i].recv = Some(Box::new(Recv {
-            deadline: now.saturating_add(self.limits.header_timeout_ns),
+            deadline: now.saturating_add(self.limits.header_timeout_ns()),
             window: i64::from(self.limits.stream_window),
             length_left: head.content_length,
             received: 0,

@@ -34,9 +34,15 @@ pub(super) struct Mailbox {
 /// The shard, as the protocol core's [`Host`].
 pub(super) struct ShardHost {
     pub shard: Rc<Shard>,
-    pub mailbox: Option<Rc<RefCell<Mailbox>>>,
-    /// Routes that wait, by stream: aborted when their stream is reset.
-    pub waiting: Vec<(u32, tokio::task::AbortHandle)>,
+    /// Routes that wait and their mailbox, while there are any.
+    pub waiting: Option<Box<Waiting>>,
+}
+
+/// Routes that wait, by stream (aborted when their stream is reset), and
+/// where their answers come.
+pub(super) struct Waiting {
+    pub mailbox: Rc<RefCell<Mailbox>>,
+    pub tasks: Vec<(u32, tokio::task::AbortHandle)>,
 }
 
 impl Host for ShardHost {
@@ -65,10 +71,13 @@ impl Host for ShardHost {
         if let Poll::Ready(Ok(resp)) = route.as_mut().poll(&mut noop) {
             return Some(to_answer(resp));
         }
-        let mailbox = self
-            .mailbox
-            .get_or_insert_with(|| Rc::new(RefCell::new(Mailbox::default())))
-            .clone();
+        let waiting = self.waiting.get_or_insert_with(|| {
+            Box::new(Waiting {
+                mailbox: Rc::new(RefCell::new(Mailbox::default())),
+                tasks: Vec::new(),
+            })
+        });
+        let mailbox = waiting.mailbox.clone();
         let task = tokio::task::spawn_local(async move {
             let Ok(resp) = route.await;
             let mut m = mailbox.borrow_mut();
@@ -77,15 +86,18 @@ impl Host for ShardHost {
                 w.wake();
             }
         });
-        self.waiting.push((stream, task.abort_handle()));
+        waiting.tasks.push((stream, task.abort_handle()));
         None
     }
 
     fn cancel(&mut self, stream: u32) {
-        if let Some(at) = self.waiting.iter().position(|(s, _)| *s == stream) {
+        let Some(w) = &mut self.waiting else {
+            return;
+        };
+        if let Some(at) = w.tasks.iter().position(|(s, _)| *s == stream) {
             // What the route held (an admission slot, a publish in flight)
             // goes with it, as when a client closes an HTTP/1.1 connection.
-            self.waiting.swap_remove(at).1.abort();
+            w.tasks.swap_remove(at).1.abort();
         }
     }
 

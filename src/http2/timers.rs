@@ -17,7 +17,7 @@ impl Proto {
     /// The earliest moment something is due ([`Proto::on_timer`]), if any.
     /// An idle SSE connection has none (and keeps no timer).
     pub fn next_deadline(&self) -> Option<u64> {
-        let ht = self.limits.header_timeout_ns;
+        let ht = self.limits.header_timeout_ns();
         let mut due = u64::MAX;
         if !self.settings_seen {
             due = due.min(self.started.saturating_add(ht));
@@ -30,11 +30,14 @@ impl Proto {
                 due = due.min(r.deadline);
             }
             if let StreamState::Sending(o) = &s.state {
-                due = due.min(o.since.saturating_add(self.limits.send_timeout_ns));
+                due = due.min(o.since.saturating_add(self.limits.send_timeout_ns()));
             }
         }
         if self.streams.is_empty() && !self.goaway_sent && self.settings_seen {
-            due = due.min(self.idle_since.saturating_add(self.limits.idle_timeout_ns));
+            due = due.min(
+                self.idle_since
+                    .saturating_add(self.limits.idle_timeout_ns()),
+            );
         }
         (due != u64::MAX).then_some(due)
     }
@@ -43,7 +46,7 @@ impl Proto {
     /// that did not complete in time, an answer that made no progress, an
     /// idle connection.
     pub fn on_timer<H: Host>(&mut self, host: &mut H, now: u64) {
-        let ht = self.limits.header_timeout_ns;
+        let ht = self.limits.header_timeout_ns();
         if (!self.settings_seen && now >= self.started.saturating_add(ht))
             || (self.block.is_some() && now >= self.block_since.saturating_add(ht))
         {
@@ -66,7 +69,7 @@ impl Proto {
             }
             let stalled = match &self.streams[i].state {
                 StreamState::Sending(o) => {
-                    now >= o.since.saturating_add(self.limits.send_timeout_ns)
+                    now >= o.since.saturating_add(self.limits.send_timeout_ns())
                 }
                 _ => false,
             };
@@ -80,7 +83,10 @@ impl Proto {
         }
         if self.streams.is_empty()
             && self.settings_seen
-            && now >= self.idle_since.saturating_add(self.limits.idle_timeout_ns)
+            && now
+                >= self
+                    .idle_since
+                    .saturating_add(self.limits.idle_timeout_ns())
         {
             self.go_away();
         }
