@@ -143,6 +143,7 @@ class Raw:
         self.reader, self.writer = reader, writer
         self.started = t0
         self.closed_at = None
+        self.close_reason = None
         self.closed = asyncio.Event()
         self.sent = 0
         self.frames_sent = 0
@@ -183,7 +184,7 @@ class Raw:
     def write(self, data: bytes, frames: int = 1):
         if self.writer.transport.is_closing():
             # Closed by the server: asyncio would drop what is written.
-            self.mark_closed()
+            self.mark_closed("closed while writing")
         if self.closed.is_set():
             return
         self.writer.write(data)
@@ -193,16 +194,19 @@ class Raw:
     async def drain(self):
         try:
             await self.writer.drain()
-        except (ConnectionError, ssl.SSLError, OSError):
-            self.mark_closed()
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            self.mark_closed(type(e).__name__)
 
-    def mark_closed(self):
+    def mark_closed(self, reason):
+        if self.close_reason is None:
+            self.close_reason = reason
         if not self.closed.is_set():
             self.closed_at = time.monotonic()
             self.closed.set()
 
     async def read_loop(self):
         buf = bytearray()
+        reason = "EOF"
         try:
             while True:
                 data = await self.reader.read(65536)
@@ -218,10 +222,11 @@ class Raw:
                     payload = bytes(buf[9:9 + length])
                     del buf[:9 + length]
                     self.on_frame(kind, flags, stream, payload)
-        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as e:
+            # A reset: what was received but not yet read (a GOAWAY) is lost.
+            reason = type(e).__name__
         finally:
-            self.mark_closed()
+            self.mark_closed(reason)
 
     def on_frame(self, kind, flags, stream, payload):
         if kind == SETTINGS and not flags & ACK:
@@ -288,6 +293,7 @@ class Raw:
         kept = None if self.closed_at is None or self.closed_at > hold_end else self.closed_at - self.started
         return {
             "kept_s": None if kept is None else round(kept, 2),
+            "close": None if kept is None else self.close_reason,
             "open_s": round(min(self.closed_at or hold_end, hold_end) - self.started, 2),
             "sent": self.sent,
             "frames_sent": self.frames_sent,
@@ -651,7 +657,7 @@ async def main() -> int:
         "cpu_ms_per_conn": round(cpu * 1000 / n, 2),
         "bytes_sent": sent,
         "frames_sent": sum(r["frames_sent"] for r in reports),
-        "cpu_ms_per_mb": round(cpu * 1000 / (sent / 1e6), 2) if sent >= 1000 else None,
+        "cpu_ms_per_mb": round(cpu * 1000 / (sent / 1e6), 2) if sent >= 100_000 else None,
         "honest_during": [ok for ok, _ in during],
         "honest_during_delay_s": [d for _, d in during],
         "honest_after": after_ok,
@@ -678,15 +684,21 @@ def table(paths) -> str:
         with open(p) as f:
             j = json.load(f)
         n = j["conns"]
+        def s(x):
+            return f"{x:.2f}" if x < 1 else f"{x:.1f}"
         if j["closed_by_server"] == 0:
             kept = f"not closed (> {j['hold_s']:g})"
-        elif j["closed_by_server"] == n and j["kept_s_min"] is not None:
-            kept = f"{j['kept_s_median']:.1f} ({j['kept_s_min']:.1f}–{j['kept_s_max']:.1f})"
+        elif j["closed_by_server"] == n:
+            kept = f"{s(j['kept_s_median'])} ({s(j['kept_s_min'])}–{s(j['kept_s_max'])})"
         else:
-            kept = f"{j['kept_s_median']:.1f} ({j['closed_by_server']}/{n} closed)"
+            kept = f"{s(j['kept_s_median'])} ({j['closed_by_server']}/{n} closed)"
         during = j["honest_during"]
         honest = f"{sum(during)}/{len(during)}, {'yes' if j['honest_after'] else 'NO'}"
         got = fmt_counts(j["goaway"], "GOAWAY ") + fmt_counts(j["resets"], "RST ") + fmt_counts(j["answers"], "")
+        silent = collections.Counter(r.get("close") or "?" for r in j["per_conn"]
+                                     if r["kept_s"] is not None and not r["goaway"])
+        for why, k in silent.items():
+            got.append(f"{k} closed with no GOAWAY read ({why})")
         if j["first_reset_s_median"] is not None and j["resets"]:
             got.append(f"first RST at {j['first_reset_s_median']:g} s")
         if j["attack_errors"]:
@@ -695,7 +707,7 @@ def table(paths) -> str:
         lines.append(
             f"| {j['mode']} | {j['label']} | {j['rss_peak_per_conn']:,} B | {j['rss_hold_per_conn']:,} B "
             f"| {'–' if not j.get('disk_peak') else format(j['disk_peak_per_conn'], ',') + ' B'} "
-            f"| {j['cpu_ms_per_conn']:.1f} | {'–' if j['cpu_ms_per_mb'] is None else format(j['cpu_ms_per_mb'], '.1f')} "
+            f"| {j['cpu_ms_per_conn']:.1f} | {'–' if j['bytes_sent'] < 100_000 else format(j['cpu_ms_per_mb'], ',.1f')} "
             f"| {mb:.2f} | {kept} | {honest} | {'; '.join(got) or 'nothing'} |")
     return "\n".join(lines)
 
