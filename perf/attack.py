@@ -144,6 +144,7 @@ class Raw:
         self.started = t0
         self.closed_at = None
         self.close_reason = None
+        self.read_end = None
         self.closed = asyncio.Event()
         self.sent = 0
         self.frames_sent = 0
@@ -226,6 +227,7 @@ class Raw:
             # A reset: what was received but not yet read (a GOAWAY) is lost.
             reason = type(e).__name__
         finally:
+            self.read_end = reason
             self.mark_closed(reason)
 
     def on_frame(self, kind, flags, stream, payload):
@@ -294,6 +296,7 @@ class Raw:
         return {
             "kept_s": None if kept is None else round(kept, 2),
             "close": None if kept is None else self.close_reason,
+            "read_end": self.read_end,
             "open_s": round(min(self.closed_at or hold_end, hold_end) - self.started, 2),
             "sent": self.sent,
             "frames_sent": self.frames_sent,
@@ -695,7 +698,7 @@ def table(paths) -> str:
         during = j["honest_during"]
         honest = f"{sum(during)}/{len(during)}, {'yes' if j['honest_after'] else 'NO'}"
         got = fmt_counts(j["goaway"], "GOAWAY ") + fmt_counts(j["resets"], "RST ") + fmt_counts(j["answers"], "")
-        silent = collections.Counter(r.get("close") or "?" for r in j["per_conn"]
+        silent = collections.Counter(r.get("read_end") or r.get("close") or "?" for r in j["per_conn"]
                                      if r["kept_s"] is not None and not r["goaway"])
         for why, k in silent.items():
             got.append(f"{k} closed with no GOAWAY read ({why})")
