@@ -74,6 +74,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 mkdir -p "$OUT/logs" "$OUT/bin" "$OUT/tls"
+OUT=$(cd "$OUT" && pwd)   # nginx reads the certificate relative to its own prefix otherwise
 note "results in $OUT"
 (cd "$ROOT" && timeout "$CARGO_TIMEOUT" cargo build --release -q -p herald) || die "cargo build failed"
 cp "$TARGET/release/herald" "$OUT/bin/herald"
