@@ -68,10 +68,8 @@ H2_STREAMS=${H2_STREAMS:-10}
 HERALD_BASE=${HERALD_BASE:-HEAD~1}
 CLIENT_CPU=${CLIENT_CPU:-1}
 LOADTEST_THREADS=${LOADTEST_THREADS:-1}
-CARGO_TIMEOUT=${CARGO_TIMEOUT:-1800}
 OUT=${OUT:-$PERF_DIR/out/$(date +%Y%m%d-%H%M%S)}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PREV_TARGET=${PREV_TARGET:-/tmp/herald-perf-prev-target}
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "== $*" >&2; }
@@ -106,15 +104,10 @@ command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 command -v python3 >/dev/null || die "python3 is missing"
 (($(nproc) >= 2)) || note "only $(nproc) CPU: server and client will share it"
 
-WORKTREE=
 cleanup() {
     local rc=$?
     stop_all
-    if [[ -n $WORKTREE ]]; then
-        git -C "$ROOT" worktree remove --force "$WORKTREE/tree" >/dev/null 2>&1 || true
-        rm -rf "$WORKTREE"
-        git -C "$ROOT" worktree prune >/dev/null 2>&1 || true
-    fi
+    remove_prev_worktree
     exit "$rc"
 }
 trap cleanup EXIT
@@ -141,29 +134,22 @@ for c in "${crates[@]}"; do cp "$TARGET/release/$c" "$OUT/bin/"; done
 PREV_BATCH=
 if [[ " $SERVERS " == *" herald-prev"* ]]; then
     prev_ok=
-    if base=$(git -C "$ROOT" rev-parse --verify -q "$HERALD_BASE^{commit}") &&
-        git -C "$ROOT" cat-file -e "$base:src/main.rs" 2>/dev/null &&
-        git -C "$ROOT" show "$base:Cargo.toml" 2>/dev/null | grep -q '^name = "herald"'; then
-        note "building herald at $HERALD_BASE ($(git -C "$ROOT" rev-parse --short "$base")) in a worktree, target $PREV_TARGET"
-        WORKTREE=$(mktemp -d /tmp/herald-perf-prev.XXXXXX)
-        git -C "$ROOT" worktree add --detach -q "$WORKTREE/tree" "$base"
-        # Only herald itself is built there: a workspace member list naming crates
-        # that commit does not have (loadtest, perf/floor) would stop cargo.
-        perl -0pi -e 's/^members\s*=\s*\[[^\]]*\]/members = ["."]/m' "$WORKTREE/tree/Cargo.toml"
-        if (cd "$WORKTREE/tree" && CARGO_TARGET_DIR=$PREV_TARGET timeout "$CARGO_TIMEOUT" \
-            cargo build --release -q --bin herald); then
-            cp "$PREV_TARGET/release/herald" "$OUT/bin/herald-prev"
-            echo "herald-prev: $(git -C "$ROOT" rev-parse --short "$base") ($HERALD_BASE)" >>"$OUT/versions.txt"
-            prev_ok=1
-            # Publish batches (a JSON array body) came with f97a0e2.
-            if [[ $(git -C "$ROOT" show "$base:src/http/publish.rs" 2>/dev/null) == *MAX_BATCH* ]]; then
-                PREV_BATCH=1
-            fi
-        else
-            note "herald at $HERALD_BASE does not build: herald-prev skipped"
+    set +e
+    build_herald_at "$ROOT" "$HERALD_BASE" "$OUT/bin/herald-prev"
+    rc=$?
+    set -e
+    if ((rc == 0)); then
+        base=$(git -C "$ROOT" rev-parse --verify -q "$HERALD_BASE^{commit}")
+        echo "herald-prev: $(git -C "$ROOT" rev-parse --short "$base") ($HERALD_BASE)" >>"$OUT/versions.txt"
+        prev_ok=1
+        # Publish batches (a JSON array body) came with f97a0e2.
+        if [[ $(git -C "$ROOT" show "$base:src/http/publish.rs" 2>/dev/null) == *MAX_BATCH* ]]; then
+            PREV_BATCH=1
         fi
-    else
+    elif ((rc == 2)); then
         note "$HERALD_BASE has no herald: herald-prev skipped"
+    else
+        note "herald at $HERALD_BASE does not build: herald-prev skipped"
     fi
     if [[ -z $prev_ok ]]; then
         SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -vxE 'herald-prev(-tls|-h2)?' | tr '\n' ' ')

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables set here are read by the scripts that source it
 # Start and stop the servers compared by perf/compare.sh. Source this file; every
 # start_* function sets SERVER_PID (the process to measure), SERVER_STOP (the PIDs
 # to signal on stop, in order), SERVER_ADDR (127.0.0.1:PORT) and the load-test URLs
@@ -116,9 +117,10 @@ start_nchan() {
     SERVER_TMP=$dir
     port=$(free_port)
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" "$PERF_DIR/nchan.conf.in" >"$dir/nginx.conf"
-    # NCHAN_TLS_CERT and NCHAN_TLS_KEY (PEM files): HTTPS with HTTP/2 on the same port.
+    # NCHAN_TLS_CERT and NCHAN_TLS_KEY (PEM files): HTTPS with HTTP/2 on the same port,
+    # TLS 1.3 offered (Debian's nginx 1.22 offers TLS 1.2 only unless told).
     if [[ -n ${NCHAN_TLS_CERT:-} ]]; then
-        sed -i "s|listen 127.0.0.1:$port backlog=4096;|listen 127.0.0.1:$port ssl http2 backlog=4096; ssl_certificate $NCHAN_TLS_CERT; ssl_certificate_key $NCHAN_TLS_KEY;|" "$dir/nginx.conf"
+        sed -i "s|listen 127.0.0.1:$port backlog=4096;|listen 127.0.0.1:$port ssl http2 backlog=4096; ssl_certificate $NCHAN_TLS_CERT; ssl_certificate_key $NCHAN_TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3;|" "$dir/nginx.conf"
     fi
     # The worker runs as nobody when nginx starts as root: let it reach its files.
     chmod 755 "$dir"
@@ -161,7 +163,45 @@ stop_server() {
     for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
     for pid in $SERVER_STOP; do wait "$pid" 2>/dev/null || true; done
     [[ -z $SERVER_TMP ]] || rm -rf "$SERVER_TMP"
-    SERVER_STOP= SERVER_PID= SERVER_TMP=
+    SERVER_STOP='' SERVER_PID='' SERVER_TMP=''
+}
+
+# build_herald_at ROOT COMMIT DEST: herald as it was at COMMIT (any rev of the
+# repository at ROOT), built in a temp `git worktree` (PREV_WORKTREE, removed by
+# remove_prev_worktree) with its own target dir PREV_TARGET (kept between runs,
+# so only the first build is slow), copied to DEST. Only herald is built there:
+# the worktree's workspace member list is cut to ["."] (members that commit does
+# not have, loadtest or perf/floor, would stop cargo). Returns 2 when COMMIT has
+# no herald, 1 when it does not build.
+PREV_TARGET=${PREV_TARGET:-/tmp/herald-perf-prev-target}
+CARGO_TIMEOUT=${CARGO_TIMEOUT:-1800}
+PREV_WORKTREE=
+PREV_ROOT=
+build_herald_at() {
+    local root=$1 rev=$2 dest=$3 base
+    if ! base=$(git -C "$root" rev-parse --verify -q "$rev^{commit}") ||
+        ! git -C "$root" cat-file -e "$base:src/main.rs" 2>/dev/null ||
+        ! git -C "$root" show "$base:Cargo.toml" 2>/dev/null | grep -q '^name = "herald"'; then
+        return 2
+    fi
+    echo "== building herald at $rev ($(git -C "$root" rev-parse --short "$base")) in a worktree, target $PREV_TARGET" >&2
+    remove_prev_worktree
+    PREV_ROOT=$root
+    PREV_WORKTREE=$(mktemp -d /tmp/herald-perf-prev.XXXXXX)
+    git -C "$root" worktree add --detach -q "$PREV_WORKTREE/tree" "$base" || return 1
+    perl -0pi -e 's/^members\s*=\s*\[[^\]]*\]/members = ["."]/m' "$PREV_WORKTREE/tree/Cargo.toml"
+    (cd "$PREV_WORKTREE/tree" && CARGO_TARGET_DIR=$PREV_TARGET timeout "$CARGO_TIMEOUT" \
+        cargo build --release -q --bin herald) || return 1
+    cp "$PREV_TARGET/release/herald" "$dest"
+}
+
+# remove_prev_worktree: removes build_herald_at's worktree (for an EXIT trap).
+remove_prev_worktree() {
+    [[ -n $PREV_WORKTREE ]] || return 0
+    git -C "$PREV_ROOT" worktree remove --force "$PREV_WORKTREE/tree" >/dev/null 2>&1 || true
+    rm -rf "$PREV_WORKTREE"
+    git -C "$PREV_ROOT" worktree prune >/dev/null 2>&1 || true
+    PREV_WORKTREE=
 }
 
 # stop_all: for an EXIT trap; stops the load client (and its children) and the
