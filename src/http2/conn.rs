@@ -107,8 +107,12 @@ struct Partial {
     records: Vec<u8>,
     /// Opened bytes not handled yet (part of a frame).
     input: Vec<u8>,
-    /// Since when: it must be complete within `--header-timeout`.
+    /// Since when part of a record or frame is kept (0: none is): it must be
+    /// complete within `--header-timeout`.
     since: u64,
+    /// Sealed bytes the kernel has not taken yet: written before anything
+    /// newer (sealed records cannot be sealed again).
+    pending: Vec<u8>,
 }
 
 impl Conn {
@@ -162,7 +166,7 @@ impl Conn {
             // unless the client does not read: it is not waited for.
             return self.close(cx, now);
         }
-        let flushed = self.tx.pending.is_empty() && self.proto.out.is_empty();
+        let flushed = self.pending().is_empty() && self.proto.out.is_empty();
         if self.proto.is_done() && flushed {
             return self.close(cx, now);
         }
@@ -172,7 +176,7 @@ impl Conn {
     }
 
     fn backlog(&self) -> usize {
-        self.tx.pending.len() + self.proto.out.len()
+        self.pending().len() + self.proto.out.len()
     }
 
     /// One read from the socket and what it brings; `Pending` once the socket
@@ -214,23 +218,38 @@ impl Conn {
         if opened < buf.len() && !self.eof && self.proto.failed().is_none() {
             self.keep(now).records = buf[opened..].to_vec();
         }
-        if self
-            .partial
-            .as_ref()
-            .is_some_and(|p| p.records.is_empty() && p.input.is_empty())
-        {
-            self.partial = None;
-        }
+        self.tidy();
     }
 
     /// Where part of a record or frame is kept (since `now`, when it is new).
     fn keep(&mut self, now: u64) -> &mut Partial {
-        self.partial.get_or_insert_with(|| {
-            Box::new(Partial {
-                since: now,
-                ..Partial::default()
-            })
-        })
+        let p = self.partial.get_or_insert_with(Box::default);
+        if p.since == 0 {
+            p.since = now;
+        }
+        p
+    }
+
+    /// Sealed bytes the kernel has not taken yet.
+    fn pending(&self) -> &[u8] {
+        self.partial.as_ref().map_or(&[], |p| &p.pending)
+    }
+
+    /// Keep what the kernel did not take of `sealed`.
+    fn keep_pending(&mut self, sealed: &[u8]) {
+        self.partial.get_or_insert_with(Box::default).pending = sealed.to_vec();
+    }
+
+    /// No box for nothing; no deadline without part of a record or frame.
+    fn tidy(&mut self) {
+        if let Some(p) = &mut self.partial {
+            if p.records.is_empty() && p.input.is_empty() {
+                p.since = 0;
+                if p.pending.is_empty() {
+                    self.partial = None;
+                }
+            }
+        }
     }
 
     /// Open the whole records at the front of `buf` and handle the frames they
@@ -275,7 +294,7 @@ impl Conn {
             // The fatal alert (RFC 8446 §6), then close's FIN; unless a
             // record is half written.
             let mut out = Vec::new();
-            if self.tx.pending.is_empty() && self.tx.fatal_alert(&mut out, alert).is_ok() {
+            if self.pending().is_empty() && self.tx.fatal_alert(&mut out, alert).is_ok() {
                 let _ = self.tcp.try_write(&out);
             }
             self.eof = true;
@@ -333,12 +352,19 @@ impl Conn {
     /// yield; `Err`: the socket failed.
     fn write(&mut self, cx: &mut Context<'_>, now: u64) -> Result<bool, ()> {
         for _ in 0..TURNS {
-            if !self.tx.pending.is_empty() {
-                match self.tcp.try_write(&self.tx.pending) {
+            if !self.pending().is_empty() {
+                match self.tcp.try_write(self.pending()) {
                     Ok(0) => return Err(()),
-                    Ok(n) if n == self.tx.pending.len() => self.tx.pending = Vec::new(),
+                    Ok(n) if n == self.pending().len() => {
+                        if let Some(p) = &mut self.partial {
+                            p.pending = Vec::new();
+                        }
+                        self.tidy();
+                    }
                     Ok(n) => {
-                        self.tx.pending.drain(..n);
+                        if let Some(p) = &mut self.partial {
+                            p.pending.drain(..n);
+                        }
                         continue;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -363,7 +389,7 @@ impl Conn {
                 self.proto.out = Vec::new();
             }
             let produced = self.proto.produce(&mut self.host, &mut plain, now);
-            if produced.slow && !self.tx.pending.is_empty() {
+            if produced.slow && !self.pending().is_empty() {
                 // The client does not read the connection at all: the
                 // connection, not one stream, is the slow consumer.
                 self.eof = true;
@@ -394,18 +420,18 @@ impl Conn {
             }
             match self.tcp.try_write(&scratch) {
                 Ok(n) if n == scratch.len() => {}
-                Ok(n) => self.tx.pending = scratch[n..].to_vec(),
+                Ok(n) => self.keep_pending(&scratch[n..]),
                 Err(e)
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
                     ) =>
                 {
-                    self.tx.pending = scratch.clone();
+                    self.keep_pending(&scratch);
                 }
                 Err(_) => return Err(()),
             }
-            if !produced.more && self.tx.pending.is_empty() && self.proto.out.is_empty() {
+            if !produced.more && self.pending().is_empty() && self.proto.out.is_empty() {
                 return Ok(false);
             }
         }
@@ -415,7 +441,7 @@ impl Conn {
     /// The timer at the next deadline (the protocol's, or a partial frame's
     /// or record's), or none.
     fn arm_timer(&mut self, cx: &mut Context<'_>, now: u64) {
-        let partial = self.partial.as_ref().map(|p| {
+        let partial = self.partial.as_ref().filter(|p| p.since != 0).map(|p| {
             p.since
                 .saturating_add(self.proto.limits.header_timeout_ns())
         });
@@ -478,7 +504,7 @@ impl Conn {
     /// FIN; then input is read and dropped for a while ([`LINGER`]) so that
     /// the close is not a reset. Its streams end now.
     fn close(&mut self, cx: &mut Context<'_>, now: u64) -> Poll<()> {
-        if !self.eof && self.tx.pending.is_empty() {
+        if !self.eof && self.pending().is_empty() {
             let mut alert = Vec::new();
             if !self.proto.out.is_empty() {
                 let out = std::mem::take(&mut self.proto.out);
@@ -493,7 +519,6 @@ impl Conn {
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
         self.proto.end_all(&mut self.host);
         self.partial = None;
-        self.tx.pending = Vec::new();
         if self.eof {
             return Poll::Ready(());
         }

@@ -374,7 +374,7 @@ pub fn write_keys(shard: &Shard, keys: &[u32]) {
         }
         if let Some(lean) = tls.get_mut(key as usize).and_then(Option::as_mut) {
             let on_frame = |published| shard.local.frame_written(published, now);
-            if let Some(reason) = write_sealed(conn, &mut lean.tx, &mut scratch, on_frame) {
+            if let Some(reason) = write_sealed(conn, lean, &mut scratch, on_frame) {
                 closing.push((key, reason));
             }
             continue;
@@ -438,7 +438,7 @@ fn prefetch_tls(tls: &[Option<Box<LeanTls>>], key: u32) {
 /// to be closed.
 fn write_sealed(
     conn: &mut Conn,
-    tx: &mut RecordTx,
+    lean: &mut LeanTls,
     scratch: &mut Vec<u8>,
     mut on_frame: impl FnMut(u64),
 ) -> Option<CloseReason> {
@@ -452,14 +452,16 @@ fn write_sealed(
     }
     let sock = conn.io.as_mut()?;
     loop {
-        if !tx.pending.is_empty() {
-            match sock.write(&tx.pending) {
+        let pending = lean.pending();
+        if !pending.is_empty() {
+            let all = pending.len();
+            match sock.write(pending) {
                 Ok(0) => return Some(CloseReason::ClientClosed),
-                Ok(n) if n == tx.pending.len() => tx.pending = Vec::new(),
+                Ok(n) if n == all => lean.written(n),
                 Ok(n) => {
                     // Again until the kernel says it is full (its writable edge
                     // comes after that).
-                    tx.pending.drain(..n);
+                    lean.written(n);
                     continue;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -470,6 +472,7 @@ fn write_sealed(
                 Err(_) => return Some(CloseReason::ClientClosed),
             }
         }
+        let tx = &mut lean.tx;
         if conn.queue.is_empty() && !tx.update_pending() {
             return match conn.state {
                 ConnState::Closing(reason) => Some(reason),
@@ -492,7 +495,7 @@ fn write_sealed(
         match sock.write(scratch) {
             Ok(0) => return Some(CloseReason::ClientClosed),
             Ok(n) if n == scratch.len() => {}
-            Ok(n) => tx.pending = scratch[n..].to_vec(),
+            Ok(n) => lean.keep(&scratch[n..]),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -500,7 +503,7 @@ fn write_sealed(
                 ) =>
             {
                 // Sealed records cannot be sealed again: they wait as they are.
-                tx.pending = scratch.clone();
+                lean.keep(scratch);
             }
             Err(_) => return Some(CloseReason::ClientClosed),
         }
@@ -525,7 +528,7 @@ fn close_pending(shard: &Shard, table: &mut ConnTable) {
         if let Some(mut conn) = table.remove(key as usize) {
             let lean = tls.get_mut(key as usize).and_then(Option::take);
             if let Some(sock) = &mut conn.io {
-                if let Some(mut lean) = lean.filter(|l| l.tx.pending.is_empty()) {
+                if let Some(mut lean) = lean.filter(|l| l.pending().is_empty()) {
                     // A TLS stream says it ends (close_notify, or the fatal
                     // alert its client's input called for), so that its client
                     // can tell the end from a truncation; best effort, unless a

@@ -34,17 +34,23 @@ const READ_CHUNK: usize = 4096;
 pub struct LeanTls {
     pub tx: RecordTx,
     rx: RxState,
-    /// Part of a record received.
-    partial: Option<Box<Partial>>,
+    /// What only some streams need, while they do: sealed bytes the kernel
+    /// has not taken, part of a record received.
+    side: Option<Box<Side>>,
     /// On the shard's list of streams holding part of a record.
     listed: bool,
     /// The fatal alert the stream ends with (else `close_notify`).
     alert: Option<Fatal>,
 }
 
-struct Partial {
-    bytes: Vec<u8>,
-    /// When it must be complete (`crate::clock::now_ns` time).
+#[derive(Default)]
+struct Side {
+    /// Sealed bytes the kernel has not taken yet: written before anything
+    /// newer.
+    pending: Vec<u8>,
+    /// Part of a record received.
+    partial: Vec<u8>,
+    /// When `partial` must be complete (`crate::clock::now_ns` time).
     deadline: u64,
 }
 
@@ -68,7 +74,7 @@ impl LeanTls {
         Ok(Box::new(LeanTls {
             tx: h.tx,
             rx: h.rx,
-            partial: None,
+            side: None,
             listed: false,
             alert: None,
         }))
@@ -84,7 +90,7 @@ impl LeanTls {
         let lean = Box::new(LeanTls {
             tx: own,
             rx,
-            partial: None,
+            side: None,
             listed: false,
             alert: None,
         });
@@ -105,10 +111,12 @@ impl LeanTls {
         let mut got = Received::default();
         scratch.clear();
         let mut deadline = None;
-        if let Some(p) = self.partial.take() {
-            scratch.extend_from_slice(&p.bytes);
-            deadline = Some(p.deadline);
+        if let Some(side) = self.side.as_mut().filter(|s| !s.partial.is_empty()) {
+            scratch.extend_from_slice(&side.partial);
+            side.partial = Vec::new();
+            deadline = Some(side.deadline);
         }
+        self.tidy();
         // The receiving key, made when the first whole record is there.
         let mut rx: Option<RecordRx> = None;
         let mut read = 0;
@@ -148,10 +156,9 @@ impl LeanTls {
         }
         if !got.end && !scratch.is_empty() {
             let deadline = deadline.unwrap_or(now.saturating_add(timeout));
-            self.partial = Some(Box::new(Partial {
-                bytes: scratch.as_slice().to_vec(),
-                deadline,
-            }));
+            let side = self.side.get_or_insert_with(Box::default);
+            side.partial = scratch.as_slice().to_vec();
+            side.deadline = deadline;
             if !self.listed {
                 self.listed = true;
                 got.list = Some(deadline);
@@ -205,9 +212,48 @@ impl LeanTls {
     /// When the part of a record the stream holds must be complete; `None`
     /// when it holds none (it is then no longer listed).
     pub fn partial_deadline(&mut self) -> Option<u64> {
-        let deadline = self.partial.as_ref().map(|p| p.deadline);
+        let deadline = self
+            .side
+            .as_ref()
+            .filter(|s| !s.partial.is_empty())
+            .map(|s| s.deadline);
         self.listed = deadline.is_some();
         deadline
+    }
+
+    /// Sealed bytes the kernel has not taken yet (empty when the stream is
+    /// caught up).
+    pub fn pending(&self) -> &[u8] {
+        self.side.as_ref().map_or(&[], |s| &s.pending)
+    }
+
+    /// The kernel took `n` bytes of [`LeanTls::pending`].
+    pub fn written(&mut self, n: usize) {
+        if let Some(side) = &mut self.side {
+            if n >= side.pending.len() {
+                side.pending = Vec::new();
+                self.tidy();
+            } else {
+                side.pending.drain(..n);
+            }
+        }
+    }
+
+    /// Keep `sealed`, which the kernel did not take: sealed records cannot be
+    /// sealed again, they wait as they are.
+    pub fn keep(&mut self, sealed: &[u8]) {
+        self.side.get_or_insert_with(Box::default).pending = sealed.to_vec();
+    }
+
+    /// No box for nothing.
+    fn tidy(&mut self) {
+        if self
+            .side
+            .as_ref()
+            .is_some_and(|s| s.pending.is_empty() && s.partial.is_empty())
+        {
+            self.side = None;
+        }
     }
 
     /// Seal the stream's last record: the fatal alert it ends with, or
@@ -276,7 +322,7 @@ mod tests {
                     list: None
                 }
             );
-            assert!(lean.partial.is_none() && lean.tx.update_pending());
+            assert!(lean.side.is_none() && lean.tx.update_pending());
             let mut wire = Vec::new();
             assert_eq!(lean.tx.seal_chunks(&mut wire, &[], 100), Ok(0));
             assert!(!wire.is_empty(), "the KeyUpdate alone");
@@ -400,6 +446,6 @@ mod tests {
             std::mem::size_of::<RxState>()
         );
         assert!(std::mem::size_of::<RxState>() <= 64);
-        assert!(n <= 720, "LeanTls is {n} bytes");
+        assert!(n <= 704, "LeanTls is {n} bytes");
     }
 }

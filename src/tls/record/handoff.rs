@@ -63,7 +63,6 @@ pub(crate) fn hand_off(conn: ServerConnection, captured: &Captured) -> Result<Ha
         aead,
         update: false,
         secret: tx_secret,
-        pending: Vec::new(),
     };
     let rx = RxState {
         material: rx_material,
@@ -154,7 +153,6 @@ pub fn fixed_pair(which: u8) -> (RecordTx, RecordRx) {
         aead: state.aead,
         update: false,
         secret,
-        pending: Vec::new(),
     };
     (tx, RecordRx::from_state(state))
 }

@@ -181,7 +181,8 @@ fn traffic_key(aead: Aead, secret: &Material) -> (LessSafeKey, [u8; 12]) {
 
 /// The sealing state of one connection: an AEAD key (ring), the IV, the
 /// sequence number, on TLS 1.3 the traffic secret the next key derives from,
-/// and a buffer only while the kernel has not taken a whole write.
+/// and no buffer (what the kernel has not taken of a write is its owner's:
+/// [`super::lean::LeanTls::pending`], an HTTP/2 connection's).
 pub struct RecordTx {
     key: LessSafeKey,
     iv: [u8; 12],
@@ -192,9 +193,6 @@ pub struct RecordTx {
     update: bool,
     /// TLS 1.3: the traffic secret of `key`.
     secret: Material,
-    /// Sealed bytes the kernel has not taken yet (empty, unallocated, when the
-    /// stream is caught up): written before anything newer.
-    pub pending: Vec<u8>,
 }
 
 impl RecordTx {
