@@ -82,9 +82,15 @@ fn h2_frames_corpus() {
 
 #[test]
 fn h2_frames_seeds_are_in_the_corpus() {
-    let dir = corpus("h2_frames");
+    seeds_in_corpus("h2_frames", h2_seeds());
+}
+
+/// Each seed is a file of the target's corpus, as it is made here
+/// (`HERALD_WRITE_SEEDS=1` writes them).
+fn seeds_in_corpus<N: std::fmt::Display>(target: &str, seeds: Vec<(N, Vec<u8>)>) {
+    let dir = corpus(target);
     let write = std::env::var_os("HERALD_WRITE_SEEDS").is_some();
-    for (name, data) in h2_seeds() {
+    for (name, data) in seeds {
         let path = dir.join(format!("seed-{name}"));
         if write {
             std::fs::create_dir_all(&dir).expect("corpus dir");
@@ -366,21 +372,7 @@ fn tls_records_corpus() {
 
 #[test]
 fn tls_records_seeds_are_in_the_corpus() {
-    let dir = corpus("tls_records");
-    let write = std::env::var_os("HERALD_WRITE_SEEDS").is_some();
-    for (name, data) in tls_seeds() {
-        let path = dir.join(format!("seed-{name}"));
-        if write {
-            std::fs::create_dir_all(&dir).expect("corpus dir");
-            std::fs::write(&path, &data).expect("write seed");
-        }
-        let kept = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            kept == data,
-            "{} differs (HERALD_WRITE_SEEDS=1)",
-            path.display()
-        );
-    }
+    seeds_in_corpus("tls_records", tls_seeds());
 }
 
 /// Seeds of the record fuzzer: each kind of record layer with data, padding,

@@ -135,38 +135,19 @@ impl Proto {
             return;
         };
         let size = recv.head_size;
-        match recv.at_end {
-            AtEnd::Serve { req, body, head } => {
-                let body = body.freeze();
-                self.begin(
-                    host,
-                    i,
-                    Request {
-                        req: *req,
-                        body,
-                        head,
-                        size,
-                    },
-                    now,
-                )
-            }
-            AtEnd::ServeEmpty { req, head } => {
-                let body = Bytes::new();
-                self.begin(
-                    host,
-                    i,
-                    Request {
-                        req: *req,
-                        body,
-                        head,
-                        size,
-                    },
-                    now,
-                )
-            }
+        let (req, body, head) = match recv.at_end {
+            AtEnd::Serve { req, body, head } => (req, body.freeze(), head),
+            AtEnd::ServeEmpty { req, head } => (req, Bytes::new(), head),
             // Answered already; the answer ends the stream when it is out.
-            AtEnd::Drop => {}
-        }
+            AtEnd::Drop => return,
+        };
+        let req = Request {
+            req: *req,
+            body,
+            head,
+            size,
+        };
+        self.begin(host, i, req, now);
     }
 
     pub(super) fn on_headers<H: Host>(
