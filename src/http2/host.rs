@@ -59,8 +59,10 @@ impl Answer {
 /// What one pull of an SSE stream's queue gave ([`Host::pull`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pull {
-    /// One DATA frame of this many payload bytes was written.
-    Wrote(usize),
+    /// One DATA frame of this many payload bytes was written; `more`: the
+    /// next pull may give something (the queue has more, or the stream is
+    /// closing); else it would be [`Pull::Idle`], and is not made.
+    Wrote { taken: usize, more: bool },
     /// Nothing to write now (an empty queue, or no room).
     Idle,
     /// The stream is over: end it (END_STREAM) and report it closed.

@@ -216,9 +216,12 @@ impl Proto {
                     loop {
                         let room = room(self.send_window, s.window.into(), max_frame, out.len());
                         match host.pull(key, serial, s.id, room, out, now) {
-                            Pull::Wrote(taken) => {
+                            Pull::Wrote { taken, more } => {
                                 self.send_window -= taken as i64;
                                 s.window -= taken as i32;
+                                if !more {
+                                    break;
+                                }
                             }
                             Pull::Idle => break,
                             Pull::End(reason) => {

@@ -137,7 +137,10 @@ impl Host for ShardHost {
                 let taken = put_queued(out, stream, &conn.queue, room);
                 conn.queue
                     .consume(taken, |published| shard.local.frame_written(published, now));
-                Pull::Wrote(taken)
+                Pull::Wrote {
+                    taken,
+                    more: !conn.queue.is_empty() || matches!(conn.state, ConnState::Closing(_)),
+                }
             }
         }
     }

@@ -195,7 +195,10 @@ impl Host for MemoryHost {
         let n = room.min(e.queue.len());
         put_head(out, n, DATA, 0, stream);
         out.extend(e.queue.drain(..n));
-        Pull::Wrote(n)
+        Pull::Wrote {
+            taken: n,
+            more: !e.queue.is_empty() || e.closing.is_some(),
+        }
     }
 
     fn end_events(&mut self, key: u32, serial: u64, reason: CloseReason) {
