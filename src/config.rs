@@ -19,10 +19,35 @@ pub struct Config {
     #[arg(long, env = "HERALD_SHARDS", default_value_t = 0)]
     pub shards: usize,
 
-    /// Join a cluster through this Redis (`redis://host:port/db`); without it herald
-    /// runs alone with an in-memory registry.
+    /// Join a cluster through this Redis; without it herald runs alone with an
+    /// in-memory registry. Every URL form of the fred client: `redis://`,
+    /// `rediss://` (TLS), `redis-cluster://`, `rediss-cluster://`,
+    /// `redis-sentinel://`, `rediss-sentinel://` (`?sentinelServiceName=…&node=…`).
     #[arg(long = "redis", env = "HERALD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// The Redis ACL user (instead of one in the URL).
+    #[arg(long, env = "HERALD_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// A file holding the Redis password (a Kubernetes Secret mounted as a
+    /// file; one trailing newline is ignored), instead of one in the URL.
+    #[arg(long, env = "HERALD_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// PEM certificates of the CA that signed Redis' certificate, trusted
+    /// instead of the system roots (`rediss…` URLs).
+    #[arg(long, env = "HERALD_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM certificate chain herald presents to Redis (`tls-auth-clients yes`);
+    /// with `--redis-tls-key`.
+    #[arg(long, env = "HERALD_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of `--redis-tls-cert`.
+    #[arg(long, env = "HERALD_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<std::path::PathBuf>,
 
     /// Prefix of every Redis key of this cluster (pods sharing a prefix form one
     /// cluster; keys are `{prefix}:...`, one hash slot in Redis Cluster).
@@ -330,11 +355,7 @@ impl Config {
             return Err("--max-queue-events and --max-queue-bytes must be greater than 0".into());
         }
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
-                return Err(format!(
-                    "--redis {url:?}: write a URL like redis://127.0.0.1:6379/0"
-                ));
-            }
+            crate::cluster::connect::check_url(url)?;
             let ok = |c: char| c.is_ascii_alphanumeric() || "._:@-".contains(c);
             if self.redis_prefix.is_empty()
                 || self.redis_prefix.len() > 64

@@ -71,6 +71,7 @@
 //! sends itself a probe through its inbox; one that does not come back within
 //! the bound turns readiness degraded and reconnects the reader ([`probe`]).
 
+pub mod connect;
 pub mod interest;
 pub mod log;
 mod probe;
@@ -85,8 +86,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fred::interfaces::ClientLike;
-use fred::prelude::{Builder, Client, Config as RedisConfig, ReconnectPolicy};
+use fred::interfaces::{ClientLike, EventInterface};
+use fred::prelude::{Builder, Client, ReconnectPolicy};
 use fred::types::Value;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
@@ -149,6 +150,9 @@ pub(crate) struct Source {
     probe_seen: AtomicU64,
     /// The probe asks the reader to reconnect and check its positions.
     reset_requested: AtomicBool,
+    /// The last probe through this source could not even be sent: the Redis
+    /// node holding its keys does not answer (every pod sees the same).
+    probe_unsent: AtomicBool,
     /// The lowest unsettled publish sequence last sent to trim this source's
     /// record of applied publishes ([`publish`]).
     trimmed_to: AtomicU64,
@@ -239,6 +243,8 @@ pub struct Cluster {
     cmd: Client,
     scripts: Scripts,
     up: AtomicBool,
+    /// Why Redis cannot be used, when it cannot ([`connect`]).
+    diagnosis: connect::Diagnosis,
     draining: AtomicBool,
     /// The last probe came back in time on every source.
     delivering: AtomicBool,
@@ -265,7 +271,7 @@ impl Cluster {
     /// Build the handle (no connection yet; [`Cluster::spawn`] connects).
     pub fn new(cfg: &crate::Config, url: &str, pod: &str) -> Result<Cluster, String> {
         let rconf = {
-            let mut c = RedisConfig::from_url(url).map_err(|e| format!("--redis {url:?}: {e}"))?;
+            let mut c = connect::config(cfg, url)?;
             // Start even when Redis is down: the pod serves its own connections
             // and joins when Redis comes up.
             c.fail_fast = false;
@@ -300,6 +306,7 @@ impl Cluster {
                 probe_sent: AtomicU64::new(0),
                 probe_seen: AtomicU64::new(0),
                 reset_requested: AtomicBool::new(false),
+                probe_unsent: AtomicBool::new(false),
                 trimmed_to: AtomicU64::new(0),
                 tag,
             });
@@ -328,6 +335,7 @@ impl Cluster {
             },
             scripts: Scripts::new(),
             up: AtomicBool::new(false),
+            diagnosis: connect::Diagnosis::default(),
             draining: AtomicBool::new(false),
             delivering: AtomicBool::new(true),
             topics: TopicInterest::default(),
@@ -386,6 +394,13 @@ impl Cluster {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Whether the last probe through some source could not be sent.
+    pub fn probe_unsent(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.probe_unsent.load(Ordering::Acquire))
+    }
+
     /// Whether this pod's delivery path works: Redis answers and the last
     /// delivery probe came back in time.
     pub fn is_delivering(&self) -> bool {
@@ -414,21 +429,55 @@ impl Cluster {
         m::redis_roundtrip(op, started.elapsed());
         match r {
             Ok(v) => {
-                self.set_up(true);
+                self.answered(op);
                 Some(v)
             }
             Err(e) => {
-                redis_err(op, &e);
-                use fred::error::ErrorKind as K;
-                let unreachable =
-                    matches!(e.kind(), K::IO | K::Timeout | K::Canceled | K::Backpressure)
-                        || !self.cmd.is_connected();
-                if unreachable {
-                    self.set_up(false);
-                }
+                self.failed(op, &e);
                 None
             }
         }
+    }
+
+    /// Redis answered a command of operation `op`.
+    fn answered(&self, op: &'static str) {
+        self.set_up(true);
+        self.diagnosis.note(connect::Trouble::None);
+        self.diagnosis.allowed(op);
+    }
+
+    /// A command of operation `op` failed with `e`: counted, diagnosed, and
+    /// when Redis cannot be reached, readiness says so.
+    fn failed(&self, op: &'static str, e: &fred::error::Error) {
+        redis_err(op, e);
+        if let Some(command) = connect::denied_command(e) {
+            self.diagnosis.denied(op, command);
+            return;
+        }
+        match connect::Trouble::of(e) {
+            Some(t) => {
+                self.diagnosis.note(t);
+                self.set_up(false);
+            }
+            None if !self.cmd.is_connected() => self.set_up(false),
+            None => self.diagnosis.command_error(op, e.details().to_string()),
+        }
+    }
+
+    /// What keeps this pod from using Redis now, if anything, and the commands
+    /// Redis refuses it.
+    pub fn trouble(&self) -> (connect::Trouble, Vec<String>) {
+        let t = if self.is_up() {
+            connect::Trouble::None
+        } else {
+            match self.diagnosis.trouble() {
+                connect::Trouble::None => {
+                    connect::Trouble::Unreachable("the last command failed".into())
+                }
+                t => t,
+            }
+        };
+        (t, self.diagnosis.denied_now())
     }
 
     /// Run one of the scripts on `src`'s tag (`args` from [`Cluster::args`]);
@@ -536,10 +585,37 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     }
     positions.resize_with(c.sources.len(), || None);
     if positions.iter().any(Option::is_none) {
-        warn!("redis not reachable at start; this pod serves its own connections until it is");
+        let why = match c.diagnosis.trouble() {
+            connect::Trouble::None => "some commands failed".to_string(),
+            t => format!("{}: {t:?}", t.label()),
+        };
+        warn!(
+            reason = %why,
+            "redis not usable at start; this pod serves its own connections until it is"
+        );
     }
     let _ = ready.send(());
     let local = tokio::task::LocalSet::new();
+    // The clients' own reports of failed connection attempts (credentials,
+    // TLS, Sentinel): no command sees those causes, only their timeouts.
+    for client in std::iter::once(&c.cmd).chain(c.sources.iter().map(|s| &s.reader)) {
+        let mut errors = client.error_rx();
+        let c = c.clone();
+        local.spawn_local(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match errors.recv().await {
+                    Ok((e, _)) => {
+                        if let Some(t) = connect::Trouble::of(&e) {
+                            c.diagnosis.note(t);
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     for (i, pos) in positions.into_iter().enumerate() {
         local.spawn_local(reader::read_loop(shared.clone(), c.clone(), i, pos));
     }

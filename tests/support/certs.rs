@@ -35,3 +35,78 @@ pub fn make_cert(name: &str, not_after_year: i32) -> TestCert {
         key: key_path,
     }
 }
+
+/// A test CA whose certificates are written as PEM files: for TLS to Redis
+/// (server certificates with IP and name SANs, client certificates).
+pub struct TestCa {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+    /// The CA certificate (PEM file).
+    pub pem: PathBuf,
+    dir: PathBuf,
+}
+
+/// A certificate signed by a [`TestCa`] and its key, as PEM files.
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "ca-{name}-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("herald test CA {name}"));
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2090, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let pem = dir.join("ca.crt");
+        std::fs::write(&pem, cert.pem()).unwrap();
+        TestCa {
+            key,
+            cert,
+            pem,
+            dir,
+        }
+    }
+
+    /// A certificate for `names` (host names or IP addresses) valid from 2020
+    /// to `not_after_year`, for a server or (`client`) a client.
+    pub fn issue(&self, file: &str, names: &[&str], not_after_year: i32, client: bool) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("herald test {file}"));
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let issued = Issued {
+            cert: self.dir.join(format!("{file}.crt")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&issued.cert, cert.pem()).unwrap();
+        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
+        issued
+    }
+}
