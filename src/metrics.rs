@@ -34,6 +34,9 @@ pub const REDIS_ERRORS: &str = "herald_redis_errors_total";
 pub const PENDING_EVENTS: &str = "herald_pending_events";
 pub const PUBLISH_TO_SOCKET: &str = "herald_publish_to_socket_seconds";
 pub const REDIS_UP: &str = "herald_redis_up";
+pub const REDIS_PROBLEM: &str = "herald_redis_problem";
+pub const SALVAGED: &str = "herald_events_salvaged_total";
+pub const READY_STATE: &str = "herald_ready_state";
 pub const REDIS_ROUNDTRIP: &str = "herald_redis_roundtrip_seconds";
 pub const REDIS_COMMANDS: &str = "herald_redis_commands_total";
 pub const REDIS_COMMANDS_PER_BATCH: &str = "herald_redis_commands_per_batch";
@@ -126,6 +129,22 @@ fn describe() {
     describe_counter!(REDIS_ERRORS, "Redis commands that failed (cluster mode)");
     describe_gauge!(PENDING_EVENTS, "Events held for offline users");
     describe_gauge!(REDIS_UP, "1 when Redis answers (cluster mode), else 0");
+    describe_counter!(
+        SALVAGED,
+        "User events a dead pod had not read, given to their users by the cleanup \
+         (cluster mode), by where: pending, again (published to the user's other \
+         pods), replayed (a resume since had replayed them)"
+    );
+    describe_gauge!(
+        REDIS_PROBLEM,
+        "1 for what keeps herald from using Redis now, by kind: none, unreachable, \
+         auth, tls, sentinel, permission (cluster mode)"
+    );
+    describe_gauge!(
+        READY_STATE,
+        "1 for the readiness state: ready, degraded (Redis trouble every pod \
+         shares: still ready), stalled, draining, full"
+    );
     describe_histogram!(
         REDIS_ROUNDTRIP,
         Unit::Seconds,
@@ -232,6 +251,7 @@ fn describe() {
         "pending_full",
         "pending_expired",
         "broadcast_gap",
+        "repeat",
     ] {
         counter!(EVENTS_DROPPED, "reason" => reason).absolute(0);
     }
@@ -294,6 +314,13 @@ pub fn set_pending(n: usize) {
 /// Cluster mode: start the Redis series at zero so dashboards see them.
 pub fn cluster_init() {
     gauge!(REDIS_UP).set(0.0);
+    for kind in ["none", "auth", "tls", "sentinel", "permission"] {
+        gauge!(REDIS_PROBLEM, "kind" => kind).set(0.0);
+    }
+    gauge!(REDIS_PROBLEM, "kind" => "unreachable").set(1.0);
+    for to in ["pending", "again", "replayed"] {
+        counter!(SALVAGED, "to" => to).absolute(0);
+    }
     gauge!(PUBLISH_BUFFERED).set(0.0);
     counter!(PUBLISH_BUFFERED_TOTAL).absolute(0);
     counter!(PUBLISH_BUFFER_FULL).absolute(0);
@@ -316,6 +343,23 @@ pub fn probe_roundtrip(d: std::time::Duration) {
 
 pub fn set_redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn salvaged(pending: u64, again: u64, replayed: u64) {
+    counter!(SALVAGED, "to" => "pending").increment(pending);
+    counter!(SALVAGED, "to" => "again").increment(again);
+    counter!(SALVAGED, "to" => "replayed").increment(replayed);
+}
+
+pub fn set_redis_problem(kind: &'static str, on: bool) {
+    gauge!(REDIS_PROBLEM, "kind" => kind).set(if on { 1.0 } else { 0.0 });
+}
+
+/// The readiness state `/health/ready` reports (one of them is 1).
+pub fn set_ready_state(state: &'static str) {
+    for s in ["ready", "degraded", "stalled", "draining", "full"] {
+        gauge!(READY_STATE, "state" => s).set(if s == state { 1.0 } else { 0.0 });
+    }
 }
 
 pub fn redis_error(op: &'static str) {

@@ -77,12 +77,21 @@ pub struct ClusterStats {
 }
 
 /// Whether the shared registry and bus work, for readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Ok,
-    /// The shared store does not answer.
-    Down,
-    /// It answers, but this pod's delivery probe does not come back.
+    /// The shared store cannot be used, as every pod sees alike (unreachable,
+    /// credentials refused, a master missing): the pod stays ready, serves its
+    /// own streams and buffers publishes. `problem` is the kind
+    /// (`herald_redis_problem`), `detail` the cause, `denied` the commands
+    /// Redis refuses.
+    Degraded {
+        problem: &'static str,
+        detail: String,
+        denied: Vec<String>,
+    },
+    /// It answers, but this pod's delivery probe does not come back: this
+    /// pod's own trouble.
     Stalled,
 }
 

@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::check::{assert_json_error, next_ev, wait_ready};
+use support::check::{assert_json_error, next_ev};
 use support::redis::Cluster;
 use support::{Herald, SseClient};
 
@@ -118,6 +118,7 @@ async fn a_bad_batch_is_refused_whole_with_the_index_of_its_bad_element() {
 
 #[tokio::test]
 async fn a_batch_published_on_one_pod_reaches_the_others_in_its_order() {
+    need_redis!();
     let cl = Cluster::shared("batch");
     let a = cl.pod(&[]);
     let b = cl.pod(&[]);
@@ -150,11 +151,12 @@ async fn a_batch_published_on_one_pod_reaches_the_others_in_its_order() {
 
 #[tokio::test]
 async fn while_redis_is_down_a_batch_is_buffered_whole_or_refused_whole() {
+    need!("redis-server");
     let mut cl = Cluster::own("batch-down");
     let a = cl.pod(&["--publish-buffer", "4", "--redis-timeout", "300ms"]);
     let mut sub = a.subscribe_connected("userId=bd").await;
     cl.server().kill();
-    wait_ready(&a, 503, support::WAIT).await;
+    support::check::wait_ready_body(&a, "degraded", support::WAIT).await;
     let batch = |tag: &str, n: usize| {
         let v: Vec<serde_json::Value> = (0..n)
             .map(|i| json!({"data": format!("{tag}{i}"), "target": "all"}))

@@ -1,6 +1,7 @@
 //! Cluster mode under faults, and its cost in Redis commands: a pod that is
 //! SIGKILLed has its connections cleaned from the registry in time; pods ride
-//! out a Redis outage (degraded readiness, local service, publishes buffered)
+//! out a minute of Redis outage (readiness 200 and degraded, local service,
+//! publishes buffered, a drain still 503)
 //! and converge back when Redis returns empty; the registry's commands per
 //! heartbeat interval do not grow with the number of connections.
 
@@ -20,6 +21,7 @@ fn counts_want(pods: u64, conns: u64, users: u64) -> (Option<u64>, Option<u64>, 
 
 #[tokio::test]
 async fn a_killed_pods_connections_leave_the_cluster_within_stale_after_plus_cleanup() {
+    need_redis!();
     const N: u64 = 5;
     let cl = Cluster::shared("sigkill");
     let t = cl.timing;
@@ -117,8 +119,12 @@ async fn expect_heartbeat(
     }
 }
 
+/// How long the Redis outage of the test below lasts.
+const OUTAGE: Duration = Duration::from_secs(60);
+
 #[tokio::test]
 async fn pods_ride_out_a_redis_outage_and_converge_when_it_returns() {
+    need!("redis-server");
     let mut cl = Cluster::own("outage");
     let hb = cl.timing.heartbeat;
     let extra = ["--publish-buffer", "2", "--redis-timeout", "500ms"];
@@ -144,18 +150,24 @@ async fn pods_ride_out_a_redis_outage_and_converge_when_it_returns() {
         v
     };
 
-    // Redis goes away.
+    // A third pod, to be drained during the outage.
+    let c = cl.pod(&extra);
+    wait_ready(&c, 200, WAIT).await;
+
+    // Redis goes away. Every pod sees the same: each stays ready (200) and says
+    // it is degraded, so a load balancer keeps them all.
     cl.server().kill();
     let down_at = Instant::now();
-    for h in [&a, &b] {
-        let r = wait_ready(h, 503, Duration::from_secs(5)).await;
-        assert_eq!(
-            r.json()["status"].as_str(),
-            Some("degraded"),
-            "readiness body while Redis is down: {}",
-            r.body
-        );
+    for h in [&a, &b, &c] {
+        let r = check::wait_ready_body(h, "degraded", Duration::from_secs(5)).await;
+        assert_eq!(r.status, 200, "readiness while Redis is down: {}", r.body);
+        assert_eq!(r.json()["redis"], "unreachable", "{}", r.body);
         wait_redis_state(h, "down").await;
+        check::wait_metric(h, "herald_ready_state{state=\"degraded\"}", |v| v == 1.0).await;
+        check::wait_metric(h, "herald_redis_problem{kind=\"unreachable\"}", |v| {
+            v == 1.0
+        })
+        .await;
     }
     eprintln!(
         "both pods degraded {:?} after Redis died",
@@ -206,6 +218,37 @@ async fn pods_ride_out_a_redis_outage_and_converge_when_it_returns() {
     assert_json_error(&r, 503, "third publish with --publish-buffer 2");
     check::wait_metric(&a, "herald_publish_buffered", |v| v == 2.0).await;
     check::wait_metric(&b, "herald_publish_buffered", |v| v == 1.0).await;
+
+    // The outage lasts OUTAGE: both pods answer 200 all along, and serve their
+    // streams; a SIGTERM still turns readiness 503 (draining is the pod's own).
+    let mut polls = 0;
+    let mut c = c;
+    let mut terminated = false;
+    while down_at.elapsed() < OUTAGE {
+        for h in [&a, &b] {
+            let r = h.get("/health/ready").await;
+            assert_eq!(
+                r.status,
+                200,
+                "pod {} after {:?} of outage: {}",
+                h.pod_id,
+                down_at.elapsed(),
+                r.body
+            );
+            polls += 1;
+        }
+        if !terminated && down_at.elapsed() >= OUTAGE / 2 {
+            c.signal("TERM");
+            check::wait_ready(&c, 503, WAIT).await;
+            terminated = true;
+        }
+        for ((name, sub), into) in subs.iter_mut().zip(seen.iter_mut()) {
+            expect_heartbeat(sub, hb * 3 + Duration::from_secs(1), into, name).await;
+        }
+    }
+    assert!(terminated);
+    let _ = c.wait_exit(WAIT);
+    eprintln!("{polls} readiness polls over {OUTAGE:?} of outage: all 200");
 
     // Redis returns, empty: ready again, and the registry re-learns the truth
     // (a1, b1, a2, b2 open; ogone disconnected) within two heartbeat intervals.
@@ -333,6 +376,7 @@ async fn commands_per_interval(cl: &Cluster, intervals: u32) -> f64 {
 
 #[tokio::test]
 async fn registry_commands_per_interval_do_not_grow_with_connections() {
+    need!("redis-server");
     const FEW: usize = 20;
     const MANY: usize = 1000;
     const WINDOW: u32 = 8;
@@ -376,6 +420,7 @@ async fn registry_commands_per_interval_do_not_grow_with_connections() {
 
 #[tokio::test]
 async fn a_draining_pod_leaves_the_registry_in_one_batch() {
+    need_redis!();
     // Stale-after and cleanup far beyond the test: only the drain can remove them.
     let cl = Cluster::shared("drain").with_timing(Timing {
         heartbeat: Duration::from_millis(300),

@@ -94,6 +94,44 @@ async fn kubernetes_manifests_use_what_herald_has() {
     for e in c["env"].as_vec().unwrap() {
         assert_env(&help, e["name"].as_str().unwrap(), "herald.yaml env");
     }
+    // The Redis password is a file from a Secret, not a value in the spec.
+    let env = |name: &str| {
+        c["env"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("env {name}"))
+            .clone()
+    };
+    let pw_file = env("HERALD_REDIS_PASSWORD_FILE")["value"]
+        .as_str()
+        .expect("a path")
+        .to_string();
+    let mount = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| pw_file.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the password file's volume is mounted");
+    let volume = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let file = &pw_file[mount["mountPath"].as_str().unwrap().len() + 1..];
+    assert!(
+        volume["secret"]["items"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|i| i["path"].as_str() == Some(file)),
+        "{pw_file} comes from a Secret"
+    );
+    assert!(env("HERALD_REDIS_URL")["valueFrom"]["secretKeyRef"]["name"]
+        .as_str()
+        .is_some());
 
     // Probes: liveness and readiness on herald's own paths, on the named port.
     let mut paths = vec![];
@@ -165,13 +203,13 @@ async fn kubernetes_manifests_use_what_herald_has() {
     // The Redis the Deployment points at is the one redis.yaml runs.
     let redis = load(&dir.join("redis.yaml"));
     let redis_svc = kind(&redis, "Service");
-    let url = c["env"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"].as_str() == Some("HERALD_REDIS_URL"))
-        .and_then(|e| e["value"].as_str())
-        .expect("HERALD_REDIS_URL");
+    // The URL is in the Secret the header's `kubectl create secret` makes.
+    let text = std::fs::read_to_string(dir.join("herald.yaml")).unwrap();
+    let url = text
+        .split("--from-literal=url=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the Secret's url in herald.yaml's header");
     let host = format!(
         "redis://{}:{}/",
         redis_svc["metadata"]["name"].as_str().unwrap(),

@@ -3,10 +3,12 @@
 //! as its own heartbeat in the pod set). A probe that does not come back
 //! through that source's reader within the bound means delivery has stopped
 //! while commands may still work (a reader stuck on a dead connection, a stream
-//! recreated behind the reader's position after a failover): readiness turns
-//! degraded, `herald_delivery_probe_failures_total` counts it, and that reader
+//! recreated behind the reader's position after a failover): readiness fails
+//! (`503`, "stalled": this pod's own trouble),
+//! `herald_delivery_probe_failures_total` counts it, and that reader
 //! reconnects and checks its positions. When every source's probe comes back,
-//! readiness recovers.
+//! readiness recovers. A probe that cannot even be sent is Redis' trouble,
+//! which every pod sees alike: readiness stays `200`, "degraded".
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,8 +79,12 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
                     m::probe_roundtrip(sent.elapsed());
                     *out = None;
                 } else if sent.elapsed() >= c.probe_bound() {
-                    failed(&c, src, k);
-                    any_failed = true;
+                    // Lost with a Redis that stopped answering since (the send
+                    // after it failed): that is Redis' trouble, not this pod's.
+                    if !src.probe_unsent.load(Ordering::Acquire) {
+                        failed(&c, src, k);
+                        any_failed = true;
+                    }
                     *out = None;
                 }
             }
@@ -95,11 +101,15 @@ pub(super) async fn probe_loop(shared: Arc<Shared>, c: Arc<Cluster>) {
             // Read before the probe exists: a new entry's id must be above it.
             let read_before = src.inbox_read.load(Ordering::Acquire);
             let Some(v) = c.script(src, "heartbeat", &c.scripts.probe, args).await else {
-                // A probe that cannot even be sent does not come back either.
-                failed(&c, src, n);
-                any_failed = true;
+                // Not sent: Redis (or the node holding this source) does not
+                // answer, which every pod sees alike: readiness says degraded
+                // but stays ready. The reader checks its connection all the same.
+                src.probe_unsent.store(true, Ordering::Release);
+                src.reset_requested.store(true, Ordering::Release);
+                m::probe_failed();
                 continue;
             };
+            src.probe_unsent.store(false, Ordering::Release);
             out.get_or_insert((n, sent));
             let probe_id = v
                 .get(2)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::connect::Trouble;
 use super::Cluster;
 use crate::broker::{Broker, Joined};
 use crate::seam::{
@@ -58,8 +59,31 @@ impl ConnectionRegistry for Cluster {
     }
 
     fn health(&self) -> Health {
-        if !self.is_up() {
-            Health::Down
+        let (trouble, denied) = self.trouble();
+        let unsent = self.probe_unsent();
+        if trouble != Trouble::None || unsent || !denied.is_empty() {
+            let problem = match &trouble {
+                Trouble::None if !denied.is_empty() => "permission",
+                // Commands answer, but a probe could not be sent: one of
+                // the masters is missing (a failover under way).
+                Trouble::None => "partial",
+                t => t.label(),
+            };
+            let detail = match trouble {
+                Trouble::None if unsent => {
+                    "a Redis node holding this pod's keys does not answer".into()
+                }
+                Trouble::None => String::new(),
+                Trouble::Unreachable(d)
+                | Trouble::Auth(d)
+                | Trouble::Tls(d)
+                | Trouble::Sentinel(d) => d,
+            };
+            Health::Degraded {
+                problem,
+                detail,
+                denied,
+            }
         } else if !self.is_delivering() {
             Health::Stalled
         } else {

@@ -502,7 +502,11 @@ async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
             })
         });
         body["cluster"] = cluster.unwrap_or(serde_json::Value::Null);
-        let up = shared.registry.health() != Health::Down;
+        let up = !matches!(
+            shared.registry.health(),
+            Health::Degraded { problem, .. }
+                if matches!(problem, "unreachable" | "auth" | "tls" | "sentinel")
+        );
         body["redis"] = json!(if up { "up" } else { "down" });
     }
     json_response(StatusCode::OK, body)
@@ -780,28 +784,61 @@ fn page() -> Response<HeraldBody> {
         .expect("static response parts")
 }
 
+/// Readiness: `503` only for what this pod can tell is its own trouble
+/// (draining, its event reader stalled while its other Redis commands
+/// succeed, full); Redis trouble every pod sees alike keeps it `200`, with the
+/// degraded state in the body and `herald_ready_state`, so that a load
+/// balancer keeps every pod while each serves its own streams.
 fn ready(shard: &Rc<Shard>) -> Response<HeraldBody> {
-    if shard.shared.broker.is_draining() {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "draining" }),
+    let (status, state, body) = readiness(&shard.shared);
+    m::set_ready_state(state);
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        body,
+    )
+}
+
+/// The readiness answer: status code, state (`herald_ready_state`), body.
+fn readiness(shared: &crate::Shared) -> (u16, &'static str, serde_json::Value) {
+    if shared.broker.is_draining() {
+        (503, "draining", json!({ "status": "draining" }))
+    } else if shared.broker.counts().0 >= shared.config.max_connections {
+        (
+            503,
+            "full",
+            json!({ "status": "full", "connections": shared.config.max_connections }),
         )
     } else {
-        match shard.shared.registry.health() {
-            Health::Ok => json_response(StatusCode::OK, json!({ "status": "ready" })),
-            Health::Down => json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "status": "degraded", "redis": "down" }),
-            ),
-            Health::Stalled => json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "status": "degraded", "redis": "up", "delivery": "stalled" }),
+        match shared.registry.health() {
+            Health::Ok => (200, "ready", json!({ "status": "ready" })),
+            Health::Degraded {
+                problem,
+                detail,
+                denied,
+            } => {
+                let mut body = json!({
+                    "status": "degraded",
+                    "redis": problem,
+                    "detail": detail,
+                    "publishes": "buffered",
+                });
+                if !denied.is_empty() {
+                    body["deniedCommands"] = json!(denied);
+                }
+                (200, "degraded", body)
+            }
+            Health::Stalled => (
+                503,
+                "stalled",
+                json!({ "status": "stalled", "redis": "up", "delivery": "stalled" }),
             ),
         }
     }
 }
 
 fn metrics(shard: &Rc<Shard>) -> Response<HeraldBody> {
+    // The readiness state as of this scrape, whether or not a probe asked.
+    m::set_ready_state(readiness(&shard.shared).1);
     let mut text = shard.shared.prometheus.render();
     m::render_shards(&shard.shared.shard_stats, &mut text);
     Response::builder()

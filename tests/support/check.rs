@@ -265,7 +265,15 @@ pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
 
 /// Sum of every sample of `name`, or `None` if it has none.
 pub fn sample_sum(text: &str, name: &str) -> Option<f64> {
-    let s = samples(text, name);
+    // `name{label="value"}` sums only the sample with exactly those labels.
+    let (base, labels) = match name.split_once('{') {
+        Some((base, rest)) => (base, Some(rest.trim_end_matches('}'))),
+        None => (name, None),
+    };
+    let s: Vec<(String, f64)> = samples(text, base)
+        .into_iter()
+        .filter(|(l, _)| labels.is_none_or(|want| l == want))
+        .collect();
     (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum())
 }
 
@@ -409,12 +417,33 @@ pub async fn wait_ready(h: &Herald, status: u16, within: std::time::Duration) ->
     let start = std::time::Instant::now();
     loop {
         let r = h.get("/health/ready").await;
-        if r.status == status {
+        // 200 means ready, not merely up: a pod whose Redis is in trouble is
+        // 200 too, with `"status":"degraded"`.
+        if r.status == status && (status != 200 || r.json()["status"] == "ready") {
             return r;
         }
         assert!(
             start.elapsed() < within,
             "pod {}: /health/ready never answered {status} within {within:?}; last {} {}",
+            h.pod_id,
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Poll `/health/ready` until its body's `status` is `state`, at most `within`.
+pub async fn wait_ready_body(h: &Herald, state: &str, within: std::time::Duration) -> Response {
+    let start = std::time::Instant::now();
+    loop {
+        let r = h.get("/health/ready").await;
+        if r.json()["status"] == state {
+            return r;
+        }
+        assert!(
+            start.elapsed() < within,
+            "pod {}: /health/ready never said {state:?} within {within:?}; last {} {}",
             h.pod_id,
             r.status,
             r.body
