@@ -119,6 +119,9 @@ pub enum Inbox {
         id: u64,
         after: u64,
         event: Option<Arc<Event>>,
+        /// Some user of it is held by this pod alone: were the pod to die
+        /// before reading it, the cleanup would give it to that user elsewhere.
+        salvageable: bool,
     },
     /// A registration's marker: everything routed to this pod up to log id
     /// `upto` is before it; `after` as for an event.
@@ -164,6 +167,7 @@ pub fn inbox(entry: &Value) -> Option<(String, Inbox)> {
                 id,
                 after,
                 event: fields_event(id, fields),
+                salvageable: field("s").is_some(),
             },
             _ => Inbox::Other,
         },
@@ -183,6 +187,61 @@ pub fn inbox(entry: &Value) -> Option<(String, Inbox)> {
         _ => Inbox::Other,
     };
     Some((sid, entry))
+}
+
+/// The publish token of a log, inbox or broadcast entry (`q`: the publishing
+/// pod, its job sequence, the event's place in the job), borrowed from it.
+pub fn token(entry: &Value) -> Option<(&str, u64, u32)> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let Some(Value::Array(fields)) = parts.get(1) else {
+        return None;
+    };
+    let q = fields
+        .chunks(2)
+        .find(|p| p.len() == 2 && text(&p[0]) == Some("q"))
+        .and_then(|p| text(&p[1]))?;
+    let (pod, rest) = q.rsplit_once('/')?;
+    let (seq, index) = rest.split_once('.')?;
+    Some((pod, seq.parse().ok()?, index.parse().ok()?))
+}
+
+/// The last publish token each publishing pod's events reached this reader
+/// with, per source. A publishing pod appends its jobs to a source in
+/// sequence order, so an event at or below its pod's last token was delivered
+/// already: the job was sent again after Redis lost the record that would have
+/// caught it (restarted empty, or a replica promoted without it).
+#[derive(Debug, Default)]
+pub struct Seen {
+    last: std::collections::HashMap<Box<str>, ((u64, u32), u64)>,
+    checks: u32,
+}
+
+impl Seen {
+    /// Whether the event with this token was seen before; remembers it.
+    /// `now_ms` ages out publishers not heard from for `keep_ms`.
+    pub fn repeat(&mut self, pod: &str, at: (u64, u32), now_ms: u64, keep_ms: u64) -> bool {
+        self.checks = self.checks.wrapping_add(1);
+        if self.checks % 4096 == 0 {
+            self.last
+                .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) < keep_ms);
+        }
+        match self.last.get_mut(pod) {
+            Some((last, seen)) => {
+                *seen = now_ms;
+                if at <= *last {
+                    return true;
+                }
+                *last = at;
+                false
+            }
+            None => {
+                self.last.insert(pod.into(), (at, now_ms));
+                false
+            }
+        }
+    }
 }
 
 /// The publisher's wall-clock publish time as this process's monotonic clock, so
@@ -310,5 +369,37 @@ mod tests {
             s(&f.bytes),
             format!("id: {}\nevent: msg\ndata: hello\n\n", 7 << 20)
         );
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_at_or_below_its_pods_last_is_a_repeat() {
+        let mut s = Seen::default();
+        assert!(!s.repeat("a", (10, 1), 0, 1000));
+        assert!(!s.repeat("a", (10, 2), 0, 1000));
+        assert!(s.repeat("a", (10, 2), 0, 1000), "the same event again");
+        assert!(s.repeat("a", (10, 1), 0, 1000), "an earlier one of the job");
+        assert!(!s.repeat("b", (5, 1), 0, 1000), "pods are apart");
+        assert!(!s.repeat("a", (11, 1), 0, 1000));
+    }
+
+    #[test]
+    fn tokens_are_read_from_entries() {
+        let entry = Value::Array(vec![
+            Value::from("1-0"),
+            Value::Array(vec![
+                Value::from("e"),
+                Value::from("message"),
+                Value::from("q"),
+                Value::from("pod-a/1765000000123.3"),
+            ]),
+        ]);
+        assert_eq!(token(&entry), Some(("pod-a", 1_765_000_000_123, 3)));
+        let none = Value::Array(vec![Value::from("1-0"), Value::Array(vec![])]);
+        assert_eq!(token(&none), None);
     }
 }

@@ -32,7 +32,7 @@ use fred::types::Value;
 use tracing::{info, warn};
 
 use super::log::{self, Inbox};
-use super::{redis_err, Cluster, Source};
+use super::{Cluster, Source};
 use crate::conn::CloseReason;
 use crate::event::Event;
 use crate::metrics as m;
@@ -263,7 +263,7 @@ async fn xread(
         .await;
     match r {
         Ok(v) => {
-            c.set_up(true);
+            c.answered("read");
             m::redis_commands("read", 1);
             let mut out = vec![None; keys.len()];
             for stream in v.into_array() {
@@ -280,7 +280,8 @@ async fn xread(
         }
         Err(e) => {
             m::redis_roundtrip("read", started.elapsed());
-            redis_err("read", &e);
+            c.failed("read", &e);
+            // Whatever the cause, this source delivers nothing until a read works.
             c.set_up(false);
             None
         }
@@ -301,6 +302,15 @@ pub(super) async fn read_loop(
     let mut merge = Merge::default();
     let mut need = Need::Idle;
     let mut started = false;
+    // Per stream: within each, a publishing pod's events come in its order.
+    let (mut seen_inbox, mut seen_all) = (log::Seen::default(), log::Seen::default());
+    // A repeat comes at most an idempotency window late (the publishing pod
+    // gives up on a job after that).
+    let keep_ms = c
+        .set
+        .idempotency_window
+        .max(Duration::from_secs(600))
+        .as_millis() as u64;
     loop {
         let Some(p) = pos.as_mut() else {
             tokio::time::sleep(backoff).await;
@@ -361,8 +371,33 @@ pub(super) async fn read_loop(
         }
         backoff = Duration::from_millis(100);
         let inbox_n = got_inbox.as_ref().map_or(0, Vec::len);
+        // The salvageable events read (see `consumed`).
+        let mut read_ids: Vec<String> = Vec::new();
+        let now_ms = crate::clock::unix_ms();
+        let mut repeats = 0;
+        let mut repeat = |seen: &mut log::Seen, e: &Value| {
+            let r = log::token(e)
+                .is_some_and(|(pod, seq, i)| seen.repeat(pod, (seq, i), now_ms, keep_ms));
+            repeats += u64::from(r);
+            r
+        };
         for e in got_inbox.iter().flatten() {
-            if let Some((sid, entry)) = log::inbox(e) {
+            if let Some((sid, mut entry)) = log::inbox(e) {
+                if let Inbox::Event { event, .. } = &mut entry {
+                    if repeat(&mut seen_inbox, e) {
+                        *event = None;
+                    }
+                }
+                // Only what the cleanup could salvage needs its reading told.
+                if matches!(
+                    entry,
+                    Inbox::Event {
+                        salvageable: true,
+                        ..
+                    }
+                ) {
+                    read_ids.push(sid.clone());
+                }
                 p.inbox = sid;
                 merge.push_inbox(entry);
             }
@@ -375,13 +410,32 @@ pub(super) async fn read_loop(
         for e in got_all.iter().flatten() {
             if let Some((sid, ev)) = log::event(e) {
                 if let Some(id) = log::sse_id(&sid) {
+                    let ev = if ev.is_some() && repeat(&mut seen_all, e) {
+                        None
+                    } else {
+                        ev
+                    };
                     merge.push_all(id, ev);
                 }
                 p.all = sid;
             }
         }
+        if repeats > 0 {
+            warn!(
+                repeats,
+                "events published again after Redis lost their record: dropped, not delivered twice"
+            );
+            m::dropped("repeat", repeats);
+        }
         if inbox && (inbox_n as u64) < READ_COUNT {
             merge.inbox_clear();
+        }
+        if !read_ids.is_empty() {
+            // Sent before the events go out (on the reader's connection): a
+            // pod killed once a client has an event has told Redis it read it.
+            // Killed in between, it loses what it read (microseconds), rather
+            // than have it delivered twice.
+            consumed(&c, src, read_ids);
         }
         let mut sink = Deliver {
             shared: &shared,
@@ -392,6 +446,25 @@ pub(super) async fn read_loop(
         need = merge.run(&mut sink);
         sink.flush();
     }
+}
+
+/// The salvageable events at `ids` in this pod's inbox are read: delete them,
+/// so that if this pod dies its inbox holds those it had not read (the cleanup
+/// gives them to their users elsewhere: `salvage` in [`super::scripts`]). By
+/// id, not by position: a trim by position could remove entries of an inbox
+/// recreated behind the reader (a failover) that it has not read. Sent on the
+/// reader's connection without waiting for the answer.
+fn consumed(c: &Arc<Cluster>, src: &Source, ids: Vec<String>) {
+    let reader = src.reader.clone();
+    let key = src.inbox_key.clone();
+    let c = c.clone();
+    tokio::task::spawn_local(async move {
+        let r: Result<Value, _> = reader.xdel(key, ids).await;
+        match r {
+            Ok(_) => m::redis_commands("consumed", 1),
+            Err(e) => c.failed("consumed", &e),
+        }
+    });
 }
 
 /// The probe did not come back: reconnect the reader, and start a stream over
@@ -467,6 +540,7 @@ mod tests {
             id,
             after,
             event: ev(id),
+            salvageable: false,
         }
     }
 

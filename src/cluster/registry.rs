@@ -622,6 +622,11 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
     let keep_ms = (c.set.stale_after * 20)
         .max(Duration::from_secs(3600))
         .as_millis() as i64;
+    // A resume is remembered until every inbox that could hold an event it
+    // replayed has been salvaged: a dead pod is found within stale_after plus a
+    // cleanup interval, its partitions' inboxes one interval later.
+    let resumes_keep_ms =
+        ((c.set.stale_after + c.set.cleanup) * 4 + Duration::from_secs(60)).as_millis() as i64;
     loop {
         tick.tick().await;
         if !c.is_up() {
@@ -640,15 +645,27 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
                 Value::from(100_000i64),
                 Value::from(c.minid(now)),
                 Value::from(if src.index == 0 { "1" } else { "0" }),
+                Value::from(c.set.max_pending as i64),
+                Value::from(c.set.history_events as i64),
+                Value::from(resumes_keep_ms),
             ]);
             args.extend(dead.iter().cloned());
             let Some(v) = c.script(src, "cleanup", &c.scripts.cleanup, args).await else {
                 break;
             };
-            let marked = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
+            let n = |i: usize| v.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
+            let marked = n(1);
             if marked > 0 {
                 m::marked_inactive(marked);
                 info!(marked, "marked stale connections inactive");
+            }
+            let (pending, again, replayed) = (n(4), n(5), n(6));
+            if pending + again + replayed > 0 {
+                m::salvaged(pending, again, replayed);
+                info!(
+                    pending,
+                    again, replayed, "a dead pod's unread user events given to their users"
+                );
             }
             if src.index == 0 {
                 dead = v

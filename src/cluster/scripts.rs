@@ -103,6 +103,56 @@ local function last_all()
   if a then return a end
   return '0-0'
 end
+-- A dead pod's inbox holds, of the user events only it held (marked `s`),
+-- those it had not read (a pod deletes them as it reads them): each is given to
+-- its user now. If the user
+-- resumed elsewhere (Last-Event-ID) after it was published, the resume
+-- replayed it: nothing to do. If the user has connections on other pods
+-- (opened since, without Last-Event-ID), it is published to them again, under a
+-- new id. Otherwise it waits as pending, under its own id (a resume then finds
+-- it in the log and drops the pending copy). Returns {pending, again, replayed}.
+local function salvage(pod, now, maxp, hmax)
+  local rows = rc('XRANGE', inbox(pod), '-', '+')
+  local out = {0, 0, 0}
+  for _, row in ipairs(rows) do
+    local f = {}
+    for x = 1, #row[2], 2 do f[row[2][x]] = row[2][x + 1] end
+    if f.i and f.s and f.k == 'u' then
+      local ms = tonumber(string.match(f.i, '^(%d+)-'))
+      for u in string.gmatch(f.s, '[^,]+') do
+        local ps = {}
+        for _, p in ipairs(rc('HKEYS', upods(u))) do
+          if p ~= pod then ps[#ps + 1] = p end
+        end
+        local resumed = rc('ZSCORE', T .. ':resumed', u)
+        if resumed and ms <= tonumber(resumed) then
+          out[3] = out[3] + 1
+        elseif #ps > 0 then
+          local id = rc('XADD', KEYS[1], 'MAXLEN', '~', hmax, '*',
+            'e', f.e, 'd', f.d, 'k', 'u', 't', u, 'ns', f.ns)
+          local pa = last_all()
+          for _, p in ipairs(ps) do
+            if #ps == 1 then
+              to_inbox(p, 'i', id, 'p', pa, 'e', f.e, 'd', f.d, 'k', 'u', 't', u, 'ns', f.ns,
+                's', u, 'x', f.x or '0')
+            else
+              to_inbox(p, 'i', id, 'p', pa, 'e', f.e, 'd', f.d, 'k', 'u', 't', u, 'ns', f.ns)
+            end
+          end
+          out[2] = out[2] + 1
+        elseif tonumber(f.x or '0') > now and maxp > 0 then
+          local k = T .. ':pending:' .. u
+          local n = rc('RPUSH', k, f.i .. ' ' .. f.x .. ' ' .. f.e .. '\n' .. f.d)
+          if n > maxp then rc('LTRIM', k, -maxp, -1) end
+          if rc('PTTL', k) < tonumber(f.x) - now then rc('PEXPIRE', k, tonumber(f.x) - now) end
+          out[1] = out[1] + 1
+        end
+      end
+    end
+  end
+  rc('DEL', inbox(pod))
+  return out
+end
 "#;
 
 /// Register a batch of new connections, and this pod's topic interest changes.
@@ -181,6 +231,19 @@ else
       first_id = info[k + 1][1]
     end
   end
+end
+-- Resumes are remembered for a while: a dead pod's unread events for a user who
+-- resumed since were replayed by that resume (see `salvage`).
+if registry and resumes then
+  local rms = string.match(last_id, '^(%d+)-')
+  local z = {}
+  for j = 1, #members do
+    if modes[j] == 'r' then
+      z[#z + 1] = rms
+      z[#z + 1] = user_of(members[j])
+    end
+  end
+  chunked('ZADD', T .. ':resumed', z, 2)
 end
 local function sid_gt(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -271,21 +334,30 @@ local applied = T .. ':applied:' .. pod
 local dropped = 0
 local pa = nil
 local bcasts = {}
-local function publish_one(e, d, kind, names, ttl, ns)
+-- q: the event's publish token, `<pod>/<seq>.<index>` (the publishing pod,
+-- its job sequence, the event's place in the job), carried to the pods that
+-- deliver it: they drop an event whose token they have passed, the one repeat
+-- no record here can catch (a job sent again after Redis lost its data).
+local function publish_one(e, d, kind, names, ttl, ns, q)
   local id = rc('XADD', KEYS[1], 'MAXLEN', '~', hmax, '*',
     'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
   if kind == 'a' then
-    bcasts[#bcasts + 1] = {id, e, d, names, ns}
+    bcasts[#bcasts + 1] = {id, e, d, names, ns, q}
     pa = id
     return id
   end
-  local seen, found, order = {}, {}, {}
+  local seen, found, order, sole = {}, {}, {}, {}
   local entry = nil
   for x in string.gmatch(names, '[^,]+') do
     if not seen[x] then
       seen[x] = true
       local ps
       if kind == 'u' then ps = rc('HKEYS', upods(x)) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
+      if kind == 'u' and #ps == 1 then
+        -- Only this pod holds x: if it dies before reading the event, the
+        -- cleanup gives the event to x elsewhere (SALVAGE).
+        sole[ps[1]] = (sole[ps[1]] and (sole[ps[1]] .. ',') or '') .. x
+      end
       if #ps == 0 and kind == 'u' and ttl > 0 and maxp > 0 then
         entry = entry or (id .. ' ' .. (now + ttl) .. ' ' .. e .. '\n' .. d)
         local k = T .. ':pending:' .. x
@@ -307,7 +379,12 @@ local function publish_one(e, d, kind, names, ttl, ns)
   if #order > 0 then
     pa = pa or last_all()
     for _, p in ipairs(order) do
-      to_inbox(p, 'i', id, 'p', pa, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+      if sole[p] then
+        to_inbox(p, 'i', id, 'p', pa, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns,
+          'q', q, 's', sole[p], 'x', now + ttl)
+      else
+        to_inbox(p, 'i', id, 'p', pa, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns, 'q', q)
+      end
     end
   end
   return id
@@ -337,9 +414,9 @@ for _ = 1, njobs do
     i = i + 5 * n
   else
     local ids = {}
-    for _ = 1, n do
+    for x = 1, n do
       ids[#ids + 1] = publish_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-        tonumber(ARGV[i + 4]), ns)
+        tonumber(ARGV[i + 4]), ns, pod .. '/' .. seq .. '.' .. x)
       i = i + 5
     end
     local rec = flag .. table.concat(ids, ',')
@@ -352,7 +429,7 @@ for _ = 1, njobs do
   end
 end
 for _, b in ipairs(bcasts) do
-  rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, b[1], 'e', b[2], 'd', b[3], 'k', 'a', 't', b[4], 'ns', b[5])
+  rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, b[1], 'e', b[2], 'd', b[3], 'k', 'a', 't', b[4], 'ns', b[5], 'q', b[6])
 end
 if #bcasts > 0 then rc('SET', alast, bcasts[#bcasts][1]) end
 if #records > 0 then chunked('ZADD', applied, records, 2) end
@@ -432,29 +509,44 @@ return {calls, #fixed, fixed}
 "#;
 
 /// The cleanup job: mark connections whose heartbeat is older than the cutoff
-/// inactive, drop dead pods (their topic interest and inbox), bound the inactive
-/// set, trim the log to the history's age. Safe to run on every pod at once.
+/// inactive, drop dead pods (their topic interest; their inbox, after giving
+/// its unread user events to their users: `salvage`), bound the inactive set
+/// and the record of resumes, trim the log to the history's age. Safe to run
+/// on every pod at once.
 /// ARGV: tag, imax, now_ms, cutoff_ms, limit, inactive_keep_ms, inactive_cap,
-/// minid ('0' for none), pods ('1' where the pod set lives), then pods found dead
-/// elsewhere whose inbox here goes too. Returns `{calls, marked, pods dropped,
-/// {dead pods}}`.
+/// minid ('0' for none), pods ('1' where the pod set lives), max_pending,
+/// history max, resumes_keep_ms, then pods found dead elsewhere whose inbox here
+/// goes too. Returns `{calls, marked, pods dropped, {dead pods}, salvaged to
+/// pending, published again, already replayed}`.
 const CLEANUP: &str = r#"
 local now, cutoff = tonumber(ARGV[3]), ARGV[4]
+local maxp, hmax = tonumber(ARGV[10]), ARGV[11]
 if ARGV[8] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[8]) end
-for k = 10, #ARGV do rc('DEL', inbox(ARGV[k])) end
+-- Stale connections first: a dead pod's users are no longer its when its
+-- inbox is salvaged.
 local stale = rc('ZRANGEBYSCORE', hb, '-inf', cutoff, 'LIMIT', 0, ARGV[5])
 if #stale > 0 then
   local owners = chunked('HMGET', conns, stale, 1)
   forget(stale, owners, now)
 end
+local saved = {0, 0, 0}
+local function salvaged(pod)
+  local r = salvage(pod, now, maxp, hmax)
+  for j = 1, 3 do saved[j] = saved[j] + r[j] end
+end
+for k = 13, #ARGV do salvaged(ARGV[k]) end
 local dead = {}
 if ARGV[9] == '1' then
   dead = rc('ZRANGEBYSCORE', pods, '-inf', cutoff, 'LIMIT', 0, 100)
-  for _, p in ipairs(dead) do drop_pod(p) end
+  for _, p in ipairs(dead) do
+    salvaged(p)
+    drop_pod(p)
+  end
 end
 rc('ZREMRANGEBYSCORE', inactive, '-inf', now - tonumber(ARGV[6]))
 rc('ZREMRANGEBYRANK', inactive, 0, -(tonumber(ARGV[7]) + 1))
-return {calls, #stale, #dead, dead}
+rc('ZREMRANGEBYSCORE', T .. ':resumed', '-inf', now - tonumber(ARGV[12]))
+return {calls, #stale, #dead, dead, saved[1], saved[2], saved[3]}
 "#;
 
 /// Cluster-wide counts. ARGV: tag, imax, live-pod cutoff_ms.
@@ -506,7 +598,16 @@ else
     if info[k] == 'last-generated-id' then l = info[k + 1] end
   end
 end
-return {calls, last_of(inbox(ARGV[3])), last_of(T .. ':all'), l}
+-- The inbox by its last generated id: a pod deletes entries it has read, so an
+-- emptied inbox is not a recreated one.
+local ib = '0-0'
+if rc('EXISTS', inbox(ARGV[3])) == 1 then
+  local info = rc('XINFO', 'STREAM', inbox(ARGV[3]))
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' then ib = info[k + 1] end
+  end
+end
+return {calls, ib, last_of(T .. ':all'), l}
 "#;
 
 /// The loaded scripts (their SHA1s; bodies are sent again on `NOSCRIPT`, e.g.
