@@ -123,10 +123,12 @@ async fn stalled_redis(partitions: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_loses_nothing_and_delivers_nothing_twice() {
+    need!("redis-server");
     stalled_redis("1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_loses_nothing_and_delivers_nothing_twice_with_partitions() {
+    need!("redis-server");
     stalled_redis("4").await;
 }

@@ -65,6 +65,7 @@ fn exported(text: &str) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
 
 #[tokio::test]
 async fn every_dashboard_metric_is_exported() {
+    need_redis!();
     let cl = Cluster::shared("dashboard");
     let pod = cl.pod(&[]);
     // Traffic, so that per-shard and per-operation series exist.

@@ -257,10 +257,12 @@ async fn across_pods(partitions: &str) {
 
 #[tokio::test]
 async fn a_repeat_on_another_pod_delivers_nothing() {
+    need_redis!();
     across_pods("1").await;
 }
 
 #[tokio::test]
 async fn a_repeat_on_another_pod_delivers_nothing_with_partitions() {
+    need_redis!();
     across_pods("8").await;
 }

@@ -100,6 +100,7 @@ fn split(evs: &[SseEvent], mine: &BTreeSet<String>) -> (Vec<String>, Vec<String>
 
 #[tokio::test]
 async fn partition_tags_spread_over_every_master() {
+    need!("redis-server", "redis-cli");
     let rc = RedisCluster::shared();
     let tags = herald::cluster::tags("spread", 8);
     assert_eq!(tags.len(), 9, "{tags:?}");
@@ -122,6 +123,7 @@ async fn partition_tags_spread_over_every_master() {
 
 #[tokio::test]
 async fn mixed_events_on_partitions_arrive_once_in_order_and_resume_exactly_on_another_pod() {
+    need!("redis-server", "redis-cli");
     let p = pods("parts-mix");
     let a = pod(&p);
     let b = pod(&p);
@@ -224,6 +226,7 @@ async fn mixed_events_on_partitions_arrive_once_in_order_and_resume_exactly_on_a
 
 #[tokio::test]
 async fn pending_and_a_killed_pod_with_partitions() {
+    need!("redis-server", "redis-cli");
     let p = pods("parts-kill");
     let a = pod(&p);
     let mut b = pod(&p);

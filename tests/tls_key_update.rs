@@ -772,10 +772,7 @@ async fn tls12_streams_end_cleanly_at_the_record_limit() {
 /// the reproduction of review #1: the stream answers and gets an event.
 #[tokio::test]
 async fn openssl_s_client_key_update_before_the_request() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("skipped: no openssl on PATH (.ci/run installs it)");
-        return;
-    }
+    need!("openssl");
     let c = make_cert("ku-openssl", 2100);
     let h = start(&c, None);
     let mut send = publisher(&h, &c).await;

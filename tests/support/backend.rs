@@ -39,6 +39,15 @@ impl Backend {
         flags: &[],
     };
 
+    /// Whether this backend can run here (see [`super::tools`]): says why
+    /// not and returns false, or panics under `HERALD_REQUIRE_TOOLS=1`.
+    pub fn available(self, test: &str) -> bool {
+        match self.redis {
+            Redis::Standalone => super::tools::redis(test),
+            Redis::Cluster => super::tools::have(test, &["redis-server", "redis-cli"]),
+        }
+    }
+
     /// The same Redis, with `flags` given to every pod.
     pub const fn with_flags(self, flags: &'static [&'static str]) -> Backend {
         Backend { flags, ..self }

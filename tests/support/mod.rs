@@ -10,8 +10,10 @@ pub mod hpack;
 pub mod ops;
 pub mod redis;
 pub mod redis_cluster;
+pub mod sentinel;
 pub mod sse;
 pub mod tls;
+pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -116,7 +116,12 @@ impl Resp {
     }
 
     pub fn ping(&mut self) -> bool {
-        matches!(self.cmd(&["PING"]), Ok(Reply::Simple(s)) if s == "PONG")
+        match self.cmd(&["PING"]) {
+            Ok(Reply::Simple(s)) => s == "PONG",
+            // Up, and wanting a password (`--requirepass`).
+            Ok(Reply::Error(e)) => e.starts_with("NOAUTH"),
+            _ => false,
+        }
     }
 
     /// A numeric field of `INFO <section>` (e.g. `stats`, `total_commands_processed`).
@@ -266,6 +271,31 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Start one that also serves TLS on a second free port (returned) with
+    /// `cert`/`key`, trusting `ca` for client certificates, which it asks for
+    /// when `auth_clients`. [`RedisServer::port`] stays plain, for the tests'
+    /// own client.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path, auth_clients: bool) -> (RedisServer, u16) {
+        let tls_port = std::cell::Cell::new(0u16);
+        let server = RedisServer::start_with(free_port, |_, _| {
+            tls_port.set(free_port());
+            let path = |p: &Path| p.display().to_string();
+            vec![
+                "--tls-port".into(),
+                tls_port.get().to_string(),
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                if auth_clients { "yes" } else { "no" }.into(),
+            ]
+        });
+        (server, tls_port.get())
+    }
+
     pub fn client(&self) -> Resp {
         Resp::connect(self.port).expect("connect to the test redis-server")
     }
@@ -406,7 +436,7 @@ impl Drop for RedisServer {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind a free port")
