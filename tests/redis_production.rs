@@ -425,3 +425,46 @@ fn a_url_herald_cannot_read_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rediss://"), "{err}");
 }
+
+#[tokio::test]
+async fn a_redis_cluster_over_tls_carries_partitioned_pods() {
+    need!("redis-server", "redis-cli");
+    let ca = TestCa::new("cluster-tls");
+    let leaf = ca.issue("nodes", &["127.0.0.1", "localhost"], 2090, false);
+    let rc = support::redis_cluster::RedisCluster::start_tls(&support::redis_cluster::ClusterTls {
+        ca: &ca.pem,
+        cert: &leaf.cert,
+        key: &leaf.key,
+    });
+    let url = rc.tls_url();
+    let prefix = unique_prefix("cluster-tls");
+    let ca_path = ca.pem.display().to_string();
+    let extra = ["--redis-tls-ca", &ca_path, "--partitions", "8"];
+    let a = Pod::start(&url, &prefix, 0, &extra);
+    let b = Pod::start(&url, &prefix, 1, &extra);
+    a.ready().await;
+    b.ready().await;
+    // Users in several partitions, hence on every master, and a broadcast.
+    for i in 0..6 {
+        delivers(&b.herald, &a.herald, &format!("ctls-{i}")).await;
+    }
+    let mut c = b.herald.subscribe_connected("userId=ctls-all").await;
+    a.herald
+        .publish(json!({"data": "to all", "target": "all"}))
+        .await;
+    assert_eq!(
+        c.next_non_heartbeat(WAIT)
+            .await
+            .expect("the broadcast")
+            .data,
+        "to all"
+    );
+    // Every master holds some of the cluster's keys, written over TLS.
+    let mut masters_with_keys = 0;
+    for i in 0..3 {
+        if !rc.client(i).keys_containing(&prefix).unwrap().is_empty() {
+            masters_with_keys += 1;
+        }
+    }
+    assert_eq!(masters_with_keys, 3);
+}

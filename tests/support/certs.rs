@@ -92,11 +92,16 @@ impl TestCa {
         let mut params = rcgen::CertificateParams::new(names).unwrap();
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        // A server's certificate serves as a client's too: Redis Cluster nodes
+        // present theirs when they connect to each other's TLS bus.
+        params.extended_key_usages = if client {
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
         } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("herald test {file}"));

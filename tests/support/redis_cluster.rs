@@ -65,6 +65,16 @@ struct NodeLine {
 /// A 3-master Redis Cluster on loopback ports, killed and removed on drop.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// With TLS ([`RedisCluster::start_tls`]): the nodes' TLS ports and the CA.
+    tls: Option<(Vec<u16>, std::path::PathBuf)>,
+}
+
+/// The certificate files of a TLS Redis Cluster (every node serves the same
+/// certificate, which must name 127.0.0.1).
+pub struct ClusterTls<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 impl RedisCluster {
@@ -72,7 +82,29 @@ impl RedisCluster {
     /// `redis-cli --cluster create` and wait until every node says
     /// `cluster_state:ok` and all agree on the slot map.
     pub fn start() -> RedisCluster {
-        RedisCluster::start_nodes(false)
+        RedisCluster::start_nodes(false, None)
+    }
+
+    /// Like [`RedisCluster::start`], over TLS: every node also serves TLS on a
+    /// second port (its cluster bus is TLS too, `tls-cluster yes`, so that
+    /// `CLUSTER SLOTS` gives TLS clients the TLS ports); its plain port stays,
+    /// for the tests' own client. [`RedisCluster::tls_url`] is the URL.
+    pub fn start_tls(tls: &ClusterTls) -> RedisCluster {
+        RedisCluster::start_nodes(false, Some(tls))
+    }
+
+    /// `rediss-cluster://` over the nodes' TLS ports.
+    pub fn tls_url(&self) -> String {
+        let (ports, _) = self.tls.as_ref().expect("a TLS cluster");
+        let others: Vec<String> = ports[1..]
+            .iter()
+            .map(|p| format!("node=127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "rediss-cluster://127.0.0.1:{}?{}",
+            ports[0],
+            others.join("&")
+        )
     }
 
     /// The Redis Cluster shared by every test of this test binary that asks for
@@ -100,14 +132,16 @@ impl RedisCluster {
             std::thread::Builder::new()
                 .name("shared-redis-cluster".into())
                 .spawn(move || {
-                    let started = std::panic::catch_unwind(|| RedisCluster::start_nodes(true))
-                        .map_err(|panic| {
-                            panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_else(|| "(no message)".into())
-                        });
+                    let started =
+                        std::panic::catch_unwind(|| RedisCluster::start_nodes(true, None)).map_err(
+                            |panic| {
+                                panic
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_else(|| "(no message)".into())
+                            },
+                        );
                     let _ = tx.send(started);
                     // The nodes die with this thread: keep it until the process ends.
                     loop {
@@ -133,26 +167,64 @@ impl RedisCluster {
 
     /// Start the nodes (with [`RedisServer::start_dying_with_thread`] if
     /// `dies_with_thread`), create the cluster and wait until it converged.
-    fn start_nodes(dies_with_thread: bool) -> RedisCluster {
-        let extra = |port: u16, dir: &Path| {
-            vec![
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-config-file".into(),
-                dir.join(nodes_conf(port)).to_string_lossy().into_owned(),
-                "--cluster-node-timeout".into(),
-                NODE_TIMEOUT_MS.to_string(),
-            ]
-        };
+    fn start_nodes(dies_with_thread: bool, tls: Option<&ClusterTls>) -> RedisCluster {
+        let tls_ports: Vec<Cell<u16>> = (0..MASTERS).map(|_| Cell::new(0)).collect();
         let mut nodes = Vec::with_capacity(MASTERS);
-        for _ in 0..MASTERS {
+        for tls_port in &tls_ports {
+            let extra = |port: u16, dir: &Path| {
+                let mut v: Vec<String> = vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    dir.join(nodes_conf(port)).to_string_lossy().into_owned(),
+                    "--cluster-node-timeout".into(),
+                    NODE_TIMEOUT_MS.to_string(),
+                ];
+                if let Some(t) = tls {
+                    // The bus listens on the TLS port + 10000 then.
+                    tls_port.set(cluster_port());
+                    let path = |p: &Path| p.display().to_string();
+                    v.extend([
+                        "--tls-port".into(),
+                        tls_port.get().to_string(),
+                        "--tls-cert-file".into(),
+                        path(t.cert),
+                        "--tls-key-file".into(),
+                        path(t.key),
+                        "--tls-ca-cert-file".into(),
+                        path(t.ca),
+                        "--tls-auth-clients".into(),
+                        "no".into(),
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                    ]);
+                }
+                v
+            };
+            let port = || {
+                if tls.is_some() {
+                    super::redis::free_port()
+                } else {
+                    cluster_port()
+                }
+            };
             nodes.push(if dies_with_thread {
-                RedisServer::start_dying_with_thread(cluster_port, extra)
+                RedisServer::start_dying_with_thread(port, extra)
             } else {
-                RedisServer::start_with(cluster_port, extra)
+                RedisServer::start_with(port, extra)
             });
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            tls: tls.map(|t| {
+                (
+                    tls_ports.iter().map(Cell::get).collect(),
+                    t.ca.to_path_buf(),
+                )
+            }),
+        };
         cluster.create();
         cluster.wait_converged("after redis-cli --cluster create");
         cluster
@@ -163,8 +235,17 @@ impl RedisCluster {
     fn create(&self) {
         let log_path = self.nodes[0].dir().join("create.log");
         let log = std::fs::File::create(&log_path).expect("create the redis-cli log file");
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(self.ports().iter().map(|p| format!("127.0.0.1:{p}")));
+        let mut args: Vec<String> = Vec::new();
+        let ports = match &self.tls {
+            // Over TLS the nodes meet on their TLS ports (their bus is TLS).
+            Some((tls_ports, ca)) => {
+                args.extend(["--tls".into(), "--cacert".into(), ca.display().to_string()]);
+                tls_ports.clone()
+            }
+            None => self.ports(),
+        };
+        args.extend(["--cluster".to_string(), "create".into()]);
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
         let mut child = Command::new("redis-cli")
             .args(&args)
