@@ -110,12 +110,37 @@ async fn pods_follow_sentinel_failovers_and_deliver_once() {
     }
     s.wait_in_sync(m1, Duration::from_secs(20));
 
-    // 2. The master SIGKILLed.
+    // 2. The master SIGKILLed. The failover gap: from the kill to the first
+    // event published after it that reaches a subscriber.
+    let mut gap_sub = b.subscribe_connected("userId=svgap").await;
+    wait_cluster_all(&[&a, &b], 2, USERS as u64 + 1, USERS as u64 + 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t1 = Instant::now();
     s.node(m1).kill();
+    let gap_stop = Arc::new(AtomicBool::new(false));
+    let gap_publisher = {
+        let (a, stop) = (a.clone(), gap_stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Acquire) && i < 3_000 {
+                let body = json!({"data": format!("gap-{i}"), "target": {"users": ["svgap"]}});
+                let _ = a.post("/api/broadcast", &body.to_string()).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
     let m2 = s.wait_new_master(m1, Duration::from_secs(30));
     eprintln!("master {m1} killed: {m2} promoted after {:?}", t1.elapsed());
+    let first = gap_sub
+        .next_non_heartbeat(Duration::from_secs(30))
+        .await
+        .expect("an event through the new master");
+    let gap = t1.elapsed();
+    gap_stop.store(true, Ordering::Release);
+    let _ = gap_publisher.await;
+    assert!(first.data.starts_with("gap-"), "{first:?}");
+    eprintln!("failover gap (master killed -> first event delivered through the new one): {gap:?}");
     let mut degraded_seen = false;
     for h in [&*a, &b] {
         let r = h.get("/health/ready").await;
