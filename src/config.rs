@@ -12,7 +12,7 @@ use clap::Parser;
 #[command(name = "herald", version, about, long_about = None)]
 pub struct Config {
     /// Address to listen on (every shard binds it with SO_REUSEPORT).
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
 
     /// Number of shards (threads, one per core); 0 means one per core.
@@ -243,7 +243,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `herald=debug`.
-    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    #[arg(long, env = "HERALD_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
 
     /// Check the liveness of the herald listening on `--listen` (0.0.0.0 means
@@ -403,6 +403,35 @@ impl Config {
 }
 
 /// Parse `500ms`, `15s`, `2m`, `1h 30m`.
+/// `--listen`: `IP:PORT`, or `HOST:PORT` with a host name resolved now (its
+/// first address; `localhost:8080` is `127.0.0.1:8080` where the resolver puts
+/// IPv4 first).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: not an address (HOST:PORT or IP:PORT): {e}"))?;
+    let first = addrs
+        .next()
+        .ok_or_else(|| format!("{s:?}: resolves to no address"))?;
+    // One address: the shards bind it; an IPv4 one first, as most clients try.
+    Ok(std::iter::once(first)
+        .chain(addrs)
+        .find(SocketAddr::is_ipv4)
+        .unwrap_or(first))
+}
+
+/// `--log`: a `tracing` filter that parses (a typo is refused at start rather
+/// than silently replaced by `info`).
+pub fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?}: not a log filter ({e}); e.g. info, herald=debug,fred=warn"))
+}
+
 pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 500ms, 15s, 2m)"))
 }

@@ -243,6 +243,8 @@ pub struct Cluster {
     cmd: Client,
     scripts: Scripts,
     up: AtomicBool,
+    /// Redis answered once: a later `up` is a return, not the start.
+    was_up: AtomicBool,
     /// Why Redis cannot be used, when it cannot ([`connect`]).
     diagnosis: connect::Diagnosis,
     draining: AtomicBool,
@@ -335,6 +337,7 @@ impl Cluster {
             },
             scripts: Scripts::new(),
             up: AtomicBool::new(false),
+            was_up: AtomicBool::new(false),
             diagnosis: connect::Diagnosis::default(),
             draining: AtomicBool::new(false),
             delivering: AtomicBool::new(true),
@@ -411,7 +414,11 @@ impl Cluster {
         if self.up.swap(up, Ordering::AcqRel) != up {
             m::set_redis_up(up);
             if up {
-                info!("redis reachable: cluster mode resumes");
+                if self.was_up.swap(true, Ordering::AcqRel) {
+                    info!("redis reachable again: cluster mode resumes");
+                } else {
+                    info!("redis reachable: this pod is in the cluster");
+                }
                 self.publish_wake.notify_one();
             } else {
                 warn!("redis unreachable: serving local connections, buffering publishes");

@@ -118,20 +118,43 @@ pub fn parse(body: &[u8]) -> Result<PublishRequest, ApiError> {
 fn not_an_object(body: &[u8], e: serde_json::Error) -> ApiError {
     match serde_json::from_slice::<&RawValue>(body) {
         Err(e) => invalid_json(e),
-        Ok(_) => bad(
+        Ok(_) => shape_error(e),
+    }
+}
+
+/// A JSON object that is not a publish object: an unknown field is named.
+fn shape_error(e: serde_json::Error) -> ApiError {
+    let text = e.to_string();
+    match text
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        Some((field, _)) => bad(
+            "unknown_field",
+            format!(
+                "unknown field {field:?}: a publish object has event, data, target and ttlSeconds"
+            ),
+        ),
+        None => bad(
             "invalid_body",
-            format!("body is not a valid publish object: {e}"),
+            format!("body is not a valid publish object: {text}"),
         ),
     }
 }
+
+/// Event names herald sends itself; a publish may not use them (a client
+/// reloads on `RESYNC`).
+const RESERVED_EVENTS: [&str; 3] = ["CONNECTED", "HEARTBEAT", "RESYNC"];
 
 fn invalid_json(e: serde_json::Error) -> ApiError {
     bad("invalid_json", format!("body is not valid JSON: {e}"))
 }
 
-/// A publish object's fields, unparsed (unknown fields are ignored); a field
-/// given as `null` is `Some("null")`, not absent.
+/// A publish object's fields, unparsed (an unknown field is refused: a
+/// mistyped `ttl` must not silently become the default); a field given as
+/// `null` is `Some("null")`, not absent.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Fields<'a> {
     #[serde(borrow, default, deserialize_with = "raw")]
     event: Option<&'a RawValue>,
@@ -283,12 +306,7 @@ fn request(raw: &RawValue) -> Result<PublishRequest, ApiError> {
             "body must be a JSON object, or an array of them",
         ));
     }
-    let f: Fields = serde_json::from_str(raw.get()).map_err(|e| {
-        bad(
-            "invalid_body",
-            format!("body is not a valid publish object: {e}"),
-        )
-    })?;
+    let f: Fields = serde_json::from_str(raw.get()).map_err(shape_error)?;
     fields(f.raw()).map(PublishRef::into_owned)
 }
 
@@ -297,6 +315,15 @@ fn fields(f: RawFields<'_>) -> Result<PublishRef<'_>, ApiError> {
     let event = match given(f.event) {
         None => Cow::Borrowed("message"),
         Some(e) => match json_str(e) {
+            Ok(s) if RESERVED_EVENTS.iter().any(|r| r.eq_ignore_ascii_case(&s)) => {
+                return Err(bad(
+                    "reserved_event",
+                    format!(
+                        "event {s:?} is one herald sends itself (CONNECTED, HEARTBEAT, RESYNC): \
+                         choose another name"
+                    ),
+                ))
+            }
             Ok(s) if valid_name(&s) => s,
             _ => {
                 return Err(bad(
@@ -307,6 +334,7 @@ fn fields(f: RawFields<'_>) -> Result<PublishRef<'_>, ApiError> {
         },
     };
     let data = match f.data {
+        // Checked last (below), so the other fields' errors come first.
         None => Cow::Borrowed(""),
         // Most often a string without escapes: borrowed from the body.
         Some(d) if d.starts_with('"') => json_str(d).map_err(invalid_json)?,
@@ -339,6 +367,12 @@ fn fields(f: RawFields<'_>) -> Result<PublishRef<'_>, ApiError> {
                 )
             })?,
     };
+    if f.data.is_none() {
+        return Err(bad(
+            "missing_data",
+            "data is required: a string (sent as is) or any JSON value",
+        ));
+    }
     Ok(PublishRef {
         event,
         data,
@@ -584,12 +618,9 @@ mod tests {
                 .code,
             "invalid_body"
         );
-        assert_eq!(
-            parse(br#"{"target":"all","x":{"deep":[1]}}"#)
-                .unwrap()
-                .target,
-            Target::All
-        );
+        let e = parse(br#"{"data":"d","target":"all","x":{"deep":[1]}}"#).unwrap_err();
+        assert_eq!(e.code, "unknown_field");
+        assert!(e.message.contains("\"x\""), "{}", e.message);
     }
 
     #[test]
@@ -613,27 +644,39 @@ mod tests {
             items.iter().map(|r| r.data.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        let e =
-            parse_body(br#"[{"target":"all"},{"target":"all"},{"target":"nope"}]"#).unwrap_err();
+        let e = parse_body(
+            br#"[{"data":"a","target":"all"},{"data":"b","target":"all"},{"data":"c","target":"nope"}]"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code, "invalid_target");
         assert!(e.message.starts_with("[2] "), "{}", e.message);
-        let e = parse_body(br#"[{"target":"all"},5]"#).unwrap_err();
+        let e = parse_body(br#"[{"data":"a","target":"all"},5]"#).unwrap_err();
         assert_eq!(
             (e.code, e.message.starts_with("[1] ")),
             ("invalid_body", true)
         );
         assert_eq!(parse_body(b"[]").unwrap_err().code, "invalid_batch");
-        let many = format!("[{}]", vec![r#"{"target":"all"}"#; 1001].join(","));
+        let many = format!(
+            "[{}]",
+            vec![r#"{"data":"","target":"all"}"#; 1001].join(",")
+        );
         assert_eq!(
             parse_body(many.as_bytes()).unwrap_err().code,
             "invalid_batch"
         );
-        let max = format!("[{}]", vec![r#"{"target":"all"}"#; 1000].join(","));
+        let max = format!(
+            "[{}]",
+            vec![r#"{"data":"","target":"all"}"#; 1000].join(",")
+        );
         assert!(matches!(parse_body(max.as_bytes()), Ok(PublishBody::Batch(v)) if v.len() == 1000));
         assert!(matches!(
-            parse_body(br#"{"target":"all"}"#),
+            parse_body(br#"{"data":"","target":"all"}"#),
             Ok(PublishBody::One(_))
         ));
+        let e =
+            parse_body(br#"[{"data":"a","target":"all"},{"target":"all","ttl":60}]"#).unwrap_err();
+        assert_eq!(e.code, "unknown_field");
+        assert!(e.message.starts_with("[1] "), "{}", e.message);
     }
 
     #[test]
@@ -656,5 +699,16 @@ mod tests {
         assert_eq!(code(r#"{"target":"all","event":5}"#), "invalid_event");
         assert_eq!(code(r#"{"target":"all","ttlSeconds":-1}"#), "invalid_ttl");
         assert_eq!(code(r#"{"target":"all","ttlSeconds":1.5}"#), "invalid_ttl");
+        // What a first day found accepted (issue 23).
+        assert_eq!(code(r#"{"target":"all"}"#), "missing_data");
+        for name in ["RESYNC", "CONNECTED", "HEARTBEAT", "resync"] {
+            let e = parse(format!(r#"{{"data":"x","target":"all","event":"{name}"}}"#).as_bytes())
+                .unwrap_err();
+            assert_eq!(e.code, "reserved_event", "{name}");
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+        let e = parse(br#"{"data":"x","target":"all","ttl":60,"Event":"typo"}"#).unwrap_err();
+        assert_eq!(e.code, "unknown_field");
+        assert!(e.message.contains("\"ttl\""), "{}", e.message);
     }
 }
