@@ -4,8 +4,9 @@
 //!   HS256 or RS256 (only the configured one; `alg: none` and any other algorithm
 //!   are refused), from `Authorization: Bearer` or the `token` query parameter
 //!   (EventSource cannot set headers). `exp` is required and checked with
-//!   `--jwt-leeway`; `sub` must equal `userId`; an optional `topics` claim (array of
-//!   strings) is the set of topics the stream may subscribe to.
+//!   `--jwt-leeway`; `sub` must equal `userId`; `aud` and `iss` must name one of
+//!   `--jwt-audience` and `--jwt-issuer` when those are set; an optional `topics`
+//!   claim (array of strings) is the set of topics the stream may subscribe to.
 //! * **Publishers** (on when a publisher token or a JWT key is set): a static token
 //!   from `--publisher-token`, compared in constant time, or a JWT signed with the
 //!   configured key carrying `"publish": true`. Needed for publish, disconnect and
@@ -66,8 +67,19 @@ impl Auth {
             v.leeway = cfg.jwt_leeway.as_secs();
             v.validate_exp = true;
             v.validate_nbf = true;
-            v.validate_aud = false;
-            v.set_required_spec_claims(&["exp"]);
+            // `aud` and `iss` are checked when herald is told what they must
+            // be (a token minted for another API must not open a stream here).
+            let mut required = vec!["exp"];
+            v.validate_aud = !cfg.jwt_audience.is_empty();
+            if v.validate_aud {
+                v.set_audience(&cfg.jwt_audience);
+                required.push("aud");
+            }
+            if !cfg.jwt_issuer.is_empty() {
+                v.set_issuer(&cfg.jwt_issuer);
+                required.push("iss");
+            }
+            v.set_required_spec_claims(&required);
             (key, v)
         });
         Ok(Auth {
@@ -197,6 +209,41 @@ mod tests {
 
     fn exp(delta: i64) -> i64 {
         crate::clock::unix_ms() as i64 / 1000 + delta
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_set() {
+        let check = |a: &Auth, claims: serde_json::Value| {
+            a.check_subscriber(Some(&token(claims)), "u", &[]).is_ok()
+        };
+        // Unset: a token for any audience opens a stream (as before).
+        let open = auth(&[]);
+        assert!(check(
+            &open,
+            json!({"sub": "u", "exp": exp(60), "aud": "my-api"})
+        ));
+        let strict = auth(&[
+            "--jwt-audience",
+            "herald,events",
+            "--jwt-issuer",
+            "https://idp.example/",
+        ]);
+        let good =
+            json!({"sub": "u", "exp": exp(60), "aud": "events", "iss": "https://idp.example/"});
+        assert!(check(&strict, good));
+        for bad in [
+            json!({"sub": "u", "exp": exp(60), "aud": "my-api", "iss": "https://idp.example/"}),
+            json!({"sub": "u", "exp": exp(60), "iss": "https://idp.example/"}),
+            json!({"sub": "u", "exp": exp(60), "aud": "herald", "iss": "https://other/"}),
+            json!({"sub": "u", "exp": exp(60), "aud": "herald"}),
+        ] {
+            assert!(!check(&strict, bad.clone()), "{bad}");
+        }
+        // An array `aud` with one of ours is enough.
+        assert!(check(
+            &strict,
+            json!({"sub": "u", "exp": exp(60), "aud": ["x", "herald"], "iss": "https://idp.example/"})
+        ));
     }
 
     #[test]

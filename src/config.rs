@@ -229,6 +229,20 @@ pub struct Config {
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", allow_hyphen_values = true)]
     pub jwt_public_key: Option<String>,
 
+    /// Audience a JWT must name in `aud` (repeatable, or comma-separated:
+    /// any of them). Unset: `aud` is not checked.
+    #[arg(
+        long = "jwt-audience",
+        env = "HERALD_JWT_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub jwt_audience: Vec<String>,
+
+    /// Issuer a JWT must name in `iss` (repeatable, or comma-separated: any of
+    /// them). Unset: `iss` is not checked.
+    #[arg(long = "jwt-issuer", env = "HERALD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
     /// Clock skew allowed when checking a token's `exp` and `nbf`.
     #[arg(long, env = "HERALD_JWT_LEEWAY", default_value = "5s", value_parser = duration)]
     pub jwt_leeway: Duration,

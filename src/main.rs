@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use clap::Parser;
 use herald::config::LogFormat;
 use herald::{Config, Server};
 use tracing_subscriber::EnvFilter;
@@ -12,7 +13,10 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let config = Config::from_process();
     if config.health_check {
-        std::process::exit(health_check(config.listen, config.tls_cert.as_deref()));
+        let (listen, cert) = running_herald()
+            .map(|c| (c.listen, c.tls_cert))
+            .unwrap_or((config.listen, config.tls_cert));
+        std::process::exit(health_check(listen, cert.as_deref()));
     }
     init_logs(&config);
     // Signal handlers first: a SIGTERM right after the listening line must drain,
@@ -82,6 +86,55 @@ fn init_logs(config: &Config) {
             .with_current_span(false)
             .init(),
     }
+}
+
+/// The configuration of the herald this health check is about, when it is the
+/// container's main process (PID 1, the same binary as this one): its own flags
+/// and `HERALD_*` variables, as it read them. A container's `HEALTHCHECK` runs
+/// `herald --health-check` beside it with the image's environment only, so
+/// without this `docker run … herald --listen 0.0.0.0:9000` would be checked
+/// on the image's default port. `HERALD_HEALTH_CHECK_PID` names another process
+/// (the tests'). `None` elsewhere (on a host PID 1 is init).
+fn running_herald() -> Option<Config> {
+    let pid: u32 = std::env::var("HERALD_HEALTH_CHECK_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    if pid == std::process::id() {
+        return None;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let ours = std::env::current_exe().ok()?;
+    let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    if same(&exe)? != same(&ours)? {
+        return None;
+    }
+    let split = |bytes: Vec<u8>| -> Vec<String> {
+        bytes
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    };
+    let argv = split(std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+    let environ = split(std::fs::read(format!("/proc/{pid}/environ")).ok()?);
+    // Its HERALD_* variables replace this process's own (this process is
+    // single-threaded here, and runs nothing else).
+    let ours: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("HERALD_"))
+        .collect();
+    for k in ours {
+        std::env::remove_var(k);
+    }
+    for kv in &environ {
+        if let Some((k, v)) = kv.split_once('=') {
+            if k.starts_with("HERALD_") && !v.is_empty() && k != "HERALD_HEALTH_CHECK_PID" {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+    Config::try_parse_from(argv).ok()
 }
 
 /// A byte stream, plain or TLS.

@@ -305,6 +305,11 @@ async fn dockerfile_uses_what_herald_has_and_its_healthcheck_works() {
         }
     }
     assert!(file.contains("STOPSIGNAL SIGTERM"));
+    // The image's binary has no debug info; the build stage keeps it.
+    assert!(
+        file.contains("--strip-debug") && file.contains("--only-keep-debug"),
+        "the Dockerfile strips the binary"
+    );
     assert!(file.lines().any(|l| l.trim() == "USER 65532:65532"));
     let check = file
         .split("HEALTHCHECK")
@@ -341,4 +346,71 @@ async fn dockerfile_uses_what_herald_has_and_its_healthcheck_works() {
     drop(h);
     let down = run(format!("127.0.0.1:{port}"));
     assert_eq!(down.status.code(), Some(1));
+
+    // `docker run … herald --listen 0.0.0.0:PORT` (here loopback): the flags go to the main
+    // process; the HEALTHCHECK, run beside it with the image's environment
+    // only, checks that process's address (its PID 1, here named).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let main = Herald::from_started_child(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn herald"),
+    );
+    let beside = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(&cmd[1..])
+        .env("HERALD_LISTEN", "127.0.0.1:1")
+        .env("HERALD_HEALTH_CHECK_PID", main.pid().to_string())
+        .output()
+        .expect("run the health check");
+    assert!(
+        beside.status.success(),
+        "the check must find the main process's port: {}",
+        String::from_utf8_lossy(&beside.stderr)
+    );
+}
+
+/// `systemctl reload herald` runs the unit's `ExecReload` with `$MAINPID`: run
+/// that command line the same way against a herald serving HTTPS, and the
+/// certificate is reloaded.
+#[test]
+fn the_units_exec_reload_reloads_the_certificate() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/herald.service")).unwrap();
+    let reload = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("an ExecReload=");
+    assert!(reload.contains("$MAINPID"), "{reload}");
+    let cert = support::certs::make_cert("exec-reload", 2100);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("exec-reload.stderr");
+    let (c, k) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let h =
+        Herald::start_with_stderr_file(&["--log", "info", "--tls-cert", &c, "--tls-key", &k], &log);
+    let line = reload.replace("$MAINPID", &h.pid().to_string());
+    let status = Command::new("sh")
+        .args(["-c", &line])
+        .status()
+        .expect("run ExecReload");
+    assert!(status.success(), "{line}");
+    let until = std::time::Instant::now() + support::WAIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("TLS certificate reloaded")
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "no reload after {line}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

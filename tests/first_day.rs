@@ -120,3 +120,39 @@ async fn publish_objects_that_would_mislead_are_refused_naming_the_field() {
     let ev = sub.next_non_heartbeat(WAIT).await.expect("the valid one");
     assert_eq!(ev.data, "ok");
 }
+
+#[tokio::test]
+async fn a_token_for_another_audience_or_issuer_opens_nothing() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "first-day-secret-0123456789abcdef";
+    let h = Herald::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--jwt-audience",
+        "herald",
+        "--jwt-issuer",
+        "https://idp.example/",
+    ]);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let token = |aud: &str, iss: &str| {
+        encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "kim", "exp": exp, "aud": aud, "iss": iss}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    for (aud, iss, want) in [
+        ("my-api", "https://idp.example/", 401),
+        ("herald", "https://elsewhere/", 401),
+        ("herald", "https://idp.example/", 200),
+    ] {
+        let path = format!("/api/user/sse/connect?userId=kim&token={}", token(aud, iss));
+        let c = support::SseClient::connect(h.addr, &path, &[]).await;
+        assert_eq!(c.status, want, "aud {aud}, iss {iss}: {}", c.body);
+    }
+}

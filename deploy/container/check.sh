@@ -22,7 +22,7 @@ work=$(mktemp -d)
 name=herald-check-$$
 tag=localhost/herald-check:$$
 cleanup() {
-    podman rm -f "$name" >/dev/null 2>&1 || true
+    podman rm -f "$name" "$name-flags" >/dev/null 2>&1 || true
     podman rmi -f "$tag" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
@@ -66,6 +66,20 @@ echo
 [[ $(podman inspect --format '{{.Config.User}}' "$name") == 65532:65532 ]] || { echo "check.sh: not user 65532" >&2; exit 1; }
 [[ $(podman inspect --format '{{.Config.StopSignal}}' "$name") =~ (SIGTERM|15) ]] || { echo "check.sh: stop signal is not SIGTERM" >&2; exit 1; }
 podman healthcheck run "$name" && echo "HEALTHCHECK: healthy"
+
+echo "== flags on the command line (docker run … herald --listen …)"
+# The HEALTHCHECK runs beside herald with the image's environment only
+# (HERALD_LISTEN=0.0.0.0:8080): it must check the port given as a flag.
+port2=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+podman run -d --name "$name-flags" --network host \
+    --ulimit "nofile=1024:$(ulimit -Hn)" --ulimit nproc=4096:4096 \
+    -e HERALD_PUBLISHER_TOKEN="$token" "$tag" --listen "127.0.0.1:$port2" >/dev/null
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port2/health/live" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+podman healthcheck run "$name-flags" && echo "HEALTHCHECK with --listen as a flag: healthy"
+podman rm -f "$name-flags" >/dev/null
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
     -d '{"data":"x","target":"all"}' "http://127.0.0.1:$port/api/broadcast")
 [[ $code == 401 ]] || { echo "check.sh: publish without the token answered $code" >&2; exit 1; }
