@@ -1,8 +1,9 @@
 //! Who may subscribe and who may publish.
 //!
-//! * **Subscribers** (on when `--jwt-secret` or `--jwt-public-key` is set): a JWT,
-//!   HS256 or RS256 (only the configured one; `alg: none` and any other algorithm
-//!   are refused), from `Authorization: Bearer` or the `token` query parameter
+//! * **Subscribers** (on when `--jwt-secret`, `--jwt-public-key` or
+//!   `--jwt-jwks-url` is set): a JWT, HS256 or RS256 (only the configured one), or
+//!   signed by the JWKS key its `kid` names, with that key's algorithm (`alg:
+//!   none` and any other algorithm are refused; see [`crate::jwks`]), from `Authorization: Bearer` or the `token` query parameter
 //!   (EventSource cannot set headers). `exp` is required and checked with
 //!   `--jwt-leeway`; `sub` must equal `userId`; `aud` and `iss` must name one of
 //!   `--jwt-audience` and `--jwt-issuer` when those are set; an optional `topics`
@@ -36,6 +37,10 @@ struct Claims {
 /// The configured verifiers. See the module doc.
 pub struct Auth {
     jwt: Option<(DecodingKey, Validation)>,
+    /// Keys from `--jwt-jwks-url`, checked with `jwks_rules` (its algorithm
+    /// set per key).
+    jwks: Option<std::sync::Arc<crate::jwks::Jwks>>,
+    jwks_rules: Validation,
     publisher_tokens: Vec<Box<[u8]>>,
 }
 
@@ -62,7 +67,7 @@ impl Auth {
             }
             (None, None) => None,
         };
-        let jwt = key.map(|(key, alg)| {
+        let rules = |alg: Algorithm| {
             let mut v = Validation::new(alg);
             v.leeway = cfg.jwt_leeway.as_secs();
             v.validate_exp = true;
@@ -80,10 +85,17 @@ impl Auth {
                 required.push("iss");
             }
             v.set_required_spec_claims(&required);
-            (key, v)
-        });
+            v
+        };
+        let jwt = key.map(|(key, alg)| (key, rules(alg)));
+        let jwks = match &cfg.jwt_jwks_url {
+            Some(url) => Some(crate::jwks::Jwks::start(url, cfg.jwt_jwks_refresh)?),
+            None => None,
+        };
         Ok(Auth {
             jwt,
+            jwks,
+            jwks_rules: rules(Algorithm::RS256),
             publisher_tokens: cfg
                 .publisher_tokens
                 .iter()
@@ -94,15 +106,36 @@ impl Auth {
 
     /// Whether connects need a token.
     pub fn subscriber_auth(&self) -> bool {
-        self.jwt.is_some()
+        self.jwt.is_some() || self.jwks.is_some()
     }
 
     /// Whether publish, disconnect and stats need a publisher credential.
     pub fn publisher_auth(&self) -> bool {
-        self.jwt.is_some() || !self.publisher_tokens.is_empty()
+        self.subscriber_auth() || !self.publisher_tokens.is_empty()
+    }
+
+    /// Before a connect is checked: when keys come from a JWKS and the token
+    /// names a key id the set lacks (the provider rotated its keys), fetch the
+    /// set again (bounded; at most once a second) so the check sees it.
+    pub async fn prepare(&self, token: Option<&str>) {
+        let (Some(jwks), Some(token)) = (&self.jwks, token) else {
+            return;
+        };
+        if let Ok(header) = jsonwebtoken::decode_header(token) {
+            jwks.refresh_for(header.kid.as_deref().unwrap_or("")).await;
+        }
     }
 
     fn claims(&self, token: &str) -> Option<Claims> {
+        if let Some(jwks) = &self.jwks {
+            let header = jsonwebtoken::decode_header(token).ok()?;
+            let (key, alg) = jwks.key(header.kid.as_deref().unwrap_or(""))?;
+            let mut rules = self.jwks_rules.clone();
+            rules.algorithms = vec![alg];
+            return jsonwebtoken::decode::<Claims>(token, &key, &rules)
+                .ok()
+                .map(|d| d.claims);
+        }
         let (key, validation) = self.jwt.as_ref()?;
         jsonwebtoken::decode::<Claims>(token, key, validation)
             .ok()

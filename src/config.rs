@@ -229,6 +229,17 @@ pub struct Config {
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", allow_hyphen_values = true)]
     pub jwt_public_key: Option<String>,
 
+    /// JWT keys from this JWKS URL (https), as identity providers publish them:
+    /// tokens are checked with the key their `kid` names (RS*, PS*, ES256/384).
+    /// Instead of --jwt-secret / --jwt-public-key.
+    #[arg(long = "jwt-jwks-url", env = "HERALD_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the --jwt-jwks-url set is fetched again (also at once, at most
+    /// once a second, when a token names a key id it lacks).
+    #[arg(long = "jwt-jwks-refresh", env = "HERALD_JWT_JWKS_REFRESH", default_value = "10m", value_parser = duration)]
+    pub jwt_jwks_refresh: Duration,
+
     /// Audience a JWT must name in `aud` (repeatable, or comma-separated:
     /// any of them). Unset: `aud` is not checked.
     #[arg(
@@ -318,6 +329,7 @@ impl Config {
         !self.publisher_tokens.is_empty()
             || self.jwt_secret.is_some()
             || self.jwt_public_key.is_some()
+            || self.jwt_jwks_url.is_some()
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -334,8 +346,15 @@ impl Config {
                 self.listen
             ));
         }
-        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
-            return Err("--jwt-secret and --jwt-public-key: give one of them".into());
+        let keys = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        if keys.iter().filter(|k| **k).count() > 1 {
+            return Err(
+                "--jwt-secret, --jwt-public-key and --jwt-jwks-url: give one of them".into(),
+            );
         }
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return Err("--jwt-secret must be at least 16 bytes".into());

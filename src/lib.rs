@@ -42,6 +42,7 @@ pub mod history;
 pub mod http;
 pub mod http2;
 pub mod idempotency;
+pub mod jwks;
 pub mod metrics;
 pub mod registry;
 pub mod seam;

@@ -36,6 +36,8 @@ pub const PUBLISH_TO_SOCKET: &str = "herald_publish_to_socket_seconds";
 pub const REDIS_UP: &str = "herald_redis_up";
 pub const REDIS_PROBLEM: &str = "herald_redis_problem";
 pub const SALVAGED: &str = "herald_events_salvaged_total";
+pub const JWKS_FETCHES: &str = "herald_jwks_fetches_total";
+pub const JWKS_KEYS: &str = "herald_jwks_keys";
 pub const READY_STATE: &str = "herald_ready_state";
 pub const REDIS_ROUNDTRIP: &str = "herald_redis_roundtrip_seconds";
 pub const REDIS_COMMANDS: &str = "herald_redis_commands_total";
@@ -129,6 +131,11 @@ fn describe() {
     describe_counter!(REDIS_ERRORS, "Redis commands that failed (cluster mode)");
     describe_gauge!(PENDING_EVENTS, "Events held for offline users");
     describe_gauge!(REDIS_UP, "1 when Redis answers (cluster mode), else 0");
+    describe_counter!(
+        JWKS_FETCHES,
+        "Fetches of the --jwt-jwks-url key set, by result (ok, error)"
+    );
+    describe_gauge!(JWKS_KEYS, "Keys held from the --jwt-jwks-url key set");
     describe_counter!(
         SALVAGED,
         "User events a dead pod had not read, given to their users by the cleanup \
@@ -343,6 +350,11 @@ pub fn probe_roundtrip(d: std::time::Duration) {
 
 pub fn set_redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn jwks_fetched(ok: bool, keys: usize) {
+    counter!(JWKS_FETCHES, "result" => if ok { "ok" } else { "error" }).increment(1);
+    gauge!(JWKS_KEYS).set(keys as f64);
 }
 
 pub fn salvaged(pending: u64, again: u64, replayed: u64) {

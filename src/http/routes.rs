@@ -61,9 +61,9 @@ pub async fn open_stream(
     let shared = &shard.shared;
     let broker = &shared.broker;
     let last_event_id = cr.last_event_id;
-    shared
-        .auth
-        .check_subscriber(cr.bearer.or(p.token.as_deref()), &p.user, &p.topics)?;
+    let token = cr.bearer.or(p.token.as_deref());
+    shared.auth.prepare(token).await;
+    shared.auth.check_subscriber(token, &p.user, &p.topics)?;
     if broker.is_draining() {
         return Err(draining());
     }
