@@ -146,6 +146,9 @@ pub struct Broker {
     draining: AtomicBool,
     /// Events this pod has sequenced (embedded) or read from the log (cluster).
     events: AtomicU64,
+    /// Users whose connects are answered `204` until a time (unix ms): ended
+    /// with `reconnect=false` (an EventSource stops for good on a 204).
+    blocked: Mutex<std::collections::HashMap<Box<str>, u64>>,
 }
 
 impl Broker {
@@ -167,7 +170,29 @@ impl Broker {
             pod_id,
             draining: AtomicBool::new(false),
             events: AtomicU64::new(0),
+            blocked: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Refuse `user`'s connects until `until_ms` (unix ms), and take every one
+    /// of its connections on this pod out of the registry; returns them
+    /// (`(conn_id, where)`) for the caller to end.
+    pub fn block(&self, user: &str, until_ms: u64) -> Vec<(Box<str>, ConnLoc)> {
+        {
+            let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = clock::unix_ms();
+            // Expired entries go when a new one comes: the map stays small.
+            b.retain(|_, until| *until > now);
+            let until = b.entry(user.into()).or_insert(0);
+            *until = (*until).max(until_ms);
+        }
+        self.lock().registry.remove_user(user)
+    }
+
+    /// Whether `user`'s connects are refused now.
+    pub fn is_blocked(&self, user: &str, now_ms: u64) -> bool {
+        let b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        !b.is_empty() && b.get(user).is_some_and(|&until| until > now_ms)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -263,6 +263,7 @@ fn describe() {
         counter!(EVENTS_DROPPED, "reason" => reason).absolute(0);
     }
     for reason in [
+        "blocked",
         "draining",
         "overloaded",
         "pod_full",

@@ -127,6 +127,15 @@ impl LocalRegistry {
             .map(|(_, id)| id)
     }
 
+    /// Remove every connection of `user`; returns `(conn_id, where)` of each.
+    pub fn remove_user(&mut self, user: &str) -> Vec<(Box<str>, ConnLoc)> {
+        let mut out = Vec::new();
+        while let Some((loc, id)) = self.remove_where(user, |_| true) {
+            out.push((id, loc));
+        }
+        out
+    }
+
     /// Every registered connection: `(user, conn_id, where)`.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &str, ConnLoc)> {
         self.users

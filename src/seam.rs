@@ -119,6 +119,13 @@ pub trait ConnectionRegistry: Send + Sync {
     /// A connection of this pod was disconnected (its stream ends next).
     fn unregister(&self, user: &str, conn_id: &str, serial: u64);
 
+    /// Tell every other pod that `user`'s connects are refused until
+    /// `until_ms` and its streams end (`reconnect=false`); remembered for pods
+    /// that start later. False when that could not be done (Redis unreachable).
+    fn block_everywhere<'a>(&'a self, _user: &'a str, _until_ms: u64) -> Pending<'a, bool> {
+        Box::pin(std::future::ready(true))
+    }
+
     /// End a connection this pod does not hold, wherever it is.
     fn disconnect_elsewhere<'a>(
         &'a self,

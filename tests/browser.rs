@@ -119,3 +119,17 @@ fn ten_eventsources_over_http2_in_headless_chromium() {
     let status = run_node(&dir, "h2.mjs", &[base.as_ref()], Duration::from_secs(60));
     assert!(status.success(), "h2 browser test failed: {status}");
 }
+
+/// A user kicked with `reconnect=false` (tests/browser/kick.mjs): the page's
+/// EventSource gets 204 on its reconnect, reaches CLOSED and does not come back.
+#[test]
+fn a_kicked_users_eventsource_stops_for_good_in_headless_chromium() {
+    let Some(dir) = browser_dir("a_kicked_users_eventsource_stops_for_good_in_headless_chromium")
+    else {
+        return;
+    };
+    let herald = Herald::start(&["--retry", "1s", "--retry-jitter", "0s"]);
+    let base = format!("http://{}", herald.addr);
+    let status = run_node(&dir, "kick.mjs", &[base.as_ref()], Duration::from_secs(60));
+    assert!(status.success(), "kick browser test failed: {status}");
+}

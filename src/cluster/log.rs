@@ -189,6 +189,27 @@ pub fn inbox(entry: &Value) -> Option<(String, Inbox)> {
     Some((sid, entry))
 }
 
+/// A broadcast-stream entry that refuses a user's connects (`k` = `b`): the
+/// user and the deadline (unix ms).
+pub fn block(entry: &Value) -> Option<(String, u64)> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let Some(Value::Array(fields)) = parts.get(1) else {
+        return None;
+    };
+    let field = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|p| p.len() == 2 && text(&p[0]) == Some(name))
+            .and_then(|p| text(&p[1]))
+    };
+    if field("k")? != "b" {
+        return None;
+    }
+    Some((field("t")?.to_string(), field("x")?.parse().ok()?))
+}
+
 /// The publish token of a log, inbox or broadcast entry (`q`: the publishing
 /// pod, its job sequence, the event's place in the job), borrowed from it.
 pub fn token(entry: &Value) -> Option<(&str, u64, u32)> {

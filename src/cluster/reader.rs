@@ -169,8 +169,9 @@ pub(super) struct Positions {
 /// at the log's last id: this pod answers resumes from Redis, and live events
 /// from here on.
 pub(super) async fn bootstrap(shared: &Shared, c: &Cluster, src: &Source) -> Option<Positions> {
-    let mut args = c.args(src, 1);
+    let mut args = c.args(src, 2);
     args.push(c.pod_value());
+    args.push(Value::from(crate::clock::unix_ms() as i64));
     let v = c.script(src, "boot", &c.scripts.boot, args).await?;
     let s = |i: usize| {
         v.get(i)
@@ -178,6 +179,20 @@ pub(super) async fn bootstrap(shared: &Shared, c: &Cluster, src: &Source) -> Opt
             .unwrap_or_else(|| "0-0".to_string())
     };
     let (inbox, all, last) = (s(1), s(2), s(3));
+    // The users refused for now, as `(user, until)` pairs.
+    if let Some(Value::Array(bl)) = v.get(4) {
+        for pair in bl.chunks(2) {
+            if let [u, until] = pair {
+                let until = until
+                    .as_str()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .unwrap_or(0.0) as u64;
+                if let Some(u) = u.as_str() {
+                    shared.broker.block(&u, until);
+                }
+            }
+        }
+    }
     if src.index == 0 {
         // With partitions the pod's order keys are its own: the history starts
         // at 0; without, they are the log's ids.
@@ -408,6 +423,10 @@ pub(super) async fn read_loop(
             .unwrap_or(0);
         src.inbox_read.store(read, Ordering::Release);
         for e in got_all.iter().flatten() {
+            if let Some((user, until)) = log::block(e) {
+                // A user ended with reconnect=false, on some pod: here too.
+                crate::http::routes::end_user(&shared, &user, until);
+            }
             if let Some((sid, ev)) = log::event(e) {
                 if let Some(id) = log::sse_id(&sid) {
                     let ev = if ev.is_some() && repeat(&mut seen_all, e) {
@@ -477,8 +496,9 @@ async fn reset(c: &Cluster, src: &Source, p: &mut Positions, merge: &mut Merge) 
         "delivery probe lost: reconnecting this pod's reader"
     );
     let _ = src.reader.force_reconnection().await;
-    let mut args = c.args(src, 1);
+    let mut args = c.args(src, 2);
     args.push(c.pod_value());
+    args.push(Value::from(crate::clock::unix_ms() as i64));
     let Some(v) = c.script(src, "boot", &c.scripts.boot, args).await else {
         return;
     };

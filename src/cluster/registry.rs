@@ -227,6 +227,20 @@ impl Cluster {
         Ok(v.get(1).is_some_and(|o| !o.is_null()))
     }
 
+    /// Refuse `user`'s connects on every pod until `until_ms`, and end its
+    /// streams there (see `BLOCK` in [`super::scripts`]). False when Redis did
+    /// not take it.
+    pub async fn block(&self, user: &str, until_ms: u64) -> bool {
+        let src = self.bcast();
+        let mut args = self.args(src, 3);
+        args.push(Value::from(user));
+        args.push(Value::from(until_ms as i64));
+        args.push(Value::from(self.set.history_events.max(1) as i64));
+        self.script(src, "block", &self.scripts.block, args)
+            .await
+            .is_some()
+    }
+
     /// Cluster-wide counts (summed over the partitions), `None` when Redis is
     /// unreachable.
     pub async fn stats(&self) -> Option<ClusterStats> {

@@ -546,6 +546,7 @@ end
 rc('ZREMRANGEBYSCORE', inactive, '-inf', now - tonumber(ARGV[6]))
 rc('ZREMRANGEBYRANK', inactive, 0, -(tonumber(ARGV[7]) + 1))
 rc('ZREMRANGEBYSCORE', T .. ':resumed', '-inf', now - tonumber(ARGV[12]))
+if ARGV[9] == '1' then rc('ZREMRANGEBYSCORE', T .. ':blocked', '-inf', now) end
 return {calls, #stale, #dead, dead, saved[1], saved[2], saved[3]}
 "#;
 
@@ -571,6 +572,21 @@ rc('PEXPIRE', inbox(ARGV[4]), ARGV[6])
 return {calls, added, id}
 "#;
 
+/// Refuse a user's connects everywhere until a time (`reconnect=false`): an
+/// entry (`k` = `b`) in the log and the broadcast stream, which every pod reads
+/// in order and acts on (it ends the user's streams there and answers its
+/// connects 204), and the set of blocks a starting pod loads (`{p}:blocked`,
+/// user by deadline; the cleanup drops the past ones). Resumes never replay
+/// such an entry. ARGV: tag, imax, user, until_ms, history max.
+/// Returns `{calls, id}`.
+const BLOCK: &str = r#"
+local id = rc('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'k', 'b', 't', ARGV[3], 'x', ARGV[4])
+rc('XADD', T .. ':all', 'MAXLEN', '~', IMAX, id, 'k', 'b', 't', ARGV[3], 'x', ARGV[4])
+rc('SET', alast, id)
+rc('ZADD', T .. ':blocked', ARGV[4], ARGV[3])
+return {calls, id}
+"#;
+
 /// A draining pod leaves: its topic interest, inbox and pod entry (where
 /// `pods` is '1'; elsewhere its inbox). ARGV: tag, imax, pod, pods.
 /// Returns `{calls}`.
@@ -581,8 +597,9 @@ return {calls}
 
 /// Where a starting pod begins to read: the last ids of its inbox and of the
 /// broadcast stream, and the log's last generated id (the log is created when
-/// missing). ARGV: tag, imax, pod.
-/// Returns `{calls, inbox last, broadcast last, log last}`.
+/// missing), and the users refused for now (`BLOCK`). ARGV: tag, imax, pod,
+/// now_ms. Returns `{calls, inbox last, broadcast last, log last, {user,
+/// until, …}}`.
 const BOOT: &str = r#"
 local function last_of(k)
   local r = rc('XREVRANGE', k, '+', '-', 'COUNT', 1)
@@ -607,7 +624,9 @@ if rc('EXISTS', inbox(ARGV[3])) == 1 then
     if info[k] == 'last-generated-id' then ib = info[k + 1] end
   end
 end
-return {calls, ib, last_of(T .. ':all'), l}
+-- The users refused until a later time (`BLOCK`), with their deadlines.
+local bl = rc('ZRANGEBYSCORE', T .. ':blocked', ARGV[4], '+inf', 'WITHSCORES')
+return {calls, ib, last_of(T .. ':all'), l, bl}
 "#;
 
 /// The loaded scripts (their SHA1s; bodies are sent again on `NOSCRIPT`, e.g.
@@ -623,6 +642,7 @@ pub struct Scripts {
     pub probe: Script,
     pub leave: Script,
     pub boot: Script,
+    pub block: Script,
 }
 
 impl Scripts {
@@ -639,6 +659,7 @@ impl Scripts {
             probe: s(PROBE),
             leave: s(LEAVE),
             boot: s(BOOT),
+            block: s(BLOCK),
         }
     }
 }

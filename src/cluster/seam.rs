@@ -36,6 +36,10 @@ impl ConnectionRegistry for Cluster {
         Cluster::unregister(self, user, conn_id, serial);
     }
 
+    fn block_everywhere<'a>(&'a self, user: &'a str, until_ms: u64) -> Pending<'a, bool> {
+        Box::pin(self.block(user, until_ms))
+    }
+
     fn disconnect_elsewhere<'a>(
         &'a self,
         user: &'a str,

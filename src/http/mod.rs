@@ -399,9 +399,18 @@ pub async fn write_error_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + 
     err: &ApiError,
     extra: &str,
 ) {
-    let body = err.body();
+    let body = if err.status == 204 {
+        String::new()
+    } else {
+        err.body()
+    };
     let mut out = Vec::with_capacity(160 + extra.len() + body.len());
-    json_head(&mut out, err.status, body.len());
+    if err.status == 204 {
+        // A blocked user's connect: no body, which an EventSource obeys.
+        out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+    } else {
+        json_head(&mut out, err.status, body.len());
+    }
     out.extend_from_slice(extra.as_bytes());
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(body.as_bytes());

@@ -34,8 +34,16 @@ pub struct ConnectParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectParams {
     pub user: String,
-    pub conn_id: String,
+    /// `None`: every stream of the user (only with `reconnect=false`).
+    pub conn_id: Option<String>,
+    /// `reconnect=false`: the user's connects are answered `204` for this long
+    /// (`for=`, default 5 minutes), on every pod.
+    pub block_for: Option<std::time::Duration>,
 }
+
+/// How long `reconnect=false` refuses a user by default, and at most.
+pub const BLOCK_DEFAULT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const BLOCK_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 struct Query {
     user: Option<String>,
@@ -43,6 +51,8 @@ struct Query {
     topics: Option<String>,
     last_event_id: Option<String>,
     token: Option<String>,
+    reconnect: Option<String>,
+    block_for: Option<String>,
 }
 
 fn parse_query(query: &str) -> Query {
@@ -52,6 +62,8 @@ fn parse_query(query: &str) -> Query {
         topics: None,
         last_event_id: None,
         token: None,
+        reconnect: None,
+        block_for: None,
     };
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match &*k {
@@ -60,6 +72,8 @@ fn parse_query(query: &str) -> Query {
             "topics" => &mut q.topics,
             "lastEventId" => &mut q.last_event_id,
             "token" => &mut q.token,
+            "reconnect" => &mut q.reconnect,
+            "for" => &mut q.block_for,
             _ => continue,
         };
         // The first occurrence wins.
@@ -137,13 +151,50 @@ pub fn connect(query: &str) -> Result<ConnectParams, ApiError> {
 pub fn disconnect(query: &str) -> Result<DisconnectParams, ApiError> {
     let q = parse_query(query);
     let user = user(q.user)?;
-    let conn_id = conn_id(q.conn_id)?.ok_or_else(|| {
-        ApiError::bad_request(
+    let conn_id = conn_id(q.conn_id)?;
+    let reconnect = match q.reconnect.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_reconnect",
+                "reconnect must be true or false",
+            ))
+        }
+    };
+    let block_for = match (reconnect, q.block_for.as_deref()) {
+        (true, None) => None,
+        (true, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_for",
+                "for= goes with reconnect=false",
+            ))
+        }
+        (false, None) => Some(BLOCK_DEFAULT),
+        (false, Some(d)) => Some(
+            crate::config::duration(d)
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= BLOCK_MAX)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_for",
+                        "for must be a duration from 1s to 7d (e.g. 5m, 1h)",
+                    )
+                })?,
+        ),
+    };
+    if conn_id.is_none() && reconnect {
+        return Err(ApiError::bad_request(
             "missing_connection_id",
-            "query parameter connectionId is required",
-        )
-    })?;
-    Ok(DisconnectParams { user, conn_id })
+            "query parameter connectionId is required (or reconnect=false, to end every \
+             stream of the user and refuse its connects)",
+        ));
+    }
+    Ok(DisconnectParams {
+        user,
+        conn_id,
+        block_for,
+    })
 }
 
 #[cfg(test)]
@@ -193,12 +244,27 @@ mod tests {
             disconnect("userId=u&connectionId=c").unwrap(),
             DisconnectParams {
                 user: "u".into(),
-                conn_id: "c".into()
+                conn_id: Some("c".into()),
+                block_for: None,
             }
         );
         assert_eq!(
             disconnect("userId=u").unwrap_err().code,
             "missing_connection_id"
         );
+        // reconnect=false: every stream of the user, refused for `for`.
+        let p = disconnect("userId=u&reconnect=false").unwrap();
+        assert_eq!((p.conn_id, p.block_for), (None, Some(BLOCK_DEFAULT)));
+        let p = disconnect("userId=u&connectionId=c&reconnect=false&for=1h").unwrap();
+        assert_eq!(p.block_for, Some(std::time::Duration::from_secs(3600)));
+        for bad in [
+            "userId=u&reconnect=no",
+            "userId=u&reconnect=false&for=0s",
+            "userId=u&reconnect=false&for=30d",
+            "userId=u&reconnect=false&for=soon",
+            "userId=u&connectionId=c&for=1h",
+        ] {
+            assert!(disconnect(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -64,6 +64,15 @@ pub async fn open_stream(
     let token = cr.bearer.or(p.token.as_deref());
     shared.auth.prepare(token).await;
     shared.auth.check_subscriber(token, &p.user, &p.topics)?;
+    if broker.is_blocked(&p.user, clock::unix_ms()) {
+        // Ended with reconnect=false: 204 makes an EventSource stop for good.
+        m::connect_rejected("blocked");
+        return Err(ApiError::new(
+            204,
+            "blocked",
+            "this user's streams were ended with reconnect=false",
+        ));
+    }
     if broker.is_draining() {
         return Err(draining());
     }
@@ -434,9 +443,28 @@ async fn disconnect<B>(
     let p = params::disconnect(req.uri().query().unwrap_or(""))?;
     let broker = &shard.shared.broker;
     let registry = &shard.shared.registry;
-    let Some(loc) = broker.disconnect(&p.user, &p.conn_id) else {
+    if let Some(block_for) = p.block_for {
+        // reconnect=false: every stream of the user ends, here and on every
+        // pod, and its connects are answered 204 until then.
+        let until = clock::unix_ms() + block_for.as_millis() as u64;
+        let ended = end_user(&shard.shared, &p.user, until);
+        if !registry.block_everywhere(&p.user, until).await {
+            return Err(ApiError::new(
+                503,
+                "registry_unavailable",
+                "the user is refused on this pod, but the cluster registry is unreachable: \
+                 send the same request again",
+            ));
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            json!({ "disconnected": ended, "blockedUntil": until }),
+        ));
+    }
+    let conn_id = p.conn_id.as_deref().unwrap_or_default();
+    let Some(loc) = broker.disconnect(&p.user, conn_id) else {
         // Not on this pod: in a cluster, end it on the pod that holds it.
-        return match registry.disconnect_elsewhere(&p.user, &p.conn_id).await {
+        return match registry.disconnect_elsewhere(&p.user, conn_id).await {
             Elsewhere::Ended => Ok(json_response(
                 StatusCode::OK,
                 json!({ "disconnected": true }),
@@ -449,7 +477,7 @@ async fn disconnect<B>(
             )),
         };
     };
-    registry.unregister(&p.user, &p.conn_id, loc.serial);
+    registry.unregister(&p.user, conn_id, loc.serial);
     if loc.shard == shard.id {
         shard
             .table
@@ -466,6 +494,19 @@ async fn disconnect<B>(
         StatusCode::OK,
         json!({ "disconnected": true }),
     ))
+}
+
+/// Refuse `user`'s connects on this pod until `until` (unix ms) and end its
+/// streams here; returns how many there were.
+pub fn end_user(shared: &crate::Shared, user: &str, until: u64) -> usize {
+    let ended = shared.broker.block(user, until);
+    for (conn_id, loc) in &ended {
+        shared.registry.unregister(user, conn_id, loc.serial);
+        shared
+            .broker
+            .close_remote(*loc, CloseReason::Disconnected, None);
+    }
+    ended.len()
 }
 
 async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {
@@ -857,6 +898,13 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Herald
 }
 
 pub fn error_response(e: &ApiError) -> Response<HeraldBody> {
+    if e.status == 204 {
+        // No body in a 204 (a blocked user's connect).
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Either::Left(Full::new(Bytes::new())))
+            .expect("static response parts");
+    }
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = Response::builder()
         .status(status)
