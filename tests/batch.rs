@@ -91,12 +91,16 @@ async fn a_bad_batch_is_refused_whole_with_the_index_of_its_bad_element() {
             Some("[1]"),
         ),
         (
-            json!([{"data": "ok", "target": "all"}, {"target": "all"}, 7]).to_string(),
+            json!([{"data": "ok", "target": "all"}, {"data": "x", "target": "all"}, 7]).to_string(),
             Some("[2]"),
         ),
         (
             json!([{"data": "ok", "target": {"users": ["bad user"]}}]).to_string(),
             Some("[0]"),
+        ),
+        (
+            json!([{"data": "ok", "target": "all"}, {"target": "all"}]).to_string(),
+            Some("[1] data is required"),
         ),
     ];
     for (body, index) in &cases {
