@@ -129,7 +129,12 @@ impl Auth {
     fn claims(&self, token: &str) -> Option<Claims> {
         if let Some(jwks) = &self.jwks {
             let header = jsonwebtoken::decode_header(token).ok()?;
-            let (key, alg) = jwks.key(header.kid.as_deref().unwrap_or(""))?;
+            let kid = header.kid.as_deref().unwrap_or("");
+            let Some((key, alg)) = jwks.key(kid) else {
+                // A key the set lacks: fetched for the next try.
+                jwks.ask(kid);
+                return None;
+            };
             let mut rules = self.jwks_rules.clone();
             rules.algorithms = vec![alg];
             return jsonwebtoken::decode::<Claims>(token, &key, &rules)

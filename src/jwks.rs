@@ -99,6 +99,21 @@ impl Jwks {
             .flatten()
     }
 
+    /// A token named `kid`, which the set lacks, where nothing can wait for a
+    /// fetch (a publish's credential, checked from its head): ask for one
+    /// (at most once a second), so that the publisher's retry finds the key.
+    pub fn ask(&self, kid: &str) {
+        if self.key(kid).is_some() {
+            return;
+        }
+        let mut last = self.last_asked.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < MIN_GAP) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.wake.notify_one();
+    }
+
     /// Make sure the set was fetched since a token named `kid` it lacks: ask
     /// the thread for a fetch (unless one was asked less than a second ago) and
     /// wait for it, bounded.

@@ -162,6 +162,50 @@ async fn keys_come_from_a_jwks_and_follow_its_rotation() {
     served.set(&[&b]);
     assert_eq!(connect_status(&h, "kim", &token(&b, "kim")).await, 200);
 
+    // A publisher's JWT naming a key the set lacks: refused once, and that
+    // asks for a fetch, so the publisher's retry is taken.
+    let d = key("d");
+    served.set(&[&b, &d]);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s gap between fetches
+    let publisher = |k: &Key| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(k.kid.clone());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        encode(
+            &header,
+            &serde_json::json!({"publish": true, "exp": exp}),
+            &k.encoding,
+        )
+        .unwrap()
+    };
+    let publish = |jwt: String| {
+        let addr = h.addr;
+        async move {
+            support::request(
+                addr,
+                "POST",
+                "/api/broadcast",
+                &[("authorization", &format!("Bearer {jwt}"))],
+                Some(br#"{"data":"x","target":"all"}"#.as_slice()),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(publish(publisher(&d)).await, 401);
+    let until = Instant::now() + WAIT;
+    while publish(publisher(&d)).await != 202 {
+        assert!(
+            Instant::now() < until,
+            "the publisher's retry is still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The provider fails: b, already held, still works; c (unknown) does not.
     served.failing.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s gap between fetches on unknown keys
