@@ -40,7 +40,8 @@ pub struct Auth {
     /// Keys from `--jwt-jwks-url`, checked with `jwks_rules` (its algorithm
     /// set per key).
     jwks: Option<std::sync::Arc<crate::jwks::Jwks>>,
-    jwks_rules: Validation,
+    /// The rules for each algorithm a JWKS key may have, made once.
+    jwks_rules: Vec<Validation>,
     publisher_tokens: Vec<Box<[u8]>>,
 }
 
@@ -95,7 +96,19 @@ impl Auth {
         Ok(Auth {
             jwt,
             jwks,
-            jwks_rules: rules(Algorithm::RS256),
+            jwks_rules: [
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+                Algorithm::ES256,
+                Algorithm::ES384,
+            ]
+            .into_iter()
+            .map(rules)
+            .collect(),
             publisher_tokens: cfg
                 .publisher_tokens
                 .iter()
@@ -130,14 +143,14 @@ impl Auth {
         if let Some(jwks) = &self.jwks {
             let header = jsonwebtoken::decode_header(token).ok()?;
             let kid = header.kid.as_deref().unwrap_or("");
-            let Some((key, alg)) = jwks.key(kid) else {
+            let Some(key) = jwks.key(kid) else {
                 // A key the set lacks: fetched for the next try.
                 jwks.ask(kid);
                 return None;
             };
-            let mut rules = self.jwks_rules.clone();
-            rules.algorithms = vec![alg];
-            return jsonwebtoken::decode::<Claims>(token, &key, &rules)
+            let (key, alg) = &*key;
+            let rules = self.jwks_rules.iter().find(|r| r.algorithms == [*alg])?;
+            return jsonwebtoken::decode::<Claims>(token, key, rules)
                 .ok()
                 .map(|d| d.claims);
         }

@@ -149,6 +149,9 @@ pub struct Broker {
     /// Users whose connects are answered `204` until a time (unix ms): ended
     /// with `reconnect=false` (an EventSource stops for good on a 204).
     blocked: Mutex<std::collections::HashMap<Box<str>, u64>>,
+    /// Whether `blocked` may hold anyone: a connect takes no lock until a
+    /// first kick.
+    any_blocked: AtomicBool,
 }
 
 impl Broker {
@@ -171,6 +174,7 @@ impl Broker {
             draining: AtomicBool::new(false),
             events: AtomicU64::new(0),
             blocked: Mutex::new(std::collections::HashMap::new()),
+            any_blocked: AtomicBool::new(false),
         }
     }
 
@@ -185,14 +189,18 @@ impl Broker {
             b.retain(|_, until| *until > now);
             let until = b.entry(user.into()).or_insert(0);
             *until = (*until).max(until_ms);
+            self.any_blocked.store(true, Ordering::Release);
         }
         self.lock().registry.remove_user(user)
     }
 
     /// Whether `user`'s connects are refused now.
     pub fn is_blocked(&self, user: &str, now_ms: u64) -> bool {
+        if !self.any_blocked.load(Ordering::Acquire) {
+            return false;
+        }
         let b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        !b.is_empty() && b.get(user).is_some_and(|&until| until > now_ms)
+        b.get(user).is_some_and(|&until| until > now_ms)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

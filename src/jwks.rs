@@ -27,7 +27,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Fetches for unknown key ids come at most this often.
 const MIN_GAP: Duration = Duration::from_secs(1);
 
-type Keys = HashMap<String, (DecodingKey, Algorithm)>;
+type Keys = HashMap<String, Arc<(DecodingKey, Algorithm)>>;
 
 /// See the module doc.
 pub struct Jwks {
@@ -89,8 +89,8 @@ impl Jwks {
 
     /// The key named `kid` (`""`: a token without `kid`, when the set has one
     /// key without an id, or only one key).
-    pub fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+    pub fn key(&self, kid: &str) -> Option<Arc<(DecodingKey, Algorithm)>> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = keys.get(kid) {
             return Some(k.clone());
         }
@@ -161,21 +161,10 @@ impl Jwks {
     }
 }
 
-/// rustls with ring and the system's roots (`SSL_CERT_FILE` and
-/// `SSL_CERT_DIR` are honoured).
+/// rustls as herald's own TLS clients use it, with the system's roots.
 fn client_tls() -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        return Err("--jwt-jwks-url: no CA certificate found to check the server with".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let roots = crate::tls::client_roots(None, "SSL_CERT_FILE")?;
+    let config = crate::tls::client_builder(roots)?.with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -251,7 +240,10 @@ fn keys_of(set: &JwkSet) -> Keys {
             continue;
         }
         if let Ok(key) = DecodingKey::from_jwk(jwk) {
-            out.insert(jwk.common.key_id.clone().unwrap_or_default(), (key, alg));
+            out.insert(
+                jwk.common.key_id.clone().unwrap_or_default(),
+                Arc::new((key, alg)),
+            );
         }
     }
     out

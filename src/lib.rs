@@ -89,6 +89,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Refuse `user`'s connects on this pod until `until` (unix ms: a kick with
+    /// `reconnect=false`, asked here or read from the cluster) and end its
+    /// streams here; returns how many there were.
+    pub fn end_user(&self, user: &str, until: u64) -> usize {
+        let ended = self.broker.block(user, until);
+        for (conn_id, loc) in &ended {
+            self.registry.unregister(user, conn_id, loc.serial);
+            self.broker
+                .close_remote(*loc, conn::CloseReason::Disconnected, None);
+        }
+        ended.len()
+    }
+
     /// A `retry:` value for one stream: the base plus per-stream jitter, so that
     /// clients of a closed pod do not all come back at the same moment.
     pub fn retry_hint_ms(&self) -> u64 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::check::{self, next_ev};
-use support::redis::{wait_cluster_all, Cluster, Reply};
+use support::redis::{wait_cluster_all, Cluster};
 use support::{Herald, SseClient, SseEvent, WAIT};
 
 async fn publish_to(h: &Herald, user: &str, data: &str) {
@@ -46,14 +46,6 @@ fn datas(evs: &[SseEvent]) -> Vec<&str> {
         .collect()
 }
 
-/// Every string in a RESP reply, depth first.
-fn strings(r: &Reply, out: &mut Vec<String>) {
-    match r {
-        Reply::Array(Some(items)) => items.iter().for_each(|i| strings(i, out)),
-        other => out.extend(other.text()),
-    }
-}
-
 /// Wait until no inbox of `pod` holds an event (`i` entries).
 async fn wait_inbox_read(cl: &Cluster, pod: &str) {
     let mut r = cl.client();
@@ -62,8 +54,7 @@ async fn wait_inbox_read(cl: &Cluster, pod: &str) {
         let keys = r.keys_containing(&format!(":inbox:{pod}")).unwrap();
         let mut left = 0;
         for k in &keys {
-            let mut all = Vec::new();
-            strings(&r.cmd(&["XRANGE", k, "-", "+"]).unwrap(), &mut all);
+            let all = r.cmd(&["XRANGE", k, "-", "+"]).unwrap().strings();
             left += all.iter().filter(|s| *s == "i").count();
         }
         if left == 0 {

@@ -40,20 +40,24 @@ fn key(kid: &str) -> Key {
     }
 }
 
-fn token(k: &Key, user: &str) -> String {
+/// A JWT signed by `k` (its `kid` in the header) with `claims` and an `exp`
+/// five minutes ahead.
+fn signed(k: &Key, mut claims: serde_json::Value) -> String {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(k.kid.clone());
-    let exp = std::time::SystemTime::now()
+    claims["exp"] = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 300;
-    encode(
-        &header,
-        &serde_json::json!({"sub": user, "exp": exp}),
-        &k.encoding,
-    )
-    .unwrap()
+        .checked_add(300)
+        .unwrap()
+        .into();
+    encode(&header, &claims, &k.encoding).unwrap()
+}
+
+/// A subscriber's token for `user`.
+fn token(k: &Key, user: &str) -> String {
+    signed(k, serde_json::json!({ "sub": user }))
 }
 
 /// The test's JWKS server: what it serves, whether it fails, how often asked.
@@ -167,21 +171,7 @@ async fn keys_come_from_a_jwks_and_follow_its_rotation() {
     let d = key("d");
     served.set(&[&b, &d]);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s gap between fetches
-    let publisher = |k: &Key| {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(k.kid.clone());
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 300;
-        encode(
-            &header,
-            &serde_json::json!({"publish": true, "exp": exp}),
-            &k.encoding,
-        )
-        .unwrap()
-    };
+    let publisher = |k: &Key| signed(k, serde_json::json!({ "publish": true }));
     let publish = |jwt: String| {
         let addr = h.addr;
         async move {

@@ -30,27 +30,9 @@ impl Pod {
     fn start(url: &str, prefix: &str, n: u32, extra: &[&str]) -> Pod {
         let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("redis-production-{prefix}-{n}.log"));
-        let pod_id = format!("pod{n}-{:08x}", fastrand::u32(..));
-        let mut args: Vec<&str> = vec![
-            "--log",
-            "info",
-            "--redis",
-            url,
-            "--redis-prefix",
-            prefix,
-            "--pod-id",
-            &pod_id,
-            "--shards",
-            "2",
-            "--heartbeat-interval",
-            "300ms",
-            "--stale-after",
-            "900ms",
-            "--cleanup-interval",
-            "300ms",
-            "--redis-timeout",
-            "1s",
-        ];
+        let (_, flags) = support::redis::pod_flags(url, prefix, support::redis::Timing::FAST, n);
+        let mut args: Vec<&str> = vec!["--log", "info", "--redis-timeout", "1s"];
+        args.extend(flags.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let herald = Herald::start_with_stderr_file(&args, &log);
         Pod { herald, log }

@@ -136,14 +136,6 @@ async fn redis_restarted_empty_under_load_delivers_each_event_once() {
     assert_eq!(lost, 0, "acknowledged events lost");
 }
 
-/// Every string in a RESP reply, depth first.
-fn strings(r: &support::redis::Reply, out: &mut Vec<String>) {
-    match r {
-        support::redis::Reply::Array(Some(items)) => items.iter().for_each(|i| strings(i, out)),
-        other => out.extend(other.text()),
-    }
-}
-
 /// What a lost answer plus a Redis that lost its record make, done by hand: an
 /// entry already delivered appended again (a new stream id, the same publish
 /// token) to the broadcast stream and to a pod's inbox. The pod drops both.
@@ -174,8 +166,7 @@ async fn an_event_appended_again_is_dropped_by_its_token() {
             .iter()
             .rev()
             .find_map(|row| {
-                let mut s = Vec::new();
-                strings(row, &mut s);
+                let s = row.strings();
                 s.contains(&data.to_string()).then(|| s[1..].to_vec())
             })
             .unwrap_or_else(|| panic!("{data} in {key}"));

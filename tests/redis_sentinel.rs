@@ -16,21 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::check::{self, wait_ready};
-use support::redis::{start_pod, unique_prefix, wait_cluster_all, Reply, Resp, Timing};
+use support::redis::{start_pod, unique_prefix, wait_cluster_all, Resp, Timing};
 use support::sentinel::Sentinels;
 use support::{Herald, WAIT};
 
 const USERS: usize = 20;
 /// Publishes per second during the test.
 const RATE: u64 = 100;
-
-/// Every string in a RESP reply, depth first.
-fn strings(r: &Reply, out: &mut Vec<String>) {
-    match r {
-        Reply::Array(Some(items)) => items.iter().for_each(|i| strings(i, out)),
-        other => out.extend(other.text()),
-    }
-}
 
 /// Poll readiness of `h` until its body says `state`, remembering every
 /// status code seen on the way.
@@ -206,9 +198,7 @@ async fn pods_follow_sentinel_failovers_and_deliver_once() {
     let log = r
         .cmd(&["XRANGE", &format!("{{{prefix}}}:log"), "-", "+"])
         .expect("XRANGE");
-    let mut in_log = Vec::new();
-    strings(&log, &mut in_log);
-    let in_log: BTreeSet<String> = in_log.into_iter().collect();
+    let in_log: BTreeSet<String> = log.strings().into_iter().collect();
     let lost_by_herald: Vec<usize> = lost
         .iter()
         .copied()

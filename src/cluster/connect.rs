@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::prelude::Config as RedisConfig;
 use fred::types::config::{ServerConfig, TlsConfig, TlsConnector};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
 use tracing::{info, warn};
 
 use crate::metrics as m;
@@ -188,44 +188,15 @@ fn read_password(path: &Path) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// rustls, with ring as herald's own TLS uses: the system roots or
+/// rustls, with ring as herald's own TLS does: the system roots or
 /// `--redis-tls-ca`, and a client certificate when one is given.
 fn tls_client(cfg: &crate::Config) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.redis_tls_ca {
-        Some(ca) => {
-            let certs = pem_certs(ca, "--redis-tls-ca")?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!(
-                    "--redis-tls-ca {}: no usable CA certificate in the file",
-                    ca.display()
-                ));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(format!(
-                    "rediss: no system CA certificate found ({}); give --redis-tls-ca",
-                    found
-                        .errors
-                        .first()
-                        .map_or_else(|| "none installed".to_string(), ToString::to_string)
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_root_certificates(roots);
+    let roots = crate::tls::client_roots(cfg.redis_tls_ca.as_deref(), "--redis-tls-ca")?;
+    let builder = crate::tls::client_builder(roots)?;
     match (&cfg.redis_tls_cert, &cfg.redis_tls_key) {
         (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert), Some(key)) => {
-            let chain = pem_certs(cert, "--redis-tls-cert")?;
+            let chain = crate::tls::pem_certs(cert, "--redis-tls-cert")?;
             let private = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("--redis-tls-key {}: {e}", key.display()))?;
             builder.with_client_auth_cert(chain, private).map_err(|e| {
@@ -238,20 +209,6 @@ fn tls_client(cfg: &crate::Config) -> Result<rustls::ClientConfig, String> {
         }
         _ => Err("--redis-tls-cert and --redis-tls-key go together".into()),
     }
-}
-
-fn pem_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{flag} {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{flag} {}: no PEM certificate in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 /// Why Redis cannot be used, as far as herald can tell.

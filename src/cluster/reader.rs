@@ -425,7 +425,7 @@ pub(super) async fn read_loop(
         for e in got_all.iter().flatten() {
             if let Some((user, until)) = log::block(e) {
                 // A user ended with reconnect=false, on some pod: here too.
-                crate::http::routes::end_user(&shared, &user, until);
+                shared.end_user(&user, until);
             }
             if let Some((sid, ev)) = log::event(e) {
                 if let Some(id) = log::sse_id(&sid) {

@@ -447,7 +447,7 @@ async fn disconnect<B>(
         // reconnect=false: every stream of the user ends, here and on every
         // pod, and its connects are answered 204 until then.
         let until = clock::unix_ms() + block_for.as_millis() as u64;
-        let ended = end_user(&shard.shared, &p.user, until);
+        let ended = shard.shared.end_user(&p.user, until);
         if !registry.block_everywhere(&p.user, until).await {
             return Err(ApiError::new(
                 503,
@@ -494,19 +494,6 @@ async fn disconnect<B>(
         StatusCode::OK,
         json!({ "disconnected": true }),
     ))
-}
-
-/// Refuse `user`'s connects on this pod until `until` (unix ms) and end its
-/// streams here; returns how many there were.
-pub fn end_user(shared: &crate::Shared, user: &str, until: u64) -> usize {
-    let ended = shared.broker.block(user, until);
-    for (conn_id, loc) in &ended {
-        shared.registry.unregister(user, conn_id, loc.serial);
-        shared
-            .broker
-            .close_remote(*loc, CloseReason::Disconnected, None);
-    }
-    ended.len()
 }
 
 async fn stats(shard: &Rc<Shard>) -> Response<HeraldBody> {

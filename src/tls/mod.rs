@@ -68,17 +68,22 @@ impl Tls {
 
 /// The certificate chain in `cert` (PEM, leaf first; at least one).
 fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+    pem_certs(cert, "--tls-cert")
+}
+
+/// The PEM certificates in `path` (at least one); `flag` names it in errors.
+pub fn pem_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if certs.is_empty() {
         return Err(format!(
-            "--tls-cert {}: no PEM certificate in the file",
-            cert.display()
+            "{flag} {}: no PEM certificate in the file",
+            path.display()
         ));
     }
-    Ok(chain)
+    Ok(certs)
 }
 
 fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
@@ -143,6 +148,40 @@ fn check_validity(leaf: &CertificateDer<'_>, path: &Path) -> Result<(), String> 
         ));
     }
     Ok(())
+}
+
+/// The CA roots herald's own TLS clients trust (Redis, a JWKS): the PEM
+/// certificates in `ca` when given (`flag` names it in errors), else the
+/// system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+pub fn client_roots(ca: Option<&Path>, flag: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, source) = match ca {
+        Some(ca) => (
+            roots.add_parsable_certificates(pem_certs(ca, flag)?).0,
+            format!("{flag} {}", ca.display()),
+        ),
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let added = roots.add_parsable_certificates(found.certs).0;
+            (added, "the system's CA certificates".to_string())
+        }
+    };
+    if added == 0 {
+        return Err(format!("{source}: no usable CA certificate (give {flag})"));
+    }
+    Ok(roots)
+}
+
+/// A rustls client configuration as herald's own TLS uses (ring, TLS 1.3 and
+/// 1.2) trusting `roots`, before its client-certificate choice.
+pub fn client_builder(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(roots))
 }
 
 /// A client configuration for herald's own `--health-check` against its HTTPS

@@ -31,6 +31,14 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// Every string in the reply, depth first (the fields of stream entries).
+    pub fn strings(&self) -> Vec<String> {
+        match self {
+            Reply::Array(Some(items)) => items.iter().flat_map(Reply::strings).collect(),
+            other => other.text().into_iter().collect(),
+        }
+    }
+
     /// A simple or bulk string reply as text.
     pub fn text(&self) -> Option<String> {
         match self {
@@ -542,17 +550,13 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t-{name}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
-/// Start pod number `n` of a cluster on the Redis at `url` under `prefix`:
-/// `--shards 2`, the timings, a pod id unique to the test, then `extra`.
-pub fn start_pod(url: &str, prefix: &str, timing: Timing, n: u32, extra: &[&str]) -> Herald {
+/// The flags of pod number `n` of a cluster on the Redis at `url` under
+/// `prefix` (`--shards 2`, the timings, a pod id unique to the test), and
+/// that pod id.
+pub fn pod_flags(url: &str, prefix: &str, timing: Timing, n: u32) -> (String, Vec<String>) {
     let pod_id = format!("pod{n}-{:08x}", fastrand::u32(..));
     let ms = |d: Duration| format!("{}ms", d.as_millis());
-    let (hb, stale, cleanup) = (
-        ms(timing.heartbeat),
-        ms(timing.stale_after),
-        ms(timing.cleanup),
-    );
-    let mut args: Vec<&str> = vec![
+    let flags = [
         "--redis",
         url,
         "--redis-prefix",
@@ -562,12 +566,22 @@ pub fn start_pod(url: &str, prefix: &str, timing: Timing, n: u32, extra: &[&str]
         "--shards",
         "2",
         "--heartbeat-interval",
-        &hb,
+        &ms(timing.heartbeat),
         "--stale-after",
-        &stale,
+        &ms(timing.stale_after),
         "--cleanup-interval",
-        &cleanup,
-    ];
+        &ms(timing.cleanup),
+    ]
+    .map(String::from)
+    .to_vec();
+    (pod_id, flags)
+}
+
+/// Start pod number `n` of a cluster on the Redis at `url` under `prefix`:
+/// `--shards 2`, the timings, a pod id unique to the test, then `extra`.
+pub fn start_pod(url: &str, prefix: &str, timing: Timing, n: u32, extra: &[&str]) -> Herald {
+    let (pod_id, flags) = pod_flags(url, prefix, timing, n);
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     let h = Herald::start(&args);
     assert_eq!(
