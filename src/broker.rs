@@ -29,6 +29,9 @@ pub struct BrokerLimits {
     pub pending: PendingLimits,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
+    /// `--presence-linger` in ms when this pod decides presence itself
+    /// (embedded); `None` in a cluster, where the registry scripts do.
+    pub presence_linger_ms: Option<u64>,
 }
 
 /// A connect asking to be registered.
@@ -134,6 +137,8 @@ struct State {
     positions: Option<Vec<u64>>,
     /// Where broadcast and topic events are framed.
     arena: frame::FrameArena,
+    /// Users whose last connection ended, not offline yet (embedded presence).
+    linger: crate::presence::Linger,
 }
 
 /// See the module doc.
@@ -166,6 +171,7 @@ impl Broker {
                 registry: LocalRegistry::default(),
                 positions: None,
                 arena: frame::FrameArena::default(),
+                linger: crate::presence::Linger::default(),
             }),
             hub: Hub::new(shards),
             serial: AtomicU64::new(1),
@@ -191,7 +197,12 @@ impl Broker {
             *until = (*until).max(until_ms);
             self.any_blocked.store(true, Ordering::Release);
         }
-        self.lock().registry.remove_user(user)
+        let mut s = self.lock();
+        let gone = s.registry.remove_user(user);
+        if !gone.is_empty() {
+            self.presence_change(&mut s, user, false);
+        }
+        gone
     }
 
     /// Whether `user`'s connects are refused now.
@@ -235,10 +246,107 @@ impl Broker {
         self.serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// `(connections, users)` registered on this pod.
+    /// `(connections, users)` registered on this pod (presence streams left
+    /// out).
     pub fn counts(&self) -> (usize, usize) {
+        self.lock().registry.public_counts()
+    }
+
+    /// Every stream registered on this pod, presence streams included (the
+    /// limit `--max-connections` counts them).
+    pub fn streams(&self) -> usize {
+        self.lock().registry.connections()
+    }
+
+    /// `user`'s connections on this pod (embedded presence).
+    pub fn connections_of(&self, user: &str) -> Vec<crate::registry::ConnMeta> {
+        self.lock().registry.connections_of(user)
+    }
+
+    /// Live connections per user and streams per topic on this pod.
+    pub fn presence_counts(&self, q: &crate::presence::Query) -> crate::presence::Counts {
         let s = self.lock();
-        (s.registry.connections(), s.registry.users())
+        crate::presence::Counts {
+            users: q
+                .users
+                .iter()
+                .map(|u| (u.clone(), s.registry.count(u) as u64))
+                .collect(),
+            topics: q
+                .topics
+                .iter()
+                .map(|t| (t.clone(), s.registry.topic_count(t) as u64))
+                .collect(),
+        }
+    }
+
+    /// Embedded presence, every tick: users whose linger has passed go
+    /// offline (one event each).
+    pub fn presence_tick(&self) {
+        let Some(linger) = self.limits.presence_linger_ms else {
+            return;
+        };
+        let mut wake = 0;
+        {
+            let mut s = self.lock();
+            let due = s.linger.due(clock::unix_ms(), linger);
+            if due.is_empty() {
+                return;
+            }
+            for (user, ended) in &due {
+                wake |= self.announce(&mut s, user, *ended, crate::presence::Transition::Offline);
+            }
+            self.count_online(&s);
+        }
+        self.wake(wake);
+    }
+
+    /// A client user's first connection opened (`came`) or last one ended:
+    /// the linger decides whether it is a transition. Returns shards to wake.
+    fn presence_change(&self, s: &mut State, user: &str, came: bool) -> u128 {
+        if self.limits.presence_linger_ms.is_none() || crate::presence::is_internal(user) {
+            return 0;
+        }
+        let now = clock::unix_ms();
+        let mut wake = 0;
+        if came {
+            if s.registry.count(user) == 1 && s.linger.came(user) {
+                wake = self.announce(s, user, now, crate::presence::Transition::Online);
+            }
+        } else if s.registry.count(user) == 0 {
+            s.linger.left(user, now);
+        }
+        self.count_online(s);
+        wake
+    }
+
+    /// Publish a presence transition to the presence topic (under the lock).
+    fn announce(&self, s: &mut State, user: &str, at: u64, t: crate::presence::Transition) -> u128 {
+        let data = crate::presence::data(user, at);
+        let target = Target::Topics(vec![crate::presence::TOPIC.into()].into_boxed_slice());
+        m::presence_events(t.event(), 1);
+        self.publish_locked(
+            s,
+            Publish {
+                event: t.event(),
+                data: &data,
+                target,
+                ttl_ns: 0,
+            },
+        )
+        .1
+    }
+
+    fn count_online(&self, s: &State) {
+        m::set_online_users((s.registry.public_counts().1 + s.linger.len()) as u64);
+    }
+
+    fn wake(&self, wake: u128) {
+        for shard in 0..self.hub.shards() {
+            if wake & (1u128 << shard.min(127)) != 0 {
+                self.hub.wake(shard);
+            }
+        }
     }
 
     /// Register a connection and decide what it starts with. `joined` is the
@@ -266,7 +374,15 @@ impl Broker {
             key: req.key,
             serial,
         };
-        let replaced = s.registry.register(req.user, req.conn_id, loc);
+        let topics = req.topics.join(",");
+        let replaced = s
+            .registry
+            .register(req.user, req.conn_id, loc, clock::unix_ms(), &topics);
+        let presence_wake = if replaced.is_none() {
+            self.presence_change(&mut s, req.user, true)
+        } else {
+            0
+        };
         let wants = |e: &Event| e.target.matches(req.user, req.topics.iter().map(|t| &**t));
         let initial = match (req.last_event_id, joined) {
             (_, Some(j)) => match j.ids_from {
@@ -321,6 +437,8 @@ impl Broker {
         };
         let floor = s.history.last_id();
         m::set_pending(s.pending.total());
+        drop(s);
+        self.wake(presence_wake);
         Ok(Opened {
             serial,
             floor,
@@ -332,13 +450,23 @@ impl Broker {
     /// A stream ended (its writer is done): forget it unless already replaced or
     /// disconnected. Returns its connection id when it was still registered.
     pub fn closed(&self, user: &str, serial: u64) -> Option<Box<str>> {
-        self.lock().registry.remove_serial(user, serial)
+        let mut s = self.lock();
+        let gone = s.registry.remove_serial(user, serial);
+        if gone.is_some() {
+            self.presence_change(&mut s, user, false);
+        }
+        gone
     }
 
     /// Forget `(user, conn_id)` if it is still the connection `serial` (a close
     /// forwarded by another pod must not end a newer connection).
     pub fn disconnect_exact(&self, user: &str, conn_id: &str, serial: u64) -> Option<ConnLoc> {
-        self.lock().registry.remove_exact(user, conn_id, serial)
+        let mut s = self.lock();
+        let gone = s.registry.remove_exact(user, conn_id, serial);
+        if gone.is_some() {
+            self.presence_change(&mut s, user, false);
+        }
+        gone
     }
 
     /// `f(user, conn_id, where)` for every connection registered on this pod, or
@@ -448,7 +576,12 @@ impl Broker {
 
     /// Forget `(user, conn_id)` and return where its stream lives, to end it.
     pub fn disconnect(&self, user: &str, conn_id: &str) -> Option<ConnLoc> {
-        self.lock().registry.remove(user, conn_id)
+        let mut s = self.lock();
+        let gone = s.registry.remove(user, conn_id);
+        if gone.is_some() {
+            self.presence_change(&mut s, user, false);
+        }
+        gone
     }
 
     /// Tell every stream of this pod that it may have missed events (`RESYNC`):
@@ -500,50 +633,52 @@ impl Broker {
 
     /// Sequence, frame, record and hand out one event; returns its id.
     pub fn publish(&self, p: Publish<'_>) -> u64 {
-        let mut wake: u128 = 0;
-        let id;
-        {
+        let (id, wake) = {
             let mut s = self.lock();
-            let now = clock::now_ns();
-            id = s.history.last_id() + 1;
-            let framed = match p.target {
-                // It may wait as a pending event long after its neighbours.
-                Target::Users(_) => frame::event(id, p.event, p.data),
-                Target::All | Target::Topics(_) => s.arena.event(id, p.event, p.data),
-            };
-            let ev = Arc::new(Event::new(id, p.target, framed, now));
-            let shards = self.hub.shards();
-            match &ev.target {
-                Target::Users(users) => {
-                    for user in users.iter() {
-                        let mask = s.registry.shard_mask(user);
-                        if mask == 0 {
-                            let drops = s.pending.push(user, &ev, p.ttl_ns);
-                            m::dropped("pending_overflow", drops.overflow);
-                            m::dropped("pending_full", drops.refused);
-                        }
-                        wake |= mask;
-                    }
-                    m::set_pending(s.pending.total());
-                }
-                // Only shards holding a stream: an empty shard has nobody to
-                // deliver to (the event is in the history for later resumes).
-                Target::All | Target::Topics(_) => wake = s.registry.occupied_shards(),
-            }
-            for shard in 0..shards {
-                if wake & (1u128 << shard.min(127)) != 0 {
-                    self.hub.push(shard, ShardMsg::Event(ev.clone()));
-                }
-            }
-            s.history.push(ev, now);
-        }
-        for shard in 0..self.hub.shards() {
-            if wake & (1u128 << shard.min(127)) != 0 {
-                self.hub.wake(shard);
-            }
-        }
-        self.events.fetch_add(1, Ordering::Relaxed);
+            self.publish_locked(&mut s, p)
+        };
+        self.wake(wake);
         id
+    }
+
+    /// [`Broker::publish`] under the lock; returns the id and the shards to
+    /// wake once it is released.
+    fn publish_locked(&self, s: &mut State, p: Publish<'_>) -> (u64, u128) {
+        let mut wake: u128 = 0;
+        let now = clock::now_ns();
+        let id = s.history.last_id() + 1;
+        let framed = match p.target {
+            // It may wait as a pending event long after its neighbours.
+            Target::Users(_) => frame::event(id, p.event, p.data),
+            Target::All | Target::Topics(_) => s.arena.event(id, p.event, p.data),
+        };
+        let ev = Arc::new(Event::new(id, p.target, framed, now));
+        let shards = self.hub.shards();
+        match &ev.target {
+            Target::Users(users) => {
+                for user in users.iter() {
+                    let mask = s.registry.shard_mask(user);
+                    if mask == 0 {
+                        let drops = s.pending.push(user, &ev, p.ttl_ns);
+                        m::dropped("pending_overflow", drops.overflow);
+                        m::dropped("pending_full", drops.refused);
+                    }
+                    wake |= mask;
+                }
+                m::set_pending(s.pending.total());
+            }
+            // Only shards holding a stream: an empty shard has nobody to
+            // deliver to (the event is in the history for later resumes).
+            Target::All | Target::Topics(_) => wake = s.registry.occupied_shards(),
+        }
+        for shard in 0..shards {
+            if wake & (1u128 << shard.min(127)) != 0 {
+                self.hub.push(shard, ShardMsg::Event(ev.clone()));
+            }
+        }
+        s.history.push(ev, now);
+        self.events.fetch_add(1, Ordering::Relaxed);
+        (id, wake)
     }
 
     /// Periodic upkeep: expire pending events and old history.

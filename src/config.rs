@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_TOPIC_LINGER", default_value = "5s", value_parser = duration)]
     pub topic_linger: Duration,
 
+    /// How long a user whose last connection ended stays online for presence:
+    /// back within it (a page reload, a pod drain), no offline/online pair.
+    #[arg(long, env = "HERALD_PRESENCE_LINGER", default_value = "5s", value_parser = duration)]
+    pub presence_linger: Duration,
+
     /// This pod's id (default: hostname plus a short random suffix).
     #[arg(long, env = "HERALD_POD_ID")]
     pub pod_id: Option<String>,
@@ -321,6 +326,11 @@ impl Config {
 
     pub fn stale_after(&self) -> Duration {
         self.stale_after.unwrap_or(self.heartbeat_interval * 3)
+    }
+
+    /// How often presence looks for users whose linger has passed.
+    pub fn presence_tick(&self) -> Duration {
+        (self.presence_linger / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
     }
 
     /// Check cross-field rules; the message says how to fix it.

@@ -44,6 +44,7 @@ pub mod http2;
 pub mod idempotency;
 pub mod jwks;
 pub mod metrics;
+pub mod presence;
 pub mod registry;
 pub mod seam;
 pub mod shard;
@@ -184,6 +185,11 @@ impl Server {
             },
             max_connections: config.max_connections,
             max_connections_per_user: config.max_connections_per_user,
+            // In a cluster the registry scripts decide presence.
+            presence_linger_ms: config
+                .redis_url
+                .is_none()
+                .then_some(config.presence_linger.as_millis() as u64),
         };
         let pod_id = config.resolved_pod_id();
         let cluster = match &config.redis_url {

@@ -40,6 +40,8 @@ pub const JWKS_FETCHES: &str = "herald_jwks_fetches_total";
 pub const JWKS_KEYS: &str = "herald_jwks_keys";
 pub const READY_STATE: &str = "herald_ready_state";
 pub const REDIS_ROUNDTRIP: &str = "herald_redis_roundtrip_seconds";
+pub const PRESENCE_ONLINE: &str = "herald_presence_online_users";
+pub const PRESENCE_EVENTS: &str = "herald_presence_events_total";
 pub const REDIS_COMMANDS: &str = "herald_redis_commands_total";
 pub const REDIS_COMMANDS_PER_BATCH: &str = "herald_redis_commands_per_batch";
 pub const REDIS_BATCH_SIZE: &str = "herald_redis_batch_size";
@@ -130,6 +132,19 @@ fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Redis commands that failed (cluster mode)");
     describe_gauge!(PENDING_EVENTS, "Events held for offline users");
+    describe_gauge!(
+        PRESENCE_ONLINE,
+        "Users online in the whole cluster (a live connection, or back within \
+         --presence-linger), as this pod last counted them"
+    );
+    gauge!(PRESENCE_ONLINE).set(0.0);
+    describe_counter!(
+        PRESENCE_EVENTS,
+        "Presence transitions this pod published, by event (online, offline)"
+    );
+    for event in ["online", "offline"] {
+        counter!(PRESENCE_EVENTS, "event" => event).absolute(0);
+    }
     describe_gauge!(REDIS_UP, "1 when Redis answers (cluster mode), else 0");
     describe_counter!(
         JWKS_FETCHES,
@@ -315,6 +330,16 @@ pub fn dropped(reason: &'static str, n: u64) {
     }
 }
 
+pub fn presence_events(event: &'static str, n: u64) {
+    if n > 0 {
+        counter!(PRESENCE_EVENTS, "event" => event).increment(n);
+    }
+}
+
+pub fn set_online_users(n: u64) {
+    gauge!(PRESENCE_ONLINE).set(n as f64);
+}
+
 pub fn set_pending(n: usize) {
     gauge!(PENDING_EVENTS).set(n as f64);
 }
@@ -490,6 +515,8 @@ impl ConnCounters {
 pub struct ShardStats {
     pub connections: AtomicU64,
     pub delivered: AtomicU64,
+    /// When the shard last sent its streams a heartbeat (unix ms; 0 never).
+    pub heartbeat_ms: AtomicU64,
     latency_buckets: [AtomicU64; 16],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,

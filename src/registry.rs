@@ -15,6 +15,19 @@ use crate::fanout::ConnLoc;
 struct Entry {
     conn_id: Box<str>,
     loc: ConnLoc,
+    /// When it connected (unix ms), for presence.
+    connected_ms: u64,
+    /// Its topics, comma separated (no heap buffer when it has none).
+    topics: Box<str>,
+}
+
+/// What presence asks of a registered connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub conn_id: Box<str>,
+    pub shard: u16,
+    pub connected_ms: u64,
+    pub topics: Box<str>,
 }
 
 /// User → connections, for this pod.
@@ -27,6 +40,11 @@ pub struct LocalRegistry {
     /// masks), and the bit set of shards with at least one.
     per_shard: Vec<u32>,
     occupied: u128,
+    /// Connections per topic (presence counts; topics of internal streams too).
+    topic_streams: HashMap<Box<str>, u32>,
+    /// Connections of internal users (presence streams): not counted as
+    /// anyone's connection in the stats or presence.
+    internal: usize,
 }
 
 impl LocalRegistry {
@@ -36,6 +54,57 @@ impl LocalRegistry {
 
     pub fn users(&self) -> usize {
         self.users.len()
+    }
+
+    /// `(connections, users)` of clients: internal streams left out.
+    pub fn public_counts(&self) -> (usize, usize) {
+        // Presence streams are the one internal user.
+        let internal_users = usize::from(self.users.contains_key(crate::presence::WATCHER));
+        (
+            self.connections - self.internal,
+            self.users.len() - internal_users,
+        )
+    }
+
+    /// Streams subscribed to `topic`.
+    pub fn topic_count(&self, topic: &str) -> usize {
+        self.topic_streams.get(topic).map_or(0, |&n| n as usize)
+    }
+
+    /// `user`'s connections, for presence.
+    pub fn connections_of(&self, user: &str) -> Vec<ConnMeta> {
+        self.users.get(user).map_or_else(Vec::new, |v| {
+            v.iter()
+                .map(|e| ConnMeta {
+                    conn_id: e.conn_id.clone(),
+                    shard: e.loc.shard,
+                    connected_ms: e.connected_ms,
+                    topics: e.topics.clone(),
+                })
+                .collect()
+        })
+    }
+
+    fn topics_in(&mut self, topics: &str) {
+        for t in topics.split(',').filter(|t| !t.is_empty()) {
+            match self.topic_streams.get_mut(t) {
+                Some(n) => *n += 1,
+                None => {
+                    self.topic_streams.insert(t.into(), 1);
+                }
+            }
+        }
+    }
+
+    fn topics_out(&mut self, topics: &str) {
+        for t in topics.split(',').filter(|t| !t.is_empty()) {
+            if let Some(n) = self.topic_streams.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.topic_streams.remove(t);
+                }
+            }
+        }
     }
 
     /// How many connections `user` has.
@@ -86,24 +155,42 @@ impl LocalRegistry {
         }
     }
 
-    /// Register `(user, conn_id)` at `loc`; returns the location it replaces.
-    pub fn register(&mut self, user: &str, conn_id: &str, loc: ConnLoc) -> Option<ConnLoc> {
+    /// Register `(user, conn_id)` at `loc`, connected at `connected_ms` to
+    /// `topics` (comma separated); returns the location it replaces.
+    pub fn register(
+        &mut self,
+        user: &str,
+        conn_id: &str,
+        loc: ConnLoc,
+        connected_ms: u64,
+        topics: &str,
+    ) -> Option<ConnLoc> {
         let list = match self.users.get_mut(user) {
             Some(l) => l,
             None => self.users.entry(user.into()).or_default(),
         };
         if let Some(e) = list.iter_mut().find(|e| &*e.conn_id == conn_id) {
             let old = std::mem::replace(&mut e.loc, loc);
+            e.connected_ms = connected_ms;
+            let old_topics = std::mem::replace(&mut e.topics, topics.into());
             self.count_out(old.shard);
             self.count_in(loc.shard);
+            self.topics_out(&old_topics);
+            self.topics_in(topics);
             return Some(old);
         }
         list.push(Entry {
             conn_id: conn_id.into(),
             loc,
+            connected_ms,
+            topics: topics.into(),
         });
         self.connections += 1;
+        if crate::presence::is_internal(user) {
+            self.internal += 1;
+        }
         self.count_in(loc.shard);
+        self.topics_in(topics);
         None
     }
 
@@ -155,7 +242,11 @@ impl LocalRegistry {
             self.users.remove(user);
         }
         self.connections -= 1;
+        if crate::presence::is_internal(user) {
+            self.internal -= 1;
+        }
         self.count_out(e.loc.shard);
+        self.topics_out(&e.topics);
         Some((e.loc, e.conn_id))
     }
 }
@@ -175,11 +266,11 @@ mod tests {
     #[test]
     fn register_replace_remove() {
         let mut r = LocalRegistry::default();
-        assert_eq!(r.register("u", "c1", loc(0, 1)), None);
-        assert_eq!(r.register("u", "c2", loc(1, 2)), None);
+        assert_eq!(r.register("u", "c1", loc(0, 1), 0, ""), None);
+        assert_eq!(r.register("u", "c2", loc(1, 2), 0, ""), None);
         assert_eq!(r.shard_mask("u"), 0b11);
         assert_eq!(r.occupied_shards(), 0b11);
-        assert_eq!(r.register("u", "c1", loc(1, 3)), Some(loc(0, 1)));
+        assert_eq!(r.register("u", "c1", loc(1, 3), 0, ""), Some(loc(0, 1)));
         assert_eq!(r.connections(), 2);
         assert_eq!(
             r.remove_serial("u", 1),
@@ -195,17 +286,39 @@ mod tests {
     #[test]
     fn occupied_shards_follow_connections_and_replacements() {
         let mut r = LocalRegistry::default();
-        r.register("a", "c", loc(2, 1));
-        r.register("b", "c", loc(2, 2));
-        r.register("c", "c", loc(200, 3));
+        r.register("a", "c", loc(2, 1), 0, "");
+        r.register("b", "c", loc(2, 2), 0, "");
+        r.register("c", "c", loc(200, 3), 0, "");
         assert_eq!(r.occupied_shards(), 1 << 2 | 1 << 127);
         // A replacement moves the count from the old shard to the new one.
-        r.register("a", "c", loc(5, 4));
+        r.register("a", "c", loc(5, 4), 0, "");
         assert_eq!(r.occupied_shards(), 1 << 2 | 1 << 5 | 1 << 127);
         r.remove_serial("b", 2);
         assert_eq!(r.occupied_shards(), 1 << 5 | 1 << 127);
         r.remove("c", "c");
         r.remove_exact("a", "c", 4);
         assert_eq!(r.occupied_shards(), 0);
+    }
+
+    #[test]
+    fn topic_counts_and_internal_streams() {
+        let mut r = LocalRegistry::default();
+        r.register("a", "c1", loc(0, 1), 5, "x,y");
+        r.register("b", "c1", loc(0, 2), 6, "x");
+        r.register("#presence", "w", loc(0, 3), 7, "#presence");
+        assert_eq!((r.topic_count("x"), r.topic_count("y")), (2, 1));
+        assert_eq!(r.public_counts(), (2, 2));
+        // A replacement swaps its topics.
+        r.register("a", "c1", loc(1, 4), 8, "z");
+        assert_eq!(
+            (r.topic_count("x"), r.topic_count("y"), r.topic_count("z")),
+            (1, 0, 1)
+        );
+        let c = r.connections_of("a");
+        assert_eq!((c[0].connected_ms, &*c[0].topics, c[0].shard), (8, "z", 1));
+        r.remove_serial("#presence", 3);
+        r.remove("b", "c1");
+        assert_eq!(r.public_counts(), (1, 1));
+        assert_eq!(r.topic_count("x"), 0);
     }
 }

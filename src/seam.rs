@@ -136,6 +136,24 @@ pub trait ConnectionRegistry: Send + Sync {
     /// Cluster-wide counts (`None`: not shared, or unreachable).
     fn stats(&self) -> Pending<'_, Option<ClusterStats>>;
 
+    /// `user`'s live connections in the whole cluster (`None`: not shared, or
+    /// unreachable).
+    fn connections_of<'a>(
+        &'a self,
+        _user: &'a str,
+    ) -> Pending<'a, Option<Vec<crate::presence::ConnInfo>>> {
+        Box::pin(std::future::ready(None))
+    }
+
+    /// Live connections per user and streams per topic in the whole cluster
+    /// (`None`: not shared, or unreachable).
+    fn presence<'a>(
+        &'a self,
+        _q: &'a crate::presence::Query,
+    ) -> Pending<'a, Option<crate::presence::Counts>> {
+        Box::pin(std::future::ready(None))
+    }
+
     /// One shard's heartbeat of its registered connections.
     fn heartbeat(&self, broker: &Broker, shard: u16);
 

@@ -147,6 +147,11 @@ pub fn connect(query: &str) -> Result<ConnectParams, ApiError> {
     })
 }
 
+/// The `userId` of a query that names only a user.
+pub fn user_only(query: &str) -> Result<String, ApiError> {
+    user(parse_query(query).user)
+}
+
 /// Parse and validate the disconnect query string.
 pub fn disconnect(query: &str) -> Result<DisconnectParams, ApiError> {
     let q = parse_query(query);

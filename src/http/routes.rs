@@ -63,7 +63,10 @@ pub async fn open_stream(
     let last_event_id = cr.last_event_id;
     let token = cr.bearer.or(p.token.as_deref());
     shared.auth.prepare(token).await;
-    shared.auth.check_subscriber(token, &p.user, &p.topics)?;
+    // A presence stream (the internal user) was let in as a publisher.
+    if !crate::presence::is_internal(&p.user) {
+        shared.auth.check_subscriber(token, &p.user, &p.topics)?;
+    }
     if broker.is_blocked(&p.user, clock::unix_ms()) {
         // Ended with reconnect=false: 204 makes an EventSource stop for good.
         m::connect_rejected("blocked");
@@ -265,6 +268,10 @@ pub fn intake(shard: &Rc<Shard>, req: &http::request::Parts) -> Intake {
     let checked = match (req.uri.path(), &req.method) {
         ("/api/broadcast", &Method::POST) => publisher().map(|()| Intake::Body),
         ("/api/user/sse/disconnect", &Method::POST) => publisher().map(|()| Intake::NoBody),
+        ("/api/presence", &Method::POST) => publisher().map(|()| Intake::Body),
+        ("/api/presence/stream" | "/api/user/sse/connections", &Method::GET) => {
+            publisher().map(|()| Intake::NoBody)
+        }
         _ => Ok(Intake::NoBody),
     };
     checked.unwrap_or_else(|e| Intake::Refuse(error_for(shard, Some(&req.headers), &e)))
@@ -326,6 +333,20 @@ where
             Ok(()) => broadcast(&shard, req).await,
             Err(e) => Err(e),
         },
+        ("/api/user/sse/connections", &Method::GET) => {
+            match auth.check_publisher(authorization(&req)) {
+                Ok(()) => user_connections(&shard, &req).await,
+                Err(e) => Err(e),
+            }
+        }
+        ("/api/presence", &Method::POST) => match auth.check_publisher(authorization(&req)) {
+            Ok(()) => presence_query(&shard, req).await,
+            Err(e) => Err(e),
+        },
+        ("/api/presence/stream", &Method::GET) => match auth.check_publisher(authorization(&req)) {
+            Ok(()) => presence_stream(&shard, &req).await,
+            Err(e) => Err(e),
+        },
         ("/health/live", &Method::GET) => {
             Ok(json_response(StatusCode::OK, json!({ "status": "live" })))
         }
@@ -337,12 +358,16 @@ where
             | "/index.html"
             | "/api/user/sse/connect"
             | "/api/user/sse/stats"
+            | "/api/user/sse/connections"
+            | "/api/presence/stream"
             | "/health/live"
             | "/health/ready"
             | "/metrics",
             _,
         ) => Err(method_not_allowed("GET")),
-        ("/api/user/sse/disconnect" | "/api/broadcast", _) => Err(method_not_allowed("POST")),
+        ("/api/user/sse/disconnect" | "/api/broadcast" | "/api/presence", _) => {
+            Err(method_not_allowed("POST"))
+        }
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
     let resp = result.unwrap_or_else(|e| error_response(&e));
@@ -425,7 +450,11 @@ async fn connect<B>(shard: &Rc<Shard>, req: &Request<B>) -> Result<Response<Hera
         raw_head: false,
         cors_origin: None,
     };
-    let stream = open_stream(shard, &p, &cr).await?;
+    sse_response(shard, open_stream(shard, &p, &cr).await?)
+}
+
+/// The answer that carries a stream opened on this shard.
+fn sse_response(shard: &Rc<Shard>, stream: NewStream) -> Result<Response<HeraldBody>, ApiError> {
     let guard = StreamGuard::new(shard.clone(), stream.key, stream.serial);
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -434,6 +463,118 @@ async fn connect<B>(shard: &Rc<Shard>, req: &Request<B>) -> Result<Response<Hera
         .header("x-accel-buffering", "no")
         .body(Either::Right(QueueBody::new(guard)))
         .expect("static response parts"))
+}
+
+/// `GET /api/user/sse/connections?userId=U`: the user's live connections in
+/// the whole cluster (this pod's registry when embedded).
+async fn user_connections<B>(
+    shard: &Rc<Shard>,
+    req: &Request<B>,
+) -> Result<Response<HeraldBody>, ApiError> {
+    let user = params::user_only(req.uri().query().unwrap_or(""))?;
+    let shared = &shard.shared;
+    let list = if shared.registry.is_shared() {
+        shared
+            .registry
+            .connections_of(&user)
+            .await
+            .ok_or_else(registry_unavailable)?
+    } else {
+        let pod = shared.broker.pod_id();
+        shared
+            .broker
+            .connections_of(&user)
+            .into_iter()
+            .map(|c| crate::presence::ConnInfo {
+                conn_id: c.conn_id.into(),
+                pod: pod.to_string(),
+                topics: c
+                    .topics
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                // Its last heartbeat is its shard's last one since it connected.
+                heartbeat_ms: shared
+                    .shard_stats
+                    .get(c.shard as usize)
+                    .map_or(0, |s| s.heartbeat_ms.load(Ordering::Relaxed))
+                    .max(c.connected_ms),
+                connected_ms: c.connected_ms,
+            })
+            .collect()
+    };
+    let connections: Vec<_> = list.iter().map(|c| c.to_json()).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "userId": user, "connections": connections }),
+    ))
+}
+
+/// `POST /api/presence`: live connections per user and streams per topic.
+async fn presence_query<B>(
+    shard: &Rc<Shard>,
+    req: Request<B>,
+) -> Result<Response<HeraldBody>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = read_body(shard, req).await?;
+    let q = crate::presence::parse_query(&body)?;
+    let shared = &shard.shared;
+    let counts = if shared.registry.is_shared() {
+        shared
+            .registry
+            .presence(&q)
+            .await
+            .ok_or_else(registry_unavailable)?
+    } else {
+        shared.broker.presence_counts(&q)
+    };
+    Ok(json_response(StatusCode::OK, counts.to_json()))
+}
+
+/// `GET /api/presence/stream`: a stream of the internal presence user on the
+/// presence topic, opened like any stream (ids, heartbeats, resume).
+async fn presence_stream<B>(
+    shard: &Rc<Shard>,
+    req: &Request<B>,
+) -> Result<Response<HeraldBody>, ApiError> {
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .find(|(k, v)| k == "lastEventId" && !v.is_empty())
+                .map(|(_, v)| v.into_owned())
+        });
+    let p = ConnectParams {
+        user: crate::presence::WATCHER.to_string(),
+        conn_id: None,
+        topics: vec![crate::presence::TOPIC.into()],
+        last_event_id: None,
+        token: None,
+    };
+    let cr = ConnectReq {
+        last_event_id: last_event_id.as_deref(),
+        bearer: None,
+        raw_head: false,
+        cors_origin: None,
+    };
+    sse_response(shard, open_stream(shard, &p, &cr).await?)
+}
+
+fn registry_unavailable() -> ApiError {
+    ApiError::new(
+        503,
+        "registry_unavailable",
+        "the cluster registry is unreachable; retry shortly",
+    )
 }
 
 async fn disconnect<B>(
@@ -551,12 +692,24 @@ where
             .iter()
             .map(|v| v.as_bytes()),
     )?;
+    let body = read_body(shard, req).await?;
+    let (answer, replayed) = publish_body(shard, &body, key).await?;
+    Ok(answer_response(&answer, replayed))
+}
+
+/// Read a request body: at most `--max-body`, within `--header-timeout`,
+/// counted against the shard's body budget while it is read (HTTP/1.1).
+async fn read_body<B>(shard: &Rc<Shard>, req: Request<B>) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let max = shard.shared.config.max_body;
     let too_large = || {
         ApiError::new(
             413,
             "body_too_large",
-            format!("publish body exceeds {max} bytes"),
+            format!("the request body exceeds {max} bytes"),
         )
     };
     let declared = req
@@ -602,8 +755,7 @@ where
             ))
         }
     };
-    let (answer, replayed) = publish_body(shard, &body, key).await?;
-    Ok(answer_response(&answer, replayed))
+    Ok(body)
 }
 
 /// Publish a request's body (one event or a batch) under its `Idempotency-Key`:

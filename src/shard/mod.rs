@@ -238,6 +238,9 @@ async fn run(
     tokio::task::spawn_local(flush_loop(shard.clone()));
     if id == 0 {
         tokio::task::spawn_local(cleanup_loop(shard.clone()));
+        if !shard.shared.registry.is_shared() {
+            tokio::task::spawn_local(presence_loop(shard.clone()));
+        }
     }
     tokio::task::spawn_local(accept_loop(shard.clone(), listener));
     // Run until the pod starts draining, then end the streams.
@@ -371,7 +374,12 @@ async fn heartbeat_loop(shard: Rc<Shard>) {
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
-        let hb = frame::heartbeat(clock::unix_ms());
+        let now_ms = clock::unix_ms();
+        let hb = frame::heartbeat(now_ms);
+        shard
+            .stats
+            .heartbeat_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
         let d = shard.table.borrow_mut().deliver_all_unnumbered(&hb);
         if d.slow_closed > 0 {
             m::dropped("slow_consumer", d.dropped_frames);
@@ -402,6 +410,17 @@ async fn cleanup_loop(shard: Rc<Shard>) {
     loop {
         tick.tick().await;
         shard.shared.broker.sweep();
+    }
+}
+
+/// Embedded presence: users whose linger has passed go offline (shard 0).
+async fn presence_loop(shard: Rc<Shard>) {
+    let period = shard.shared.config.presence_tick();
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shard.shared.broker.presence_tick();
     }
 }
 
