@@ -420,7 +420,7 @@ async fn a_stream_whose_registration_was_lost_gets_resync_and_is_routed_again() 
         vec!["HDEL".to_string(), format!("{t}:conns"), "lo-1/c1".into()],
         vec!["ZREM".into(), format!("{t}:hb"), "lo-1/c1".into()],
         vec!["HDEL".into(), format!("{t}:ucount"), "lo-1".into()],
-        vec!["DEL".into(), format!("{t}:upods:lo-1")],
+        vec!["DEL".into(), format!("{t}:uconns:lo-1")],
     ] {
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         r.cmd(&args).expect("redis command");

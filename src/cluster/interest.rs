@@ -28,6 +28,9 @@ struct Topic {
 #[derive(Debug, Default)]
 pub struct TopicInterest {
     topics: Mutex<HashMap<Box<str>, Topic>>,
+    /// Topics whose subscriber count changed since it was last written to
+    /// Redis (presence counts per topic), with their count now.
+    changed: Mutex<HashMap<Box<str>, u32>>,
 }
 
 impl TopicInterest {
@@ -35,15 +38,64 @@ impl TopicInterest {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn changed(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u32>> {
+        self.changed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Note `topic`'s count for the next write (internal topics are not
+    /// counted: nobody may ask for them).
+    fn note(changed: &mut HashMap<Box<str>, u32>, topic: &str, subs: u32) {
+        if crate::presence::is_internal(topic) {
+            return;
+        }
+        match changed.get_mut(topic) {
+            Some(n) => *n = subs,
+            None => {
+                changed.insert(topic.into(), subs);
+            }
+        }
+    }
+
+    /// Whether this pod has a subscriber of `topic` now.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        self.lock().get(topic).is_some_and(|t| t.subs > 0)
+    }
+
+    /// The counts to write to Redis: those that changed, or (`all`, after
+    /// Redis lost them) every topic's. Taken: the caller gives them back with
+    /// [`TopicInterest::unsent`] when its call fails.
+    pub fn take_counts(&self, all: bool) -> Vec<(String, u32)> {
+        // The order every method takes the two locks in: topics, then changes.
+        let map = self.lock();
+        let mut changed = self.changed();
+        if all {
+            for (name, t) in map.iter() {
+                Self::note(&mut changed, name, t.subs);
+            }
+        }
+        changed.drain().map(|(k, n)| (k.into(), n)).collect()
+    }
+
+    /// Counts whose write failed: written with the next call, unless a newer
+    /// count replaced them meanwhile.
+    pub fn unsent(&self, counts: Vec<(String, u32)>) {
+        let mut changed = self.changed();
+        for (t, n) in counts {
+            changed.entry(t.into()).or_insert(n);
+        }
+    }
+
     /// A connection subscribed to `topics` opens; returns those this pod has not
     /// joined yet (to join with its registration).
     pub fn subscribe<'a>(&self, topics: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut map = self.lock();
+        let mut changed = self.changed();
         let mut joins = Vec::new();
         for t in topics {
             let topic = map.entry(Box::from(t)).or_default();
             topic.subs += 1;
             topic.idle_since = None;
+            Self::note(&mut changed, t, topic.subs);
             if !topic.joined {
                 joins.push(t.to_string());
             }
@@ -54,9 +106,11 @@ impl TopicInterest {
     /// A connection subscribed to `topics` ended.
     pub fn unsubscribe<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
         let mut map = self.lock();
+        let mut changed = self.changed();
         for t in topics {
             if let Some(topic) = map.get_mut(t) {
                 topic.subs = topic.subs.saturating_sub(1);
+                Self::note(&mut changed, t, topic.subs);
                 if topic.subs == 0 {
                     topic.idle_since = Some(Instant::now());
                 }

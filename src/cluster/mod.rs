@@ -30,11 +30,17 @@
 //! * `{p}:inbox:<pod>` — one pod's inbox: events for its users and topics (with
 //!   their log id), registration markers, close requests (forwarded disconnects,
 //!   replacements), its delivery probes.
-//! * `{p}:upods:<user>` — hash pod → that user's connections on the pod: where
-//!   a user's events go. `{p}:tpods:<topic>` — set of pods subscribed to a topic;
-//!   `{p}:ptopics:<pod>` — the topics a pod joined (dropped with the pod).
-//! * `{p}:conns` — hash `user/conn` → `pod/serial`: where each connection lives.
+//! * `{p}:uconns:<user>` — hash connection id → pod: where a user's events go
+//!   (the distinct pods), and the user's connections for presence.
+//!   `{p}:tpods:<topic>` — set of pods subscribed to a topic;
+//!   `{p}:ptopics:<pod>` — the topics a pod joined (dropped with the pod);
+//!   `{p}:tcount:<topic>` — hash pod → its streams on the topic (presence).
+//! * `{p}:conns` — hash `user/conn` → `pod/serial/connected ms/topics`: where
+//!   each connection lives.
 //! * `{p}:ucount` — hash `user` → number of connections (the user count).
+//! * `{p}:linger` — sorted set of users whose last connection ended (by when),
+//!   not offline before `--presence-linger`; `{p}:presq` — the presence
+//!   outbox ([`presence`]).
 //! * `{p}:hb` — sorted set `user/conn` → last heartbeat (unix ms).
 //! * `{p}:pods` — sorted set pod → last heartbeat; `{p}:inactive` — sorted set of
 //!   connections the cleanup marked inactive (bounded).
@@ -74,6 +80,7 @@
 pub mod connect;
 pub mod interest;
 pub mod log;
+mod presence;
 mod probe;
 mod publish;
 pub mod reader;
@@ -121,6 +128,7 @@ struct Settings {
     /// Length bound of the inboxes and the broadcast stream.
     inbox_max: usize,
     topic_linger: Duration,
+    presence_linger: Duration,
     /// `--partitions`.
     partitions: usize,
 }
@@ -333,6 +341,7 @@ impl Cluster {
                 idempotency_window: cfg.idempotency_window,
                 inbox_max: cfg.history_events.max(1000),
                 topic_linger: cfg.topic_linger,
+                presence_linger: cfg.presence_linger,
                 partitions,
             },
             scripts: Scripts::new(),
@@ -628,7 +637,12 @@ async fn run(shared: Arc<Shared>, c: Arc<Cluster>, ready: std::sync::mpsc::Sende
     }
     local.spawn_local(registry::register_loop(c.clone(), rx.register));
     local.spawn_local(registry::remove_loop(c.clone(), rx.remove));
-    local.spawn_local(registry::heartbeat_loop(c.clone(), rx.heartbeat));
+    local.spawn_local(registry::heartbeat_loop(
+        shared.clone(),
+        c.clone(),
+        rx.heartbeat,
+    ));
+    local.spawn_local(presence::presence_loop(c.clone()));
     local.spawn_local(registry::cleanup_loop(c.clone()));
     local.spawn_local(probe::probe_loop(shared.clone(), c.clone()));
     local.spawn_local(publish::publish_loop(c.clone()));

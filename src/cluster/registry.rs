@@ -198,6 +198,9 @@ impl Cluster {
     }
 
     fn remove(&self, user: &str, conn_id: &str, serial: u64) {
+        if crate::presence::is_internal(user) {
+            return; // presence streams are not in the registry
+        }
         let _ = self.remove_tx.send((
             log::member(user, conn_id),
             format!("{}/{serial}", self.set.pod),
@@ -208,7 +211,9 @@ impl Cluster {
     pub fn heartbeat(&self, broker: &crate::broker::Broker, shard: u16) {
         let mut batch: HeartbeatBatch = Vec::new();
         broker.for_each_registered(Some(shard), |user, conn_id, loc| {
-            batch.push((log::member(user, conn_id), loc.serial));
+            if !crate::presence::is_internal(user) {
+                batch.push((log::member(user, conn_id), loc.serial));
+            }
         });
         let _ = self.heartbeat_tx.send(batch);
     }
@@ -254,6 +259,8 @@ impl Cluster {
             pods: 0,
             inactive: 0,
         };
+        // Users whose last connection ended within the linger: still online.
+        let mut lingering = 0;
         for src in &self.sources {
             let mut args = self.args(src, 1);
             args.push(Value::from(cutoff as i64));
@@ -263,7 +270,9 @@ impl Cluster {
             total.users += n(2);
             total.pods += n(3);
             total.inactive += n(4);
+            lingering += n(5);
         }
+        m::set_online_users(total.users + lingering);
         Some(total)
     }
 
@@ -272,17 +281,20 @@ impl Cluster {
     pub(super) async fn topic_changes(&self, rejoin_all: bool) {
         let leaves = self.topics.due_leaves(self.set.topic_linger);
         let joins = self.topics.to_rejoin(rejoin_all);
-        if leaves.is_empty() && joins.is_empty() {
+        let counts = self.topics.take_counts(rejoin_all);
+        if leaves.is_empty() && joins.is_empty() && counts.is_empty() {
             return;
         }
         let src = self.bcast();
-        let args = self.register_args(src, self.bcast_what(), &leaves, &joins, 0);
+        let args = self.register_args(src, self.bcast_what(), &leaves, &joins, &counts, 0);
         if self
             .script(src, "register", &self.scripts.register, args)
             .await
             .is_some()
         {
             self.topics.joined(&joins);
+        } else {
+            self.topics.unsent(counts);
         }
     }
 
@@ -312,10 +324,14 @@ impl Cluster {
         what: &str,
         leaves: &[String],
         joins: &[String],
+        counts: &[(String, u32)],
         conns: usize,
     ) -> Vec<Value> {
         let now = clock::unix_ms();
-        let mut args = self.args(src, 7 + leaves.len() + joins.len() + conns * 5);
+        let mut args = self.args(
+            src,
+            8 + leaves.len() + joins.len() + counts.len() * 2 + conns * 5,
+        );
         args.push(Value::from(now as i64));
         args.push(self.pod_value());
         args.push(Value::from(self.minid(now)));
@@ -327,6 +343,11 @@ impl Cluster {
         args.extend(leaves.iter().map(|t| Value::from(t.as_str())));
         args.push(Value::from(joins.len() as i64));
         args.extend(joins.iter().map(|t| Value::from(t.as_str())));
+        args.push(Value::from(counts.len() as i64));
+        for (t, n) in counts {
+            args.push(Value::from(t.as_str()));
+            args.push(Value::from(n.to_string()));
+        }
         args
     }
 }
@@ -339,7 +360,13 @@ impl Cluster {
 /// out every linger period.
 pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<RegisterReq>) {
     let mut batch: Vec<RegisterReq> = Vec::with_capacity(REGISTER_BATCH);
-    let tick = c.set.topic_linger.max(Duration::from_millis(100));
+    // Between connects: due leaves, and the topic counts that changed (so
+    // that presence counts follow ends within this tick).
+    let tick = c
+        .set
+        .topic_linger
+        .min(Duration::from_millis(500))
+        .max(Duration::from_millis(100));
     loop {
         let first = match tokio::time::timeout(tick, rx.recv()).await {
             Ok(Some(r)) => r,
@@ -366,8 +393,10 @@ pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiv
         let mut joins: Vec<String> = batch.iter().flat_map(|r| r.joins.iter().cloned()).collect();
         joins.sort_unstable();
         joins.dedup();
+        let counts = c.topics.take_counts(false);
         let all: Vec<usize> = (0..batch.len()).collect();
         let what = c.bcast_what();
+        let mut outbox = Vec::new();
         let part = |r: &RegisterReq| match (r.resume, c.partitioned()) {
             (None, _) => None,
             (Some(ResumeFrom::Id(id)), false) => Some(ResumeFrom::Id(id)),
@@ -378,16 +407,18 @@ pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiv
             &c,
             c.bcast(),
             what,
-            &leaves,
-            &joins,
+            (&leaves, &joins, &counts),
             &batch,
             &all,
             part,
             &mut answers,
+            &mut outbox,
         )
         .await;
         if ok {
             c.topics.joined(&joins);
+        } else {
+            c.topics.unsent(counts);
         }
         // Each partition the batch touches.
         if c.partitioned() {
@@ -407,12 +438,12 @@ pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiv
                     &c,
                     c.part(k),
                     "reg",
-                    &[],
-                    &[],
+                    (&[], &[], &[]),
                     &batch,
                     &mine,
                     part,
                     &mut answers,
+                    &mut outbox,
                 )
                 .await;
             }
@@ -420,25 +451,34 @@ pub(super) async fn register_loop(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiv
         for (r, a) in batch.drain(..).zip(answers) {
             let _ = r.reply.send(a);
         }
+        // The batch's presence transitions, published without holding up the
+        // next batch.
+        if !outbox.is_empty() {
+            let c = c.clone();
+            tokio::task::spawn_local(async move { super::presence::publish(&c, outbox).await });
+        }
     }
 }
 
 /// One register script call on `src` for the connects `which` of `batch`;
 /// each one's answer goes to `answers` (`None` when the call failed). Returns
 /// whether it succeeded.
+/// `interest`: the topic leaves, joins and changed counts it carries. A
+/// presence transition it decided goes to `outbox`.
 #[allow(clippy::too_many_arguments)]
 async fn register_on(
     c: &Cluster,
     src: &Source,
     what: &str,
-    leaves: &[String],
-    joins: &[String],
+    interest: (&[String], &[String], &[(String, u32)]),
     batch: &[RegisterReq],
     which: &[usize],
     resume: impl Fn(&RegisterReq) -> Option<ResumeFrom>,
     answers: &mut [Option<Vec<Registered>>],
+    outbox: &mut Vec<super::presence::Outbox>,
 ) -> bool {
-    let mut args = c.register_args(src, what, leaves, joins, which.len());
+    let (leaves, joins, counts) = interest;
+    let mut args = c.register_args(src, what, leaves, joins, counts, which.len());
     for &i in which {
         let r = &batch[i];
         args.push(Value::from(r.member.as_str()));
@@ -462,6 +502,12 @@ async fn register_on(
     };
     let floor = id(v.first());
     let first = id(v.get(3)).unwrap_or(0);
+    outbox.extend(super::presence::Outbox::online(
+        src.index,
+        v.get(4),
+        v.get(5),
+        clock::unix_ms(),
+    ));
     let mut lists = v
         .into_iter()
         .nth(2)
@@ -562,6 +608,7 @@ async fn send_removals(c: &Cluster, batch: Vec<Removal>) -> Vec<Removal> {
 /// heartbeat; the rare batch that finds connections the registry lost puts them
 /// back. (The pod's own heartbeat rides on its delivery probe.)
 pub(super) async fn heartbeat_loop(
+    shared: Arc<Shared>,
     c: Arc<Cluster>,
     mut rx: mpsc::UnboundedReceiver<HeartbeatBatch>,
 ) {
@@ -570,12 +617,12 @@ pub(super) async fn heartbeat_loop(
             continue;
         }
         for (src, mine) in by_source(&c, batch, |(member, _)| member) {
-            heartbeat_batch(&c, src, mine).await;
+            heartbeat_batch(&shared, &c, src, mine).await;
         }
     }
 }
 
-async fn heartbeat_batch(c: &Cluster, src: &Source, batch: HeartbeatBatch) {
+async fn heartbeat_batch(shared: &Shared, c: &Cluster, src: &Source, batch: HeartbeatBatch) {
     let now = clock::unix_ms();
     let values: Vec<(f64, Value)> = batch
         .iter()
@@ -594,17 +641,31 @@ async fn heartbeat_batch(c: &Cluster, src: &Source, batch: HeartbeatBatch) {
     if added > 0 {
         // Some connections were not in the registry: cleaned while this pod could
         // not reach Redis, or Redis lost its data. Put them back.
-        let mut args = c.args(src, 2 + batch.len() * 2);
+        let mut args = c.args(src, 2 + batch.len() * 4);
         args.push(Value::from(now as i64));
         args.push(c.pod_value());
         for (member, serial) in &batch {
+            // When it connected and its topics, as its registration had them.
+            let (user, conn) = member.split_once('/').unwrap_or((member, ""));
+            let meta = shared
+                .broker
+                .connections_of(user)
+                .into_iter()
+                .find(|m| &*m.conn_id == conn);
             args.push(Value::from(member.as_str()));
             args.push(Value::from(serial.to_string()));
+            args.push(Value::from(
+                meta.as_ref().map_or(now, |m| m.connected_ms) as i64
+            ));
+            args.push(Value::from(meta.as_ref().map_or("", |m| &*m.topics)));
         }
         if let Some(v) = c
             .script(src, "reregister", &c.scripts.reregister, args)
             .await
         {
+            if let Some(e) = super::presence::Outbox::online(src.index, v.get(3), v.get(4), now) {
+                super::presence::publish(c, vec![e]).await;
+            }
             let restored = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
             if restored > 0 {
                 info!(restored, "re-registered connections the registry had lost");
@@ -695,6 +756,10 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
                 }
             }
         }
+        // Presence: lingers that passed, outbox entries nobody confirmed; and
+        // the online-users gauge.
+        super::presence::sweep(&c).await;
+        let _ = c.stats().await;
     }
 }
 
@@ -710,7 +775,9 @@ pub(super) async fn drain_loop(
         shared
             .broker
             .for_each_registered(None, |user, conn_id, loc| {
-                batch.push((log::member(user, conn_id), format!("{pod}/{}", loc.serial)));
+                if !crate::presence::is_internal(user) {
+                    batch.push((log::member(user, conn_id), format!("{pod}/{}", loc.serial)));
+                }
             });
         // With Redis unreachable the cleanup job of the other pods removes them.
         if !batch.is_empty() && c.is_up() {

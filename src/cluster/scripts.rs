@@ -39,22 +39,42 @@ local function chunked(cmd, key, list, step)
   return out
 end
 local function user_of(m) return string.match(m, '^([^/]*)/') end
+local function conn_of(m) return string.match(m, '^[^/]*/(.*)$') end
 local function pod_of(o) return string.match(o, '^([^/]*)/') end
+-- A connection's entry in `conns` is `pod/serial/connected ms/topics`; a
+-- removal names it by `pod/serial`.
+local function owner_is(o, e) return o == e or string.sub(o, 1, #e + 1) == e .. '/' end
+-- Presence streams belong to an internal user (`#…`): never in the registry.
+local function internal(m) return string.sub(m, 1, 1) == '#' end
 local T, IMAX = ARGV[1], ARGV[2]
 local conns, ucount, hb, inactive, pods =
   T .. ':conns', T .. ':ucount', T .. ':hb', T .. ':inactive', T .. ':pods'
 local alast = T .. ':alast'
+local linger, presq = T .. ':linger', T .. ':presq'
 local function inbox(pod) return T .. ':inbox:' .. pod end
-local function upods(u) return T .. ':upods:' .. u end
+-- A user's connections: connection id -> pod (where its events go).
+local function uconns(u) return T .. ':uconns:' .. u end
+local function pods_of(u)
+  local out, seen = {}, {}
+  for _, p in ipairs(rc('HVALS', uconns(u))) do
+    if not seen[p] then
+      seen[p] = true
+      out[#out + 1] = p
+    end
+  end
+  return out
+end
+-- Presence transitions, for the pod that caused them to publish to the
+-- presence topic (an outbox: entries go once published; see `PRESENCE_DUE`).
+local function presence_out(kind, users, ats)
+  return rc('XADD', presq, 'MAXLEN', '~', 100000, '*', 'k', kind,
+    'u', table.concat(users, ','), 'a', ats)
+end
 local function to_inbox(pod, ...)
   return rc('XADD', inbox(pod), 'MAXLEN', '~', IMAX, '*', ...)
 end
 local function close_on(owner, m, reason)
   to_inbox(pod_of(owner), 'o', 'close', 'm', m, 'w', owner, 'r', reason)
-end
--- One connection of user u on pod p is gone: p's interest in u drops with the last.
-local function user_leaves(u, p)
-  if rc('HINCRBY', upods(u), p, -1) <= 0 then rc('HDEL', upods(u), p) end
 end
 local function forget(list, owners, now)
   if #list == 0 then return end
@@ -69,8 +89,13 @@ local function forget(list, owners, now)
   for j, m in ipairs(list) do
     if owners[j] then
       local u = user_of(m)
-      if rc('HINCRBY', ucount, u, -1) <= 0 then rc('HDEL', ucount, u) end
-      user_leaves(u, pod_of(owners[j]))
+      if rc('HINCRBY', ucount, u, -1) <= 0 then
+        rc('HDEL', ucount, u)
+        -- The user's last connection: offline once the linger has passed
+        -- without a new one (`PRESENCE_DUE`).
+        rc('ZADD', linger, now, u)
+      end
+      rc('HDEL', uconns(u), conn_of(m))
     end
   end
 end
@@ -80,13 +105,17 @@ local function topic_interest(cmd, pod, list)
   for _, t in ipairs(list) do
     rc(cmd, T .. ':tpods:' .. t, pod)
     rc(cmd, T .. ':ptopics:' .. pod, t)
+    if cmd == 'SREM' then rc('HDEL', T .. ':tcount:' .. t, pod) end
   end
 end
 -- A pod is gone (drained, or dead): its topic interest and inbox go with it.
 local function drop_pod(pod)
   local pt = T .. ':ptopics:' .. pod
   local ts = rc('SMEMBERS', pt)
-  for _, t in ipairs(ts) do rc('SREM', T .. ':tpods:' .. t, pod) end
+  for _, t in ipairs(ts) do
+    rc('SREM', T .. ':tpods:' .. t, pod)
+    rc('HDEL', T .. ':tcount:' .. t, pod)
+  end
   rc('DEL', pt, inbox(pod))
   rc('ZREM', pods, pod)
 end
@@ -121,7 +150,7 @@ local function salvage(pod, now, maxp, hmax)
       local ms = tonumber(string.match(f.i, '^(%d+)-'))
       for u in string.gmatch(f.s, '[^,]+') do
         local ps = {}
-        for _, p in ipairs(rc('HKEYS', upods(u))) do
+        for _, p in ipairs(pods_of(u)) do
           if p ~= pod then ps[#ps + 1] = p end
         end
         local resumed = rc('ZSCORE', T .. ':resumed', u)
@@ -157,7 +186,8 @@ end
 
 /// Register a batch of new connections, and this pod's topic interest changes.
 /// ARGV: tag, imax, now_ms, pod, minid ('0' for none), history max, what, n, n
-/// topics to leave, m, m topics to join, then per connection (member, serial,
+/// topics to leave, m, m topics to join, c, c (topic, this pod's streams on
+/// it) pairs, then per connection (member, serial,
 /// mode, resume stream id, topics comma separated); mode `n` new (take pending),
 /// `r` resume after the stream id, `x` resume from an unknown point (drop
 /// pending). `what`: `full` (one tag holds everything), `reg` (a partition: the
@@ -165,8 +195,10 @@ end
 /// tag: topic interest, and the replay and marker of broadcasts and topics).
 /// A connection batch ends with a sync marker in this pod's inbox: once the pod
 /// has read it, it has read everything routed to it up to the registration.
+/// A user's first connection that is not back within the linger is a
+/// presence transition: written to the outbox for this pod to publish.
 /// Returns `{last log id, calls, {pending or replay entries per connection},
-/// first retained log id}`.
+/// first retained log id, presence outbox id or '', {users online}}`.
 const REGISTER: &str = r#"
 local now, pod, what = ARGV[3], ARGV[4], ARGV[7]
 local registry = what ~= 'bcast'
@@ -181,38 +213,54 @@ for j = 1, njoin do joins[j] = ARGV[i + j] end
 i = i + njoin + 1
 topic_interest('SREM', pod, leaves)
 topic_interest('SADD', pod, joins)
+-- This pod's stream counts of topics that changed (presence counts).
+local ncount = tonumber(ARGV[i])
+for j = 1, ncount do
+  local t, n = ARGV[i + 2 * j - 1], ARGV[i + 2 * j]
+  if n == '0' then rc('HDEL', T .. ':tcount:' .. t, pod) else rc('HSET', T .. ':tcount:' .. t, pod, n) end
+end
+i = i + 2 * ncount + 1
 local members, owner_args, hb_args, modes, sids, tops = {}, {}, {}, {}, {}, {}
+local regs = {}
 for k = i, #ARGV, 5 do
   local m = ARGV[k]
   members[#members + 1] = m
   modes[#modes + 1] = ARGV[k + 2]
   sids[#sids + 1] = ARGV[k + 3]
   tops[#tops + 1] = ARGV[k + 4]
-  owner_args[#owner_args + 1] = m
-  owner_args[#owner_args + 1] = pod .. '/' .. ARGV[k + 1]
-  hb_args[#hb_args + 1] = now
-  hb_args[#hb_args + 1] = m
+  if not internal(m) then
+    regs[#regs + 1] = m
+    owner_args[#owner_args + 1] = m
+    owner_args[#owner_args + 1] = pod .. '/' .. ARGV[k + 1] .. '/' .. now .. '/' .. ARGV[k + 4]
+    hb_args[#hb_args + 1] = now
+    hb_args[#hb_args + 1] = m
+  end
 end
-if #members == 0 then return {'0-0', calls, {}, '0-0'} end
-if registry then
-  local old = chunked('HMGET', conns, members, 1)
+if #members == 0 then return {'0-0', calls, {}, '0-0', '', {}} end
+local online = {}
+if registry and #regs > 0 then
+  local old = chunked('HMGET', conns, regs, 1)
   chunked('HSET', conns, owner_args, 2)
   chunked('ZADD', hb, hb_args, 2)
-  chunked('ZREM', inactive, members, 1)
-  for j, m in ipairs(members) do
+  chunked('ZREM', inactive, regs, 1)
+  for j, m in ipairs(regs) do
     local u = user_of(m)
     local o = old[j]
     if not o then
-      rc('HINCRBY', ucount, u, 1)
-      rc('HINCRBY', upods(u), pod, 1)
+      -- A first connection is online unless it ends a linger.
+      if rc('HINCRBY', ucount, u, 1) == 1 and rc('ZREM', linger, u) == 0 then
+        online[#online + 1] = u
+      end
+      rc('HSET', uconns(u), conn_of(m), pod)
     elseif pod_of(o) ~= pod then
       -- The same user and connection id on another pod: that stream is replaced.
       close_on(o, m, 'replaced')
-      user_leaves(u, pod_of(o))
-      rc('HINCRBY', upods(u), pod, 1)
+      rc('HSET', uconns(u), conn_of(m), pod)
     end
   end
 end
+local pid = ''
+if #online > 0 then pid = presence_out('on', online, now) end
 local resumes = false
 for j = 1, #members do
   if modes[j] == 'r' then resumes = true end
@@ -296,7 +344,7 @@ for j, m in ipairs(members) do
   end
 end
 to_inbox(pod, 'o', 'sync', 'p', last_all(), 'l', last_id)
-return {last_id, calls, out, first_id}
+return {last_id, calls, out, first_id, pid, online}
 "#;
 
 /// Publish jobs (a publish request's events for this tag: one event, or a
@@ -352,7 +400,7 @@ local function publish_one(e, d, kind, names, ttl, ns, q)
     if not seen[x] then
       seen[x] = true
       local ps
-      if kind == 'u' then ps = rc('HKEYS', upods(x)) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
+      if kind == 'u' then ps = pods_of(x) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
       if kind == 'u' and #ps == 1 then
         -- Only this pod holds x: if it dies before reading the event, the
         -- cleanup gives the event to x elsewhere (SALVAGE).
@@ -459,7 +507,7 @@ end
 local owners = chunked('HMGET', conns, members, 1)
 local gone, gone_owners = {}, {}
 for j, m in ipairs(members) do
-  if owners[j] and owners[j] == expect[j] then
+  if owners[j] and owner_is(owners[j], expect[j]) then
     gone[#gone + 1] = m
     gone_owners[#gone_owners + 1] = owners[j]
   end
@@ -481,31 +529,38 @@ return {calls, o}
 
 /// Put back connections a heartbeat found missing (cleaned while this pod could
 /// not reach Redis, or Redis restarted empty), with this pod's interest in their
-/// users. ARGV: tag, imax, now_ms, pod, then (member, serial) pairs. Entries
-/// another pod owns are left alone. Returns `{calls, restored, {members}}`.
+/// users. ARGV: tag, imax, now_ms, pod, then (member, serial, connected ms,
+/// topics) per connection. Entries another pod owns are left alone. A user
+/// back from offline is a presence transition, as in `REGISTER`.
+/// Returns `{calls, restored, {members}, presence outbox id or '', {users}}`.
 const REREGISTER: &str = r#"
 local now, pod = ARGV[3], ARGV[4]
-local members, serials = {}, {}
-for i = 5, #ARGV, 2 do
+local members, values = {}, {}
+for i = 5, #ARGV, 4 do
   members[#members + 1] = ARGV[i]
-  serials[#serials + 1] = ARGV[i + 1]
+  values[#values + 1] = pod .. '/' .. ARGV[i + 1] .. '/' .. ARGV[i + 2] .. '/' .. ARGV[i + 3]
 end
 local owners = chunked('HMGET', conns, members, 1)
-local set, fixed = {}, {}
+local set, fixed, online = {}, {}, {}
 for j, m in ipairs(members) do
   if not owners[j] then
+    local u = user_of(m)
     set[#set + 1] = m
-    set[#set + 1] = pod .. '/' .. serials[j]
+    set[#set + 1] = values[j]
     fixed[#fixed + 1] = m
-    rc('HINCRBY', ucount, user_of(m), 1)
-    rc('HINCRBY', upods(user_of(m)), pod, 1)
+    if rc('HINCRBY', ucount, u, 1) == 1 and rc('ZREM', linger, u) == 0 then
+      online[#online + 1] = u
+    end
+    rc('HSET', uconns(u), conn_of(m), pod)
   end
 end
 if #fixed > 0 then
   chunked('HSET', conns, set, 2)
   chunked('ZREM', inactive, fixed, 1)
 end
-return {calls, #fixed, fixed}
+local pid = ''
+if #online > 0 then pid = presence_out('on', online, now) end
+return {calls, #fixed, fixed, pid, online}
 "#;
 
 /// The cleanup job: mark connections whose heartbeat is older than the cutoff
@@ -551,13 +606,113 @@ return {calls, #stale, #dead, dead, saved[1], saved[2], saved[3]}
 "#;
 
 /// Cluster-wide counts. ARGV: tag, imax, live-pod cutoff_ms.
-/// Returns `{calls, connections, users, pods, inactive}`.
+/// Returns `{calls, connections, users, pods, inactive, lingering users}`.
 const STATS: &str = r#"
 local c = rc('HLEN', conns)
 local u = rc('HLEN', ucount)
 local p = rc('ZCOUNT', pods, ARGV[3], '+inf')
 local i = rc('ZCARD', inactive)
-return {calls, c, u, p, i}
+local l = rc('ZCARD', linger)
+return {calls, c, u, p, i, l}
+"#;
+
+/// Presence, every tick on pods with a presence stream and with every
+/// cleanup: users whose linger has passed (no connection since their last one
+/// ended) go offline, into the outbox; and outbox entries older than the grace
+/// (their pod died before publishing them, or its publish is unconfirmed) are
+/// handed out again, to be published under their own idempotency key.
+/// ARGV: tag, imax, now_ms, linger_ms, limit, grace_ms.
+/// Returns `{calls, {id, kind, users, ats} per outbox entry to publish}`.
+const PRESENCE_DUE: &str = r#"
+local now, lms, grace = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+local out = {}
+local old = rc('XRANGE', presq, '-', tostring(now - grace), 'COUNT', ARGV[5])
+for _, row in ipairs(old) do
+  local f = {}
+  for x = 1, #row[2], 2 do f[row[2][x]] = row[2][x + 1] end
+  out[#out + 1] = {row[1], f.k or '', f.u or '', f.a or ''}
+end
+local due = rc('ZRANGEBYSCORE', linger, '-inf', now - lms, 'WITHSCORES', 'LIMIT', 0, ARGV[5])
+if #due > 0 then
+  local us, ats = {}, {}
+  for x = 1, #due, 2 do
+    us[#us + 1] = due[x]
+    ats[#ats + 1] = due[x + 1]
+  end
+  chunked('ZREM', linger, us, 1)
+  local id = presence_out('off', us, table.concat(ats, ','))
+  out[#out + 1] = {id, 'off', table.concat(us, ','), table.concat(ats, ',')}
+end
+return {calls, out}
+"#;
+
+/// Outbox entries published: deleted. ARGV: tag, imax, then ids.
+/// Returns `{calls}`.
+const PRESENCE_DONE: &str = r#"
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids > 0 then chunked('XDEL', presq, ids, 1) end
+return {calls}
+"#;
+
+/// Presence counts on one tag: live connections per user (those whose
+/// heartbeat is not older than the cutoff) and, where the topics live,
+/// streams per topic summed over the live pods. ARGV: tag, imax, cutoff_ms,
+/// number of users, users, then topics. Returns `{calls, {count per user},
+/// {count per topic}}`.
+const PRESENCE_COUNT: &str = r#"
+local cutoff, nu = tonumber(ARGV[3]), tonumber(ARGV[4])
+local users, topics = {}, {}
+for i = 5, 4 + nu do
+  local u = ARGV[i]
+  local n = 0
+  local cs = rc('HKEYS', uconns(u))
+  if #cs > 0 then
+    local ms = {}
+    for j, c in ipairs(cs) do ms[j] = u .. '/' .. c end
+    for _, sc in ipairs(rc('ZMSCORE', hb, unpack(ms))) do
+      if sc and tonumber(sc) >= cutoff then n = n + 1 end
+    end
+  end
+  users[#users + 1] = n
+end
+local live = {}
+local function alive(p)
+  if live[p] == nil then
+    local sc = rc('ZSCORE', pods, p)
+    live[p] = sc ~= false and sc ~= nil and tonumber(sc) >= cutoff
+  end
+  return live[p]
+end
+for i = 5 + nu, #ARGV do
+  local n = 0
+  local h = rc('HGETALL', T .. ':tcount:' .. ARGV[i])
+  for x = 1, #h, 2 do
+    if alive(h[x]) then n = n + tonumber(h[x + 1]) end
+  end
+  topics[#topics + 1] = n
+end
+return {calls, users, topics}
+"#;
+
+/// One user's live connections: `{calls, {member, owner value, heartbeat} per
+/// connection whose heartbeat is not older than the cutoff}`.
+/// ARGV: tag, imax, cutoff_ms, user.
+const CONNECTIONS: &str = r#"
+local cutoff, u = tonumber(ARGV[3]), ARGV[4]
+local cs = rc('HKEYS', uconns(u))
+local out = {}
+if #cs == 0 then return {calls, out} end
+local ms = {}
+for j, c in ipairs(cs) do ms[j] = u .. '/' .. c end
+local owners = rc('HMGET', conns, unpack(ms))
+local beats = rc('ZMSCORE', hb, unpack(ms))
+for j, m in ipairs(ms) do
+  if owners[j] and beats[j] and tonumber(beats[j]) >= cutoff then
+    out[#out + 1] = {cs[j], owners[j], beats[j]}
+  end
+end
+return {calls, out}
 "#;
 
 /// The pod's heartbeat and delivery probe: its entry in the pod set (where
@@ -643,6 +798,10 @@ pub struct Scripts {
     pub leave: Script,
     pub boot: Script,
     pub block: Script,
+    pub presence_due: Script,
+    pub presence_done: Script,
+    pub presence_count: Script,
+    pub connections: Script,
 }
 
 impl Scripts {
@@ -660,6 +819,10 @@ impl Scripts {
             leave: s(LEAVE),
             boot: s(BOOT),
             block: s(BLOCK),
+            presence_due: s(PRESENCE_DUE),
+            presence_done: s(PRESENCE_DONE),
+            presence_count: s(PRESENCE_COUNT),
+            connections: s(CONNECTIONS),
         }
     }
 }

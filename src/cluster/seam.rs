@@ -58,6 +58,20 @@ impl ConnectionRegistry for Cluster {
         Box::pin(Cluster::stats(self))
     }
 
+    fn connections_of<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> Pending<'a, Option<Vec<crate::presence::ConnInfo>>> {
+        Box::pin(Cluster::connections_of(self, user))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        q: &'a crate::presence::Query,
+    ) -> Pending<'a, Option<crate::presence::Counts>> {
+        Box::pin(Cluster::presence(self, q))
+    }
+
     fn heartbeat(&self, broker: &Broker, shard: u16) {
         Cluster::heartbeat(self, broker, shard);
     }
