@@ -365,7 +365,11 @@ impl Broker {
             if s.registry.connections() >= self.limits.max_connections {
                 return Err(OpenError::PodFull);
             }
-            if s.registry.count(req.user) >= self.limits.max_connections_per_user {
+            // Presence streams share one internal user: the per-user limit is
+            // a client's, not theirs.
+            if s.registry.count(req.user) >= self.limits.max_connections_per_user
+                && !crate::presence::is_internal(req.user)
+            {
                 return Err(OpenError::UserFull);
             }
         }

@@ -119,7 +119,17 @@ pub struct Query {
 
 /// Parse and validate a presence query body.
 pub fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
-    let q: QueryBody = serde_json::from_slice(body).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "invalid_json", e.to_string()))?;
+    if !value.is_object() {
+        // serde would take a struct written as an array of its fields.
+        return Err(ApiError::new(
+            400,
+            "invalid_json",
+            "the body must be a JSON object with \"users\" and/or \"topics\"",
+        ));
+    }
+    let q: QueryBody = serde_json::from_value(value).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("unknown field") {
             ApiError::new(400, "unknown_field", msg)
@@ -240,6 +250,7 @@ mod tests {
         assert_eq!(code(br##"{"topics":["#presence"]}"##), "invalid_topic");
         assert_eq!(code(br#"{"user":["a"]}"#), "unknown_field");
         assert_eq!(code(b"nope"), "invalid_json");
+        assert_eq!(code(br#"[["a"],["t"]]"#), "invalid_json");
         let many = format!(
             "{{\"users\":[{}]}}",
             (0..1001)

@@ -1,8 +1,8 @@
 //! The built-in page in a real browser: starts herald, then runs
 //! tests/browser/page.mjs, which drives Debian's headless Chromium through
 //! playwright-core (connect, CONNECTED, heartbeats, publish through the page and
-//! the API, live stats, automatic reconnect with Last-Event-ID after the server
-//! ends the stream) and takes a screenshot (target/tmp/page.png; the README's copy
+//! the API, live stats, the "Who is online" panel, automatic reconnect with
+//! Last-Event-ID after the server ends the stream) and takes a screenshot (target/tmp/page.png; the README's copy
 //! is docs/page.png).
 //!
 //! Needs `chromium` (or `$CHROMIUM`), `node` and `npm ci` in tests/browser; `.ci/run`
@@ -132,4 +132,34 @@ fn a_kicked_users_eventsource_stops_for_good_in_headless_chromium() {
     let base = format!("http://{}", herald.addr);
     let status = run_node(&dir, "kick.mjs", &[base.as_ref()], Duration::from_secs(60));
     assert!(status.success(), "kick browser test failed: {status}");
+}
+
+/// The page's "Who is online" panel (tests/browser/presence.mjs): the page reads
+/// the presence stream with fetch() and the publisher token; users appear as
+/// they connect (the page's own connect, a client of the test, one online
+/// before the page opened) and disappear once the 1 s linger has passed.
+#[test]
+fn the_pages_online_panel_in_headless_chromium() {
+    let Some(dir) = browser_dir("the_pages_online_panel_in_headless_chromium") else {
+        return;
+    };
+    let token = "presence-page-publisher-token";
+    let herald = Herald::start(&[
+        "--publisher-token",
+        token,
+        "--presence-linger",
+        "1s",
+        "--retry",
+        "1s",
+        "--retry-jitter",
+        "0s",
+    ]);
+    let base = format!("http://{}", herald.addr);
+    let status = run_node(
+        &dir,
+        "presence.mjs",
+        &[base.as_ref(), token.as_ref()],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "presence browser test failed: {status}");
 }

@@ -2,7 +2,9 @@
 //! `herald_*` name in every panel's expression is checked against a live scrape of
 //! `/metrics` from a cluster-mode pod (so the Redis series exist too), after some
 //! traffic. Histogram queries name `_bucket`; the scrape must have that histogram.
-//! Also checks deploy/prometheus.yml scrapes `/metrics`.
+//! A gauge every pod reports for the whole cluster (online users) is taken with
+//! `max`, never summed over the pods. Also checks deploy/prometheus.yml scrapes
+//! `/metrics`.
 
 mod support;
 
@@ -11,11 +13,29 @@ use std::collections::BTreeSet;
 use support::redis::Cluster;
 use support::{ops, SseClient, WAIT};
 
-fn dashboard_metrics() -> BTreeSet<String> {
+/// Gauges each pod reports for the whole cluster: summing them over the pods
+/// would count every user once per pod.
+const CLUSTER_WIDE: &[&str] = &["herald_presence_online_users"];
+
+fn dashboard() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read dashboard"))
-            .expect("dashboard is JSON");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read dashboard"))
+        .expect("dashboard is JSON")
+}
+
+/// Every panel's expressions.
+fn exprs(dash: &serde_json::Value) -> Vec<String> {
+    dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn dashboard_metrics() -> BTreeSet<String> {
+    let dash = dashboard();
     let panels = dash["panels"].as_array().expect("panels");
     assert!(panels.len() >= 6, "the dashboard has its panels");
     let mut names = BTreeSet::new();
@@ -118,6 +138,21 @@ async fn every_dashboard_metric_is_exported() {
         missing.is_empty(),
         "dashboard queries metrics herald does not export: {missing:?}\n{text}"
     );
+}
+
+#[test]
+fn cluster_wide_gauges_are_taken_with_max() {
+    let exprs = exprs(&dashboard());
+    for name in CLUSTER_WIDE {
+        let using: Vec<&String> = exprs.iter().filter(|e| e.contains(name)).collect();
+        assert!(!using.is_empty(), "no panel shows {name}");
+        for e in using {
+            assert!(
+                e.contains(&format!("max({name})")) && !e.contains("sum"),
+                "{name} is reported by every pod for the whole cluster: take max, not sum: {e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -133,6 +133,11 @@ impl ConnTable {
         self.slab.len()
     }
 
+    /// Connections of `user` in this table.
+    pub fn count_of(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |k| k.len())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }

@@ -146,9 +146,11 @@ impl Shard {
 
     /// Publish the table size after a change.
     pub fn table_changed(&self, table: &ConnTable) {
+        // Clients' streams: presence streams are not anyone's connection.
+        let clients = table.len() - table.count_of(crate::presence::WATCHER);
         self.stats
             .connections
-            .store(table.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .store(clients as u64, std::sync::atomic::Ordering::Relaxed);
         if table.is_empty() {
             self.emptied.notify_waiters();
         }

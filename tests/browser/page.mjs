@@ -1,8 +1,8 @@
 // Drives the built-in page (GET /) in headless Chromium through playwright-core:
-// connect as a user, see CONNECTED and heartbeats, publish through the page and
-// through the API, watch live stats, and see EventSource reconnect by itself with
-// Last-Event-ID after the server ends the stream (the event published while it
-// was away arrives, once). Run by tests/browser.rs with herald already started:
+// connect as a user, see CONNECTED and heartbeats (and the user in the "Who is
+// online" panel), publish through the page and through the API, watch live
+// stats, and see EventSource reconnect by itself with Last-Event-ID after the
+// server ends the stream (the event published while it was away arrives, once). Run by tests/browser.rs with herald already started:
 //
 //   node page.mjs http://127.0.0.1:PORT SCREENSHOT.png
 //
@@ -72,6 +72,8 @@ try {
   await page.click("#connect");
   await waitFor(page, "CONNECTED", (l) => l.some((e) => e.type === "CONNECTED" && e.data.includes('"userId":"alice"')));
   await page.waitForSelector("#state.open", { timeout: WAIT });
+  // The "Who is online" panel (presence stream, no publisher auth here) shows alice.
+  await page.waitForSelector('#online li[data-user="alice"]', { timeout: WAIT });
 
   // 2. Publish through the page, to alice.
   await page.fill("#pub-event", "note");
