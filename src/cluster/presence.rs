@@ -22,7 +22,8 @@
 //! a user's first connection only), per end one (`ZADD` to the linger, on a
 //! user's last only); one outbox entry per register batch that has
 //! transitions. Heartbeats: nothing. The sweep runs every `--presence-linger`/4
-//! on pods with a presence stream open, and with every cleanup on every pod.
+//! on pods with a presence stream open, and with every cleanup on every pod
+//! (which also counts the users online, for `herald_presence_online_users`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,36 +175,43 @@ pub(super) async fn publish(c: &Cluster, entries: Vec<Outbox>) {
 }
 
 /// Users whose linger has passed go offline, and entries no pod confirmed are
-/// published again: one script per source that holds users.
-pub(super) async fn sweep(c: &Arc<Cluster>) {
+/// published again: one script per source that holds users. `count`: also
+/// set the online-users gauge (the cleanup's sweep).
+pub(super) async fn sweep(c: &Arc<Cluster>, count: bool) {
     if !c.is_up() {
         return;
     }
     let now = clock::unix_ms();
     let mut entries = Vec::new();
+    let mut online: Option<u64> = count.then_some(0);
     for src in c.user_sources() {
-        let mut args = c.args(src, 4);
+        let mut args = c.args(src, 5);
         args.extend([
             Value::from(now as i64),
             Value::from(c.set.presence_linger.as_millis() as i64),
             Value::from(1000i64),
             Value::from(grace(c).as_millis() as i64),
+            Value::from(if count { "1" } else { "0" }),
         ]);
         let Some(v) = c
             .script(src, "presence", &c.scripts.presence_due, args)
             .await
         else {
+            online = None;
             continue;
         };
-        let rows = v
-            .into_iter()
-            .nth(1)
-            .map(Value::into_array)
-            .unwrap_or_default();
+        let mut it = v.into_iter().skip(1);
+        let rows = it.next().map(Value::into_array).unwrap_or_default();
+        if let (Some(total), Some(n)) = (online.as_mut(), it.next().and_then(|n| n.as_u64())) {
+            *total += n;
+        }
         entries.extend(
             rows.into_iter()
                 .filter_map(|r| Outbox::from_row(src.index, r)),
         );
+    }
+    if let Some(n) = online {
+        m::set_online_users(n);
     }
     if !entries.is_empty() {
         debug!(entries = entries.len(), "presence transitions to publish");
@@ -221,7 +229,7 @@ pub(super) async fn presence_loop(c: Arc<Cluster>) {
     loop {
         tick.tick().await;
         if c.topics.has_subscribers(presence::TOPIC) {
-            sweep(&c).await;
+            sweep(&c, false).await;
         }
     }
 }

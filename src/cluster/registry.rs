@@ -641,7 +641,11 @@ async fn heartbeat_batch(shared: &Shared, c: &Cluster, src: &Source, batch: Hear
     if added > 0 {
         // Some connections were not in the registry: cleaned while this pod could
         // not reach Redis, or Redis lost its data. Put them back.
-        let mut args = c.args(src, 2 + batch.len() * 4);
+        // Asked now, after the ZADD: a connection that ended since the listing
+        // was taken out of this pod's registry before its removal was sent, so
+        // it is not held here and must not be put back (its heartbeat, which
+        // the ZADD put back, goes instead).
+        let mut args = c.args(src, 2 + batch.len() * 5);
         args.push(Value::from(now as i64));
         args.push(c.pod_value());
         for (member, serial) in &batch {
@@ -658,6 +662,7 @@ async fn heartbeat_batch(shared: &Shared, c: &Cluster, src: &Source, batch: Hear
                 meta.as_ref().map_or(now, |m| m.connected_ms) as i64
             ));
             args.push(Value::from(meta.as_ref().map_or("", |m| &*m.topics)));
+            args.push(Value::from(if meta.is_some() { "1" } else { "0" }));
         }
         if let Some(v) = c
             .script(src, "reregister", &c.scripts.reregister, args)
@@ -756,10 +761,9 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
                 }
             }
         }
-        // Presence: lingers that passed, outbox entries nobody confirmed; and
+        // Presence: lingers that passed, outbox entries nobody confirmed, and
         // the online-users gauge.
-        super::presence::sweep(&c).await;
-        let _ = c.stats().await;
+        super::presence::sweep(&c, true).await;
     }
 }
 

@@ -382,6 +382,7 @@ local applied = T .. ':applied:' .. pod
 local dropped = 0
 local pa = nil
 local bcasts = {}
+local topic_pods = {}
 -- q: the event's publish token, `<pod>/<seq>.<index>` (the publishing pod,
 -- its job sequence, the event's place in the job), carried to the pods that
 -- deliver it: they drop an event whose token they have passed, the one repeat
@@ -400,7 +401,16 @@ local function publish_one(e, d, kind, names, ttl, ns, q)
     if not seen[x] then
       seen[x] = true
       local ps
-      if kind == 'u' then ps = pods_of(x) else ps = rc('SMEMBERS', T .. ':tpods:' .. x) end
+      if kind == 'u' then
+        ps = pods_of(x)
+      else
+        -- A batch's events to one topic (presence transitions, say) ask once.
+        ps = topic_pods[x]
+        if not ps then
+          ps = rc('SMEMBERS', T .. ':tpods:' .. x)
+          topic_pods[x] = ps
+        end
+      end
       if kind == 'u' and #ps == 1 then
         -- Only this pod holds x: if it dies before reading the event, the
         -- cleanup gives the event to x elsewhere (SALVAGE).
@@ -530,20 +540,26 @@ return {calls, o}
 /// Put back connections a heartbeat found missing (cleaned while this pod could
 /// not reach Redis, or Redis restarted empty), with this pod's interest in their
 /// users. ARGV: tag, imax, now_ms, pod, then (member, serial, connected ms,
-/// topics) per connection. Entries another pod owns are left alone. A user
-/// back from offline is a presence transition, as in `REGISTER`.
+/// topics, held) per connection: `held` '0' for one the pod no longer holds
+/// (it ended between the heartbeat's listing and its `ZADD`, which put its
+/// heartbeat back after its removal): only that heartbeat goes. Entries
+/// another pod owns are left alone. A user back from offline is a presence
+/// transition, as in `REGISTER`.
 /// Returns `{calls, restored, {members}, presence outbox id or '', {users}}`.
 const REREGISTER: &str = r#"
 local now, pod = ARGV[3], ARGV[4]
-local members, values = {}, {}
-for i = 5, #ARGV, 4 do
+local members, values, held = {}, {}, {}
+for i = 5, #ARGV, 5 do
   members[#members + 1] = ARGV[i]
   values[#values + 1] = pod .. '/' .. ARGV[i + 1] .. '/' .. ARGV[i + 2] .. '/' .. ARGV[i + 3]
+  held[#held + 1] = ARGV[i + 4] == '1'
 end
 local owners = chunked('HMGET', conns, members, 1)
-local set, fixed, online = {}, {}, {}
+local set, fixed, online, ghosts = {}, {}, {}, {}
 for j, m in ipairs(members) do
-  if not owners[j] then
+  if not owners[j] and not held[j] then
+    ghosts[#ghosts + 1] = m
+  elseif not owners[j] then
     local u = user_of(m)
     set[#set + 1] = m
     set[#set + 1] = values[j]
@@ -558,7 +574,8 @@ if #fixed > 0 then
   chunked('HSET', conns, set, 2)
   chunked('ZREM', inactive, fixed, 1)
 end
-local pid = ''
+if #ghosts > 0 then chunked('ZREM', hb, ghosts, 1) end
+local pid = '
 if #online > 0 then pid = presence_out('on', online, now) end
 return {calls, #fixed, fixed, pid, online}
 "#;
@@ -621,8 +638,10 @@ return {calls, c, u, p, i, l}
 /// ended) go offline, into the outbox; and outbox entries older than the grace
 /// (their pod died before publishing them, or its publish is unconfirmed) are
 /// handed out again, to be published under their own idempotency key.
-/// ARGV: tag, imax, now_ms, linger_ms, limit, grace_ms.
-/// Returns `{calls, {id, kind, users, ats} per outbox entry to publish}`.
+/// ARGV: tag, imax, now_ms, linger_ms, limit, grace_ms, count ('1': also
+/// count the users online here, lingering ones included).
+/// Returns `{calls, {id, kind, users, ats} per outbox entry to publish,
+/// users online or -1}`.
 const PRESENCE_DUE: &str = r#"
 local now, lms, grace = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 local out = {}
@@ -643,7 +662,9 @@ if #due > 0 then
   local id = presence_out('off', us, table.concat(ats, ','))
   out[#out + 1] = {id, 'off', table.concat(us, ','), table.concat(ats, ',')}
 end
-return {calls, out}
+local online = -1
+if ARGV[7] == '1' then online = rc('HLEN', ucount) + rc('ZCARD', linger) end
+return {calls, out, online}
 "#;
 
 /// Outbox entries published: deleted. ARGV: tag, imax, then ids.
