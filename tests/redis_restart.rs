@@ -11,24 +11,56 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::check::{self, wait_ready};
 use support::redis::{wait_cluster_all, Cluster};
 use support::{SseClient, WAIT};
 
-const RUNS: u32 = 10;
+const RUNS: u32 = 40;
+
+/// One publish as the test saw it.
+struct Pub {
+    k: usize,
+    data: String,
+    sent: Instant,
+    answered: Instant,
+    /// The log id in the answer; `None`: answered "buffered".
+    id: Option<u64>,
+}
+
+fn ms_since(t: Instant, base: Instant) -> f64 {
+    if t >= base {
+        (t - base).as_secs_f64() * 1e3
+    } else {
+        -((base - t).as_secs_f64() * 1e3)
+    }
+}
 
 /// One run; returns (acknowledged, delivered twice, lost).
 async fn run(n: u32) -> (usize, usize, usize) {
     let mut cl = Cluster::own(&format!("restart-empty-{n}"));
-    let extra = ["--redis-timeout", "300ms"];
+    let extra = ["--redis-timeout", "300ms", "--max-pending", "100000"];
     let a = Arc::new(cl.pod(&extra));
-    let b = cl.pod(&extra);
+    let b = {
+        let (_id, flags) = support::redis::pod_flags(&cl.redis_url(), &cl.prefix, cl.timing, 1);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend_from_slice(&extra);
+        args.extend_from_slice(&["--log", "info"]);
+        support::Herald::start_with_stderr_file(
+            &args,
+            std::path::Path::new(&format!("/tmp/rrlog/b-{n}.log")),
+        )
+    };
     let mut sub = b.subscribe_connected("userId=ru").await;
     wait_cluster_all(&[&a, &b], 2, 1, 1).await;
 
+    let mut mon = std::process::Command::new("redis-cli")
+        .args(["-p", &cl.port.to_string(), "monitor"])
+        .stdout(std::fs::File::create(format!("/tmp/rrlog/mon-{n}.log")).unwrap())
+        .spawn()
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
         let (a, stop) = (a.clone(), stop.clone());
@@ -46,18 +78,43 @@ async fn run(n: u32) -> (usize, usize, usize) {
                     json!({"users": ["ru"]})
                 };
                 let body = json!({"data": format!("r{n}-{k}"), "target": target});
+                let sent = Instant::now();
                 let r = a.post("/api/broadcast", &body.to_string()).await;
+                let answered = Instant::now();
                 assert_eq!(r.status, 202, "publish {k}: {}", r.body);
-                acked.push(format!("r{n}-{k}"));
+                let v: serde_json::Value = serde_json::from_str(&r.body).expect("json answer");
+                let id = v["id"].as_str().and_then(|s| s.parse().ok());
+                acked.push(Pub {
+                    k,
+                    data: format!("r{n}-{k}"),
+                    sent,
+                    answered,
+                    id,
+                });
             }
             acked
         })
     };
     // Kill Redis at a point that varies from run to run, restart it empty.
     tokio::time::sleep(Duration::from_millis(300 + 37 * n as u64)).await;
+    let kill_at = Instant::now();
+    eprintln!(
+        "run {n}: kill at unix {:?}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    );
+    let kill_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     cl.server().kill();
+    let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let restart_at = Instant::now();
     cl.server().restart();
+    let _ = mon.kill();
+    let _ = mon.wait();
     for h in [&*a, &b] {
         wait_ready(h, 200, WAIT).await;
     }
@@ -69,17 +126,23 @@ async fn run(n: u32) -> (usize, usize, usize) {
     a.publish(json!({"data": end, "target": "all"})).await;
 
     let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let mut how: BTreeMap<String, Vec<String>> = BTreeMap::new();
     loop {
         let ev = sub
             .next_non_heartbeat(WAIT)
             .await
             .unwrap_or_else(|| panic!("run {n}: no end marker"));
         if ev.event == "RESYNC" {
+            eprintln!("run {n}: RESYNC live after {} events", got.len());
+            how.entry("RESYNC".into()).or_default().push("live".into());
             continue;
         }
         if ev.data == end {
             break;
         }
+        how.entry(ev.data.clone())
+            .or_default()
+            .push(format!("live id {:?}", ev.id));
         *got.entry(ev.data).or_default() += 1;
     }
     drop(sub);
@@ -105,13 +168,59 @@ async fn run(n: u32) -> (usize, usize, usize) {
             break;
         }
         pending += 1;
+        how.entry(ev.data.clone())
+            .or_default()
+            .push(format!("pending {} id {:?}", ev.event, ev.id));
         *got.entry(ev.data).or_default() += 1;
     }
     let text = check::metrics_body(&b).await;
     let repeats =
         check::sample_sum(&text, "herald_events_dropped_total{reason=\"repeat\"}").unwrap_or(0.0);
     let dups = got.values().filter(|&&c| c > 1).count();
-    let lost = acked.iter().filter(|d| !got.contains_key(*d)).count();
+    let lost = acked.iter().filter(|p| !got.contains_key(&p.data)).count();
+    for p in acked.iter().filter(|p| !got.contains_key(&p.data)) {
+        eprintln!(
+            "run {n}: LOST {} ({}) sent {:+.1} ms answered {:+.1} ms from the kill \
+             (kill took {:.1} ms, restart at {:+.1} ms); answer {}",
+            p.data,
+            if p.k % 2 == 0 { "all" } else { "user ru" },
+            ms_since(p.sent, kill_at),
+            ms_since(p.answered, kill_at),
+            ms_since(killed_at, kill_at),
+            ms_since(restart_at, kill_at),
+            match p.id {
+                Some(id) => format!(
+                    "id {id} (Redis time {:+} ms from the kill)",
+                    (id >> 20) as i64 - kill_unix_ms as i64
+                ),
+                None => "buffered".to_string(),
+            },
+        );
+    }
+    for p in acked
+        .iter()
+        .filter(|p| got.get(&p.data).is_some_and(|&c| c > 1))
+    {
+        eprintln!(
+            "run {n}: TWICE {} ({}) sent {:+.1} ms answered {:+.1} ms from the kill, answer {:?}: {:?}",
+            p.data,
+            if p.k % 2 == 0 { "all" } else { "user ru" },
+            ms_since(p.sent, kill_at),
+            ms_since(p.answered, kill_at),
+            p.id,
+            how.get(&p.data)
+        );
+    }
+    let last_ids = acked
+        .iter()
+        .filter(|p| p.id.is_some() && p.sent < kill_at)
+        .last()
+        .map(|p| (p.data.clone(), ms_since(p.answered, kill_at)));
+    let first_buf = acked
+        .iter()
+        .find(|p| p.id.is_none())
+        .map(|p| (p.data.clone(), ms_since(p.sent, kill_at)));
+    eprintln!("run {n}: last ids-answer before kill {last_ids:?}, first buffered {first_buf:?}");
     eprintln!(
         "run {n}: {} acknowledged, {} delivered, {pending} of them as pending, {dups} twice, {lost} lost; \
          {repeats} repeats dropped by pod B",

@@ -306,10 +306,11 @@ pub struct CloseRequest {
     pub replaced: bool,
 }
 
-/// A close request from its member `user/conn`, owner `pod/serial` and reason.
+/// A close request from its member `user/conn`, owner
+/// `pod/serial[/connected ms/topics]` and reason.
 fn close_request(member: &str, owner: &str, reason: &str) -> Option<CloseRequest> {
     let (user, conn_id) = member.split_once('/')?;
-    let serial = owner.rsplit_once('/')?.1.parse().ok()?;
+    let serial = owner.split('/').nth(1)?.parse().ok()?;
     Some(CloseRequest {
         user: user.to_string(),
         conn_id: conn_id.to_string(),
@@ -331,6 +332,22 @@ pub fn member(user: &str, conn_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_request_names_the_serial_whatever_the_owner_carries() {
+        for owner in [
+            "pod-a/42",
+            "pod-a/42/1796656116372/t1,t2",
+            "pod-a/42/1796656116372/",
+        ] {
+            let r = close_request("u/c", owner, "replaced").expect(owner);
+            assert_eq!(
+                (r.user.as_str(), r.conn_id.as_str(), r.serial, r.replaced),
+                ("u", "c", 42, true)
+            );
+        }
+        assert!(close_request("u/c", "pod-a", "x").is_none());
+    }
 
     fn s(b: &bytes::Bytes) -> &str {
         std::str::from_utf8(b).unwrap()
