@@ -447,3 +447,17 @@ async fn a_stream_whose_registration_was_lost_gets_resync_and_is_routed_again() 
         );
     }
 }
+
+/// Every Lua script herald sends compiles in a real Redis (a syntax error would
+/// otherwise show only as the failing calls of one path).
+#[test]
+fn every_script_compiles_in_redis() {
+    need_redis!();
+    let mut r = Resp::connect(6379).expect("redis on 6379");
+    for (name, body) in herald::cluster::scripts::bodies() {
+        match r.cmd(&["SCRIPT", "LOAD", &body]).expect("SCRIPT LOAD") {
+            support::redis::Reply::Bulk(Some(sha)) => assert_eq!(sha.len(), 40, "{name}"),
+            other => panic!("script {name} does not load: {other:?}"),
+        }
+    }
+}

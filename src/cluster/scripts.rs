@@ -575,7 +575,7 @@ if #fixed > 0 then
   chunked('ZREM', inactive, fixed, 1)
 end
 if #ghosts > 0 then chunked('ZREM', hb, ghosts, 1) end
-local pid = '
+local pid = ''
 if #online > 0 then pid = presence_out('on', online, now) end
 return {calls, #fixed, fixed, pid, online}
 "#;
@@ -846,6 +846,31 @@ impl Scripts {
             connections: s(CONNECTIONS),
         }
     }
+}
+
+/// Every script's name and full body (prelude included): a test loads each
+/// into a real Redis, which compiles it.
+pub fn bodies() -> Vec<(&'static str, String)> {
+    [
+        ("register", REGISTER),
+        ("publish", PUBLISH),
+        ("remove", REMOVE),
+        ("disconnect", DISCONNECT),
+        ("reregister", REREGISTER),
+        ("cleanup", CLEANUP),
+        ("stats", STATS),
+        ("probe", PROBE),
+        ("leave", LEAVE),
+        ("boot", BOOT),
+        ("block", BLOCK),
+        ("presence_due", PRESENCE_DUE),
+        ("presence_done", PRESENCE_DONE),
+        ("presence_count", PRESENCE_COUNT),
+        ("connections", CONNECTIONS),
+    ]
+    .into_iter()
+    .map(|(name, body)| (name, format!("{PRELUDE}{body}")))
+    .collect()
 }
 
 impl Default for Scripts {
