@@ -288,7 +288,7 @@ impl Cluster {
     }
 
     /// Live connections per user and streams per topic in the whole cluster:
-    /// one script per source the query touches.
+    /// one script per source the query touches, sent together.
     pub async fn presence(&self, q: &Query) -> Option<Counts> {
         if !self.is_up() {
             return None;
@@ -314,17 +314,21 @@ impl Cluster {
         } else {
             vec![(self.bcast(), q.users.iter().map(String::as_str).collect())]
         };
-        for (src, us) in by_source {
+        // The scripts go out together: the answer waits for the slowest
+        // partition, not for their sum.
+        let calls = by_source.iter().map(|(src, us)| {
             let ts: &[String] = if src.index == 0 { &q.topics } else { &[] };
             let mut args = self.args(src, 2 + us.len() + ts.len());
             args.push(Value::from(cutoff as i64));
             args.push(Value::from(us.len() as i64));
             args.extend(us.iter().map(|u| Value::from(*u)));
             args.extend(ts.iter().map(|t| Value::from(t.as_str())));
-            let v = self
-                .script(src, "presence", &self.scripts.presence_count, args)
-                .await?;
-            let mut it = v.into_iter().skip(1);
+            self.script(src, "presence", &self.scripts.presence_count, args)
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        for ((src, us), v) in by_source.iter().zip(replies) {
+            let ts: &[String] = if src.index == 0 { &q.topics } else { &[] };
+            let mut it = v?.into_iter().skip(1);
             let uc = it.next().map(Value::into_array).unwrap_or_default();
             let tc = it.next().map(Value::into_array).unwrap_or_default();
             for (u, n) in us.iter().zip(uc) {
