@@ -174,22 +174,37 @@ pub(super) async fn publish(c: &Cluster, entries: Vec<Outbox>) {
     }
 }
 
+/// Most lingers one sweep ends per partition (a storm's departures take
+/// several sweeps in a row, each one script call and one publish).
+const SWEEP_LIMIT: usize = 1000;
+
 /// Users whose linger has passed go offline, and entries no pod confirmed are
-/// published again: one script per source that holds users. `count`: also
-/// set the online-users gauge (the cleanup's sweep).
+/// published again: one script per source that holds users, again while a
+/// source had more than one call's worth. `count`: also set the online-users
+/// gauge (the cleanup's sweep).
 pub(super) async fn sweep(c: &Arc<Cluster>, count: bool) {
+    for _ in 0..50 {
+        if !sweep_once(c, count).await {
+            return;
+        }
+    }
+}
+
+/// One round of [`sweep`]; whether a source may have more due.
+async fn sweep_once(c: &Arc<Cluster>, count: bool) -> bool {
     if !c.is_up() {
-        return;
+        return false;
     }
     let now = clock::unix_ms();
     let mut entries = Vec::new();
     let mut online: Option<u64> = count.then_some(0);
+    let mut more = false;
     for src in c.user_sources() {
         let mut args = c.args(src, 5);
         args.extend([
             Value::from(now as i64),
             Value::from(c.set.presence_linger.as_millis() as i64),
-            Value::from(1000i64),
+            Value::from(SWEEP_LIMIT as i64),
             Value::from(grace(c).as_millis() as i64),
             Value::from(if count { "1" } else { "0" }),
         ]);
@@ -205,6 +220,7 @@ pub(super) async fn sweep(c: &Arc<Cluster>, count: bool) {
         if let (Some(total), Some(n)) = (online.as_mut(), it.next().and_then(|n| n.as_u64())) {
             *total += n;
         }
+        more |= it.next().and_then(|n| n.as_u64()).unwrap_or(0) as usize >= SWEEP_LIMIT;
         entries.extend(
             rows.into_iter()
                 .filter_map(|r| Outbox::from_row(src.index, r)),
@@ -217,6 +233,7 @@ pub(super) async fn sweep(c: &Arc<Cluster>, count: bool) {
         debug!(entries = entries.len(), "presence transitions to publish");
         publish(c, entries).await;
     }
+    more
 }
 
 /// On a pod with a presence stream open, sweep every linger/4 (bounded): an

@@ -641,7 +641,7 @@ return {calls, c, u, p, i, l}
 /// ARGV: tag, imax, now_ms, linger_ms, limit, grace_ms, count ('1': also
 /// count the users online here, lingering ones included).
 /// Returns `{calls, {id, kind, users, ats} per outbox entry to publish,
-/// users online or -1}`.
+/// users online or -1, users gone offline now}`.
 const PRESENCE_DUE: &str = r#"
 local now, lms, grace = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 local out = {}
@@ -664,7 +664,7 @@ if #due > 0 then
 end
 local online = -1
 if ARGV[7] == '1' then online = rc('HLEN', ucount) + rc('ZCARD', linger) end
-return {calls, out, online}
+return {calls, out, online, #due / 2}
 "#;
 
 /// Outbox entries published: deleted. ARGV: tag, imax, then ids.
