@@ -157,6 +157,11 @@ pub struct Broker {
     /// Whether `blocked` may hold anyone: a connect takes no lock until a
     /// first kick.
     any_blocked: AtomicBool,
+    /// A presence stream has opened on this pod (embedded presence): from
+    /// then on transitions are published. Before, no stream can resume from a
+    /// presence event, so none is kept (a pod nobody asks about presence holds
+    /// no history of it).
+    presence_watched: AtomicBool,
 }
 
 impl Broker {
@@ -181,6 +186,7 @@ impl Broker {
             events: AtomicU64::new(0),
             blocked: Mutex::new(std::collections::HashMap::new()),
             any_blocked: AtomicBool::new(false),
+            presence_watched: AtomicBool::new(false),
         }
     }
 
@@ -322,6 +328,9 @@ impl Broker {
 
     /// Publish a presence transition to the presence topic (under the lock).
     fn announce(&self, s: &mut State, user: &str, at: u64, t: crate::presence::Transition) -> u128 {
+        if !self.presence_watched.load(Ordering::Acquire) {
+            return 0;
+        }
         let data = crate::presence::data(user, at);
         let target = Target::Topics(vec![crate::presence::TOPIC.into()].into_boxed_slice());
         m::presence_events(t.event(), 1);
@@ -378,6 +387,9 @@ impl Broker {
             key: req.key,
             serial,
         };
+        if crate::presence::is_internal(req.user) {
+            self.presence_watched.store(true, Ordering::Release);
+        }
         let topics = req.topics.join(",");
         let replaced = s
             .registry
