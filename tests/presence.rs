@@ -12,23 +12,12 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::check::{assert_json_error, id_of, metrics_body, next_ev, sample_sum};
+use support::presence::{self, connections, now_ms, open_stream, SLACK_MS, STREAM};
 use support::{request, Herald, Response, SseClient, SseEvent, WAIT};
-
-const STREAM: &str = "/api/presence/stream";
-/// Clock slack between the test and herald (same machine, same clock; ms
-/// truncation only).
-const SLACK_MS: u64 = 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
 
 /// One presence event as the stream delivered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,31 +30,12 @@ struct Pres {
 
 /// Parse (and check the shape of) a presence event.
 fn pres(ev: &SseEvent) -> Pres {
-    assert!(
-        ev.event == "online" || ev.event == "offline",
-        "not a presence event: {ev:?}"
-    );
-    let v: Value = serde_json::from_str(&ev.data)
-        .unwrap_or_else(|e| panic!("presence data is not JSON ({e}): {ev:?}"));
-    let obj = v
-        .as_object()
-        .unwrap_or_else(|| panic!("presence data is not an object: {ev:?}"));
-    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["at", "userId"]),
-        "presence data must be exactly {{userId, at}}: {ev:?}"
-    );
+    let (event, user, at) = presence::parse(ev);
     Pres {
         id: id_of(ev),
-        event: ev.event.clone(),
-        user: v["userId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("userId is not a string: {ev:?}"))
-            .to_string(),
-        at: v["at"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("at is not unix ms: {ev:?}")),
+        event,
+        user,
+        at,
     }
 }
 
@@ -109,20 +79,6 @@ async fn expect_pres(c: &mut SseClient, event: &str, user: &str, what: &str) -> 
     p
 }
 
-/// `GET /api/user/sse/connections?userId=U` (200 asserted): its connections.
-async fn connections(h: &Herald, user: &str) -> Vec<Value> {
-    let r = h
-        .get(&format!("/api/user/sse/connections?userId={user}"))
-        .await;
-    assert_eq!(r.status, 200, "connections of {user}: {}", r.body);
-    let v = r.json();
-    assert_eq!(v["userId"], user, "{v}");
-    v["connections"]
-        .as_array()
-        .unwrap_or_else(|| panic!("connections is not an array: {v}"))
-        .clone()
-}
-
 /// Poll the connections endpoint until `user` has `n` connections (bounded).
 async fn wait_user_connections(h: &Herald, user: &str, n: usize) {
     let until = Instant::now() + WAIT;
@@ -141,9 +97,7 @@ async fn wait_user_connections(h: &Herald, user: &str, n: usize) {
 
 /// `POST /api/presence` (200 asserted): the answer.
 async fn presence_query(h: &Herald, body: Value) -> Value {
-    let r = h.post("/api/presence", &body.to_string()).await;
-    assert_eq!(r.status, 200, "POST /api/presence {body}: {}", r.body);
-    r.json()
+    presence::query(h, &body).await
 }
 
 fn herald(linger: &str) -> Herald {
@@ -184,23 +138,7 @@ async fn two_connections_one_online_one_offline_after_the_linger() {
         ("tab-2", BTreeSet::from(["weather"])),
     ];
     for (c, (id, topics)) in conns.iter().zip(want_topics) {
-        let keys: BTreeSet<&str> = c
-            .as_object()
-            .expect("a connection is an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(
-            keys,
-            BTreeSet::from([
-                "connectedAt",
-                "connectionId",
-                "lastHeartbeat",
-                "podId",
-                "topics"
-            ]),
-            "{c}"
-        );
+        presence::assert_connection_fields(c);
         assert_eq!(c["connectionId"], id, "{c}");
         assert_eq!(c["podId"], h.pod_id.as_str(), "{c}");
         let got: BTreeSet<&str> = c["topics"]
@@ -351,15 +289,6 @@ async fn a_reload_within_the_linger_is_no_transition() {
         presence_query(&h, json!({"users": ["pr-bob", "pr-marker"]})).await,
         json!({"users": {"pr-bob": 1, "pr-marker": 0}, "topics": {}})
     );
-}
-
-/// Open one stream and wait for its CONNECTED; the socket stays open.
-async fn open_stream(addr: std::net::SocketAddr, query: String) -> SseClient {
-    let mut c = SseClient::connect(addr, &format!("/api/user/sse/connect?{query}"), &[]).await;
-    assert_eq!(c.status, 200, "{query}: {} {}", c.status, c.body);
-    let ev = c.next_event(WAIT).await.expect("CONNECTED");
-    assert_eq!(ev.event, "CONNECTED", "{query}");
-    c
 }
 
 /// Open every stream of `queries`, at most `parallel` connects at a time.

@@ -25,19 +25,16 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::backend::{Backend, TestCluster};
 use support::check::{wait_ready, Id};
+use support::presence::{self, connections, now_ms, open_stream, SLACK_MS, STREAM};
 use support::redis::{pod_flags, wait_cluster, Timing};
 use support::{Herald, SseClient, SseEvent, WAIT};
 use tokio::sync::mpsc;
 
-const STREAM: &str = "/api/presence/stream";
-/// Clock slack between the test and the pods (same machine, same clock; ms
-/// truncation only).
-const SLACK_MS: u64 = 20;
 /// Pods of every test.
 const PODS: usize = 4;
 
@@ -94,13 +91,6 @@ presence_cluster_tests! {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
 /// Start `PODS` pods of `tc` with `extra`, and wait until each is ready and
 /// counts all of them.
 async fn start_pods(tc: &TestCluster, extra: &[&str]) -> Vec<Herald> {
@@ -133,36 +123,15 @@ impl Pres {
 
 /// Parse (and check the shape of) a presence event.
 fn pres(ev: &SseEvent) -> Pres {
-    assert!(
-        ev.event == "online" || ev.event == "offline",
-        "not a presence event: {ev:?}"
-    );
-    let v: Value = serde_json::from_str(&ev.data)
-        .unwrap_or_else(|e| panic!("presence data is not JSON ({e}): {ev:?}"));
-    let keys: BTreeSet<&str> = v
-        .as_object()
-        .unwrap_or_else(|| panic!("presence data is not an object: {ev:?}"))
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["at", "userId"]),
-        "presence data must be exactly {{userId, at}}: {ev:?}"
-    );
+    let (event, user, at) = presence::parse(ev);
     Pres {
         id: ev
             .id
             .clone()
             .unwrap_or_else(|| panic!("a presence event without an id: {ev:?}")),
-        event: ev.event.clone(),
-        user: v["userId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("userId is not a string: {ev:?}"))
-            .to_string(),
-        at: v["at"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("at is not unix ms: {ev:?}")),
+        event,
+        user,
+        at,
     }
 }
 
@@ -319,24 +288,6 @@ async fn connect(h: &Herald, query: &str) -> SseClient {
     h.subscribe_connected(query).await
 }
 
-/// `GET /api/user/sse/connections?userId=U` (200 asserted): its connections.
-async fn connections(h: &Herald, user: &str) -> Vec<Value> {
-    let r = h
-        .get(&format!("/api/user/sse/connections?userId={user}"))
-        .await;
-    assert_eq!(
-        r.status, 200,
-        "pod {}: connections of {user}: {}",
-        h.pod_id, r.body
-    );
-    let v = r.json();
-    assert_eq!(v["userId"], user, "{v}");
-    v["connections"]
-        .as_array()
-        .unwrap_or_else(|| panic!("connections is not an array: {v}"))
-        .clone()
-}
-
 /// `(connectionId, podId, sorted topics)` of each listed connection, sorted.
 fn conn_summary(list: &[Value]) -> Vec<(String, String, Vec<String>)> {
     let mut out: Vec<(String, String, Vec<String>)> = list
@@ -383,24 +334,13 @@ async fn wait_conns(
     }
 }
 
-/// `POST /api/presence` (200 asserted): the answer.
-async fn presence_query(h: &Herald, body: &Value) -> Value {
-    let r = h.post("/api/presence", &body.to_string()).await;
-    assert_eq!(
-        r.status, 200,
-        "pod {}: POST /api/presence {body}: {}",
-        h.pod_id, r.body
-    );
-    r.json()
-}
-
 /// Poll `POST /api/presence` with `body` on every pod until it answers `want`,
 /// each bounded by [`WAIT`].
 async fn wait_counts(pods: &[&Herald], body: &Value, want: &Value) {
     for h in pods {
         let start = Instant::now();
         loop {
-            let got = presence_query(h, body).await;
+            let got = presence::query(h, body).await;
             if &got == want {
                 break;
             }
@@ -745,15 +685,6 @@ fn raise_nofile(need: u64) {
     );
 }
 
-/// Open one stream and wait for its CONNECTED; the socket stays open.
-async fn open_stream(addr: std::net::SocketAddr, query: String) -> SseClient {
-    let mut c = SseClient::connect(addr, &format!("/api/user/sse/connect?{query}"), &[]).await;
-    assert_eq!(c.status, 200, "{query}: {} {}", c.status, c.body);
-    let ev = c.next_event(WAIT).await.expect("CONNECTED");
-    assert_eq!(ev.event, "CONNECTED", "{query}");
-    c
-}
-
 /// Open every `(pod, query)` stream, at most `parallel` connects at a time.
 async fn open_many(
     pods: &[Herald],
@@ -795,7 +726,7 @@ async fn wait_user_counts(pods: &[Herald], users: &[String], want: impl Fn(usize
 async fn diagnose(pods: &[Herald], users: &[&str]) -> String {
     let mut out = String::new();
     for h in pods {
-        let counts = presence_query(h, &json!({ "users": users })).await;
+        let counts = presence::query(h, &json!({ "users": users })).await;
         out.push_str(&format!("pod {}: POST /api/presence: {counts}\n", h.pod_id));
     }
     for u in users {
@@ -1080,7 +1011,7 @@ async fn counts_and_connections_are_the_same_on_every_pod(backend: Backend) {
     // User counts are exact at once (a connect is registered before its
     // CONNECTED); topic counts follow within a tick.
     for h in &pods {
-        let got = presence_query(h, &json!({ "users": users })).await;
+        let got = presence::query(h, &json!({ "users": users })).await;
         assert_eq!(
             got,
             json!({"users": want["users"], "topics": {}}),
@@ -1109,23 +1040,7 @@ async fn counts_and_connections_are_the_same_on_every_pod(backend: Backend) {
                 h.pod_id
             );
             for c in &list {
-                let keys: BTreeSet<&str> = c
-                    .as_object()
-                    .expect("a connection is an object")
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
-                assert_eq!(
-                    keys,
-                    BTreeSet::from([
-                        "connectedAt",
-                        "connectionId",
-                        "lastHeartbeat",
-                        "podId",
-                        "topics"
-                    ]),
-                    "{c}"
-                );
+                presence::assert_connection_fields(c);
                 let connected = c["connectedAt"].as_u64().expect("connectedAt ms");
                 let beat = c["lastHeartbeat"].as_u64().expect("lastHeartbeat ms");
                 assert!(
@@ -1290,7 +1205,7 @@ async fn a_stream_that_ends_during_a_heartbeat_is_not_put_back(backend: Backend)
         // Every end is sent to Redis at once (in a batch): allow a moment.
         let until = Instant::now() + Duration::from_secs(3);
         loop {
-            let counts = presence_query(&pods[0], &json!({ "users": users })).await;
+            let counts = presence::query(&pods[0], &json!({ "users": users })).await;
             let ghosts: Vec<&str> = users
                 .iter()
                 .map(String::as_str)

@@ -8,6 +8,7 @@ pub mod check;
 pub mod h2raw;
 pub mod hpack;
 pub mod ops;
+pub mod presence;
 pub mod redis;
 pub mod redis_cluster;
 pub mod sentinel;
