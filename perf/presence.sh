@@ -38,14 +38,7 @@ note() { echo "presence.sh: $*" >&2; }
 command -v redis-server >/dev/null || die "redis-server is missing (apt-get install -y redis-server)"
 command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 mkdir -p "$OUT/logs"
-if [[ -z ${HERALD:-} ]]; then
-    note "building herald and loadtest (release)"
-    (cd "$ROOT" && cargo build --release -q -p herald -p loadtest) || die "build failed"
-    HERALD=$TARGET/release/herald
-fi
-LOADTEST=${LOADTEST:-$(dirname "$HERALD")/loadtest}
-[[ -x $LOADTEST ]] || LOADTEST=$TARGET/release/loadtest
-[[ -x $LOADTEST ]] || die "no loadtest binary next to $HERALD or in $TARGET/release"
+herald_and_loadtest "$ROOT" "$TARGET" || die "no herald or loadtest build (see above)"
 ((CONNS >= 1000)) || die "CONNS must be at least 1000 (the queries name u0..u999)"
 
 REDIS_PID= POD= CLIENT= REDIS_DIR=
@@ -58,15 +51,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 # snap: "commands cpu_seconds" of the private Redis (INFO itself left out).
-snap() {
-    local info cmds
-    info=$(rcli INFO all | tr -d '\r')
-    cmds=$(awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" { s += $3 } END { print s + 0 }' <<<"$info")
-    awk -F: -v c="$cmds" '/^used_cpu_sys:/ { s = $2 } /^used_cpu_user:/ { u = $2 }
-        END { printf "%d %.6f\n", c, s + u }' <<<"$info"
-}
+snap() { redis_snap "$REDIS_PORT" | awk '{ print $1, $4 }'; }
 
 REDIS_DIR=$(mktemp -d /tmp/herald-perf-redis.XXXXXX)
 REDIS_PORT=$(free_port)

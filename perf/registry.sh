@@ -39,14 +39,7 @@ note() { echo "registry.sh: $*" >&2; }
 command -v redis-server >/dev/null || die "redis-server is missing (apt-get install -y redis-server)"
 command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 mkdir -p "$OUT/logs"
-if [[ -z ${HERALD:-} ]]; then
-    note "building herald and loadtest (release)"
-    (cd "$ROOT" && cargo build --release -q -p herald -p loadtest) || die "build failed"
-    HERALD=$TARGET/release/herald
-fi
-LOADTEST=${LOADTEST:-$(dirname "$HERALD")/loadtest}
-[[ -x $LOADTEST ]] || LOADTEST=$TARGET/release/loadtest
-[[ -x $LOADTEST ]] || die "no loadtest binary next to $HERALD or in $TARGET/release"
+herald_and_loadtest "$ROOT" "$TARGET" || die "no herald or loadtest build (see above)"
 
 REDIS_PID= POD= CLIENT= REDIS_DIR=
 cleanup() {
@@ -58,18 +51,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 # snap: "commands bytes_out bytes_in cpu_seconds" of the private Redis.
-snap() {
-    local info cmds
-    info=$(rcli INFO all | tr -d '\r')
-    cmds=$(awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" { s += $3 } END { print s + 0 }' <<<"$info")
-    awk -F: -v c="$cmds" '
-        /^total_net_output_bytes:/ { o = $2 } /^total_net_input_bytes:/ { i = $2 }
-        /^used_cpu_sys:/ { s = $2 } /^used_cpu_user:/ { u = $2 }
-        END { printf "%d %d %d %.6f\n", c, o, i, s + u }' <<<"$info"
-}
+snap() { redis_snap "$REDIS_PORT"; }
 
 # connections ADDR: what the pod's stats report.
 connections() {

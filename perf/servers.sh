@@ -54,6 +54,32 @@ wait_for_port() {
     return 1
 }
 
+# redis_snap PORT: "commands bytes_out bytes_in cpu_seconds" of the Redis on
+# 127.0.0.1:PORT (INFO itself left out of the commands).
+redis_snap() {
+    local info cmds
+    info=$(redis-cli -h 127.0.0.1 -p "$1" INFO all | tr -d '\r')
+    cmds=$(awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" { s += $3 } END { print s + 0 }' <<<"$info")
+    awk -F: -v c="$cmds" '
+        /^total_net_output_bytes:/ { o = $2 } /^total_net_input_bytes:/ { i = $2 }
+        /^used_cpu_sys:/ { s = $2 } /^used_cpu_user:/ { u = $2 }
+        END { printf "%d %d %d %.6f\n", c, o, i, s + u }' <<<"$info"
+}
+
+# herald_and_loadtest ROOT TARGET: sets HERALD (built in release unless given)
+# and LOADTEST (next to it, or in TARGET/release); returns 1 when one is missing.
+herald_and_loadtest() {
+    local root=$1 target=$2
+    if [[ -z ${HERALD:-} ]]; then
+        echo "building herald and loadtest (release)" >&2
+        (cd "$root" && cargo build --release -q -p herald -p loadtest) || return 1
+        HERALD=$target/release/herald
+    fi
+    LOADTEST=${LOADTEST:-$(dirname "$HERALD")/loadtest}
+    [[ -x $LOADTEST ]] || LOADTEST=$target/release/loadtest
+    [[ -x $LOADTEST ]]
+}
+
 # free_port: prints a TCP port on 127.0.0.1 that is free right now.
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
