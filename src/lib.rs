@@ -303,14 +303,20 @@ impl Server {
         while finished < self.threads.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                self.shared.registry.leave(grace / 4);
                 return false;
             }
             match recv_timeout(&mut self.done, left.min(Duration::from_millis(100))) {
                 Some(true) => finished += 1,
-                Some(false) => return false,
+                Some(false) => {
+                    self.shared.registry.leave(grace / 4);
+                    return false;
+                }
                 None => {}
             }
         }
+        // The streams have ended: what the cluster holds for this pod goes.
+        self.shared.registry.leave(grace / 4);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -161,6 +161,10 @@ pub trait ConnectionRegistry: Send + Sync {
 
     /// Take this pod out of the shared registry in one batch (bounded wait).
     fn drain(&self, within: Duration);
+
+    /// After the drain, once this pod's streams have ended: the rest of what
+    /// the shared store holds for this pod goes (bounded wait).
+    fn leave(&self, _within: Duration) {}
 }
 
 /// What became of a publish request (one event, or a batch: all or none).

@@ -456,3 +456,142 @@ async fn a_draining_pod_leaves_the_registry_in_one_batch() {
         "within the grace period"
     );
 }
+
+/// A draining pod keeps its topic interest and inbox until its streams have
+/// ended: a stream that goes on receiving broadcasts while its pod drains also
+/// gets its topic's events, so that its resume on another pod (`Last-Event-ID`,
+/// past the last broadcast it saw) misses none. (The drain used to leave at its
+/// start: topic events published in the drain's window were lost, found by
+/// perf/rehearsal.sh.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_pods_streams_miss_no_topic_event_on_resume() {
+    need_redis!();
+    // A draining pod stops its heartbeat: stale-after beyond the drain, or the
+    // other pods drop it (and its topic interest) before its streams end.
+    let cl = Cluster::shared("drain-topics").with_timing(Timing {
+        heartbeat: Duration::from_millis(300),
+        stale_after: Duration::from_secs(30),
+        cleanup: Duration::from_millis(300),
+    });
+    let mut a = cl.pod(&["--grace-period", "3s"]);
+    let b = cl.pod(&[]);
+    const N: usize = 6;
+    let mut subs = Vec::new();
+    for i in 0..N {
+        subs.push(
+            a.subscribe_connected(&format!("userId=dt{i}&topics=dt-topic"))
+                .await,
+        );
+    }
+    wait_cluster_all(&[&a, &b], 2, N as u64, N as u64).await;
+
+    // Broadcasts and topic events, alternating, from pod B until stopped.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (addr, stop) = (b.addr, stop.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            for k in 0..4_000usize {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                tick.tick().await;
+                let (data, target) = if k % 2 == 0 {
+                    (format!("all-{k}"), json!("all"))
+                } else {
+                    (format!("topic-{k}"), json!({"topics": ["dt-topic"]}))
+                };
+                let body = json!({"data": data, "target": target}).to_string();
+                let r =
+                    support::request(addr, "POST", "/api/broadcast", &[], Some(body.as_bytes()))
+                        .await;
+                assert_eq!(r.status, 202, "publish {k}: {}", r.body);
+                if k % 2 == 1 {
+                    sent.push(data);
+                }
+            }
+            sent
+        })
+    };
+    // Events flow to every stream before the drain.
+    let mut before = Vec::new();
+    for c in subs.iter_mut() {
+        before.push(next_ev(c, "an event before the drain").await);
+    }
+    a.signal("TERM");
+    // Each stream: what it got until the drain ended it, then a resume on B.
+    let mut tasks = JoinSet::new();
+    for (i, (mut c, first)) in subs.into_iter().zip(before).enumerate() {
+        let b_addr = b.addr;
+        tasks.spawn(async move {
+            let mut topic: Vec<String> = Vec::new();
+            if first.data.starts_with("topic-") {
+                topic.push(first.data.clone());
+            }
+            let mut last = first.id.clone();
+            while let Some(ev) = c.next_non_heartbeat(WAIT).await {
+                if ev.id.is_some() {
+                    last = ev.id.clone();
+                }
+                if ev.data.starts_with("topic-") {
+                    topic.push(ev.data);
+                }
+            }
+            assert!(c.eof, "stream {i}: ended by the drain, not silent");
+            let last = last.expect("an id before the drain");
+            let path = format!("/api/user/sse/connect?userId=dt{i}&topics=dt-topic");
+            let mut again = SseClient::connect(b_addr, &path, &[("Last-Event-ID", &last)]).await;
+            assert_eq!(again.status, 200, "resume on B: {}", again.body);
+
+            // Read until the end marker published after the publisher stops.
+            loop {
+                let ev = again
+                    .next_non_heartbeat(WAIT)
+                    .await
+                    .unwrap_or_else(|| panic!("stream {i}: no end marker after the resume"));
+                assert_ne!(ev.event, "RESYNC", "stream {i}: the resume is exact");
+                if ev.data == "end" {
+                    break;
+                }
+                if ev.data.starts_with("topic-") {
+                    topic.push(ev.data);
+                }
+            }
+            (i, topic)
+        });
+    }
+    // Publishing goes on until pod A has ended every stream and exited; then
+    // the end marker.
+    let status = tokio::task::spawn_blocking(move || a.wait_exit(WAIT))
+        .await
+        .expect("wait for pod A")
+        .expect("pod A exits");
+    assert!(status.success(), "drain exits 0: {status}");
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let sent = publisher.await.expect("publisher");
+    b.publish(json!({"data": "end", "target": {"topics": ["dt-topic"]}}))
+        .await;
+    while let Some(r) = tasks.join_next().await {
+        let (i, got) = r.expect("stream task");
+        let missing: Vec<&String> = sent.iter().filter(|d| !got.contains(d)).collect();
+        assert!(
+            missing.is_empty(),
+            "stream {i}: topic events missing {missing:?}"
+        );
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "stream {i}: every topic event once ({} sent, {} received)",
+            sent.len(),
+            got.len()
+        );
+        let mut g = got.clone();
+        g.sort();
+        g.dedup();
+        assert_eq!(g.len(), got.len(), "stream {i}: a topic event twice");
+        let mut s = sent.clone();
+        s.sort();
+        assert_eq!(g, s, "stream {i}: the topic events sent");
+    }
+}

@@ -110,7 +110,7 @@ struct Receivers {
     register: mpsc::UnboundedReceiver<RegisterReq>,
     remove: mpsc::UnboundedReceiver<Removal>,
     heartbeat: mpsc::UnboundedReceiver<HeartbeatBatch>,
-    drain: mpsc::UnboundedReceiver<std::sync::mpsc::Sender<()>>,
+    drain: mpsc::UnboundedReceiver<(registry::DrainStep, std::sync::mpsc::Sender<()>)>,
 }
 
 /// Settings taken from the config.
@@ -266,7 +266,7 @@ pub struct Cluster {
     register_tx: mpsc::UnboundedSender<RegisterReq>,
     remove_tx: mpsc::UnboundedSender<Removal>,
     heartbeat_tx: mpsc::UnboundedSender<HeartbeatBatch>,
-    drain_tx: mpsc::UnboundedSender<std::sync::mpsc::Sender<()>>,
+    drain_tx: mpsc::UnboundedSender<(registry::DrainStep, std::sync::mpsc::Sender<()>)>,
     publishes: Mutex<publish::Queue>,
     publish_wake: Notify,
     receivers: Mutex<Option<Receivers>>,
@@ -573,7 +573,22 @@ impl Cluster {
     fn drain(&self, within: Duration) {
         self.draining.store(true, Ordering::Release);
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.drain_tx.send(tx).is_ok() {
+        if self
+            .drain_tx
+            .send((registry::DrainStep::Connections, tx))
+            .is_ok()
+        {
+            let _ = rx.recv_timeout(within);
+        }
+    }
+
+    /// The drain's end, once this pod's streams have ended: its topic interest,
+    /// inbox and pod entry leave Redis (bounded by `within`). Until then the
+    /// streams still open get their topics' events: a stream that kept
+    /// receiving broadcasts without them would resume past them.
+    fn leave(&self, within: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.drain_tx.send((registry::DrainStep::Leave, tx)).is_ok() {
             let _ = rx.recv_timeout(within);
         }
     }

@@ -767,13 +767,34 @@ pub(super) async fn cleanup_loop(c: Arc<Cluster>) {
     }
 }
 
-/// Remove this pod from the registry in one batch when it drains.
+/// The two steps of a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DrainStep {
+    /// Before the streams end: this pod's connections leave the registry in
+    /// one batch, buffered publishes get a last chance.
+    Connections,
+    /// After they ended: the pod's topic interest, inbox and pod entry go.
+    Leave,
+}
+
+/// Remove this pod from the registry in one batch when it drains, and the
+/// rest of it once its streams have ended.
 pub(super) async fn drain_loop(
     shared: Arc<Shared>,
     c: Arc<Cluster>,
-    mut rx: mpsc::UnboundedReceiver<std::sync::mpsc::Sender<()>>,
+    mut rx: mpsc::UnboundedReceiver<(DrainStep, std::sync::mpsc::Sender<()>)>,
 ) {
-    while let Some(done) = rx.recv().await {
+    while let Some((step, done)) = rx.recv().await {
+        if step == DrainStep::Leave {
+            for src in &c.sources {
+                let mut args = c.args(src, 2);
+                args.push(c.pod_value());
+                args.push(Value::from(if src.index == 0 { "1" } else { "0" }));
+                c.script(src, "drain", &c.scripts.leave, args).await;
+            }
+            let _ = done.send(());
+            continue;
+        }
         let pod = &c.set.pod;
         let mut batch: Vec<Removal> = Vec::new();
         shared
@@ -786,12 +807,6 @@ pub(super) async fn drain_loop(
         // With Redis unreachable the cleanup job of the other pods removes them.
         if !batch.is_empty() && c.is_up() {
             send_removals(&c, batch).await;
-        }
-        for src in &c.sources {
-            let mut args = c.args(src, 2);
-            args.push(c.pod_value());
-            args.push(Value::from(if src.index == 0 { "1" } else { "0" }));
-            c.script(src, "drain", &c.scripts.leave, args).await;
         }
         // Publishes still buffered get one more chance.
         for _ in 0..20 {

@@ -112,6 +112,10 @@ impl ConnectionRegistry for Cluster {
     fn drain(&self, within: Duration) {
         Cluster::drain(self, within);
     }
+
+    fn leave(&self, within: Duration) {
+        Cluster::leave(self, within);
+    }
 }
 
 impl EventBus for Cluster {
