@@ -390,10 +390,11 @@ impl Broker {
         if crate::presence::is_internal(req.user) {
             self.presence_watched.store(true, Ordering::Release);
         }
-        let topics = req.topics.join(",");
+        // `join` sizes its buffer exactly: the box takes it without a copy.
+        let topics = req.topics.join(",").into_boxed_str();
         let replaced = s
             .registry
-            .register(req.user, req.conn_id, loc, clock::unix_ms(), &topics);
+            .register(req.user, req.conn_id, loc, clock::unix_ms(), topics);
         let presence_wake = if replaced.is_none() {
             self.presence_change(&mut s, req.user, true)
         } else {

@@ -163,8 +163,11 @@ impl LocalRegistry {
         conn_id: &str,
         loc: ConnLoc,
         connected_ms: u64,
-        topics: &str,
+        topics: Box<str>,
     ) -> Option<ConnLoc> {
+        // Counted before the entry takes the string (a replacement's old
+        // topics come out below).
+        self.topics_in(&topics);
         let list = match self.users.get_mut(user) {
             Some(l) => l,
             None => self.users.entry(user.into()).or_default(),
@@ -172,25 +175,23 @@ impl LocalRegistry {
         if let Some(e) = list.iter_mut().find(|e| &*e.conn_id == conn_id) {
             let old = std::mem::replace(&mut e.loc, loc);
             e.connected_ms = connected_ms;
-            let old_topics = std::mem::replace(&mut e.topics, topics.into());
+            let old_topics = std::mem::replace(&mut e.topics, topics);
             self.count_out(old.shard);
             self.count_in(loc.shard);
             self.topics_out(&old_topics);
-            self.topics_in(topics);
             return Some(old);
         }
         list.push(Entry {
             conn_id: conn_id.into(),
             loc,
             connected_ms,
-            topics: topics.into(),
+            topics,
         });
         self.connections += 1;
         if crate::presence::is_internal(user) {
             self.internal += 1;
         }
         self.count_in(loc.shard);
-        self.topics_in(topics);
         None
     }
 
@@ -266,11 +267,14 @@ mod tests {
     #[test]
     fn register_replace_remove() {
         let mut r = LocalRegistry::default();
-        assert_eq!(r.register("u", "c1", loc(0, 1), 0, ""), None);
-        assert_eq!(r.register("u", "c2", loc(1, 2), 0, ""), None);
+        assert_eq!(r.register("u", "c1", loc(0, 1), 0, "".into()), None);
+        assert_eq!(r.register("u", "c2", loc(1, 2), 0, "".into()), None);
         assert_eq!(r.shard_mask("u"), 0b11);
         assert_eq!(r.occupied_shards(), 0b11);
-        assert_eq!(r.register("u", "c1", loc(1, 3), 0, ""), Some(loc(0, 1)));
+        assert_eq!(
+            r.register("u", "c1", loc(1, 3), 0, "".into()),
+            Some(loc(0, 1))
+        );
         assert_eq!(r.connections(), 2);
         assert_eq!(
             r.remove_serial("u", 1),
@@ -286,12 +290,12 @@ mod tests {
     #[test]
     fn occupied_shards_follow_connections_and_replacements() {
         let mut r = LocalRegistry::default();
-        r.register("a", "c", loc(2, 1), 0, "");
-        r.register("b", "c", loc(2, 2), 0, "");
-        r.register("c", "c", loc(200, 3), 0, "");
+        r.register("a", "c", loc(2, 1), 0, "".into());
+        r.register("b", "c", loc(2, 2), 0, "".into());
+        r.register("c", "c", loc(200, 3), 0, "".into());
         assert_eq!(r.occupied_shards(), 1 << 2 | 1 << 127);
         // A replacement moves the count from the old shard to the new one.
-        r.register("a", "c", loc(5, 4), 0, "");
+        r.register("a", "c", loc(5, 4), 0, "".into());
         assert_eq!(r.occupied_shards(), 1 << 2 | 1 << 5 | 1 << 127);
         r.remove_serial("b", 2);
         assert_eq!(r.occupied_shards(), 1 << 5 | 1 << 127);
@@ -303,13 +307,13 @@ mod tests {
     #[test]
     fn topic_counts_and_internal_streams() {
         let mut r = LocalRegistry::default();
-        r.register("a", "c1", loc(0, 1), 5, "x,y");
-        r.register("b", "c1", loc(0, 2), 6, "x");
-        r.register("#presence", "w", loc(0, 3), 7, "#presence");
+        r.register("a", "c1", loc(0, 1), 5, "x,y".into());
+        r.register("b", "c1", loc(0, 2), 6, "x".into());
+        r.register("#presence", "w", loc(0, 3), 7, "#presence".into());
         assert_eq!((r.topic_count("x"), r.topic_count("y")), (2, 1));
         assert_eq!(r.public_counts(), (2, 2));
         // A replacement swaps its topics.
-        r.register("a", "c1", loc(1, 4), 8, "z");
+        r.register("a", "c1", loc(1, 4), 8, "z".into());
         assert_eq!(
             (r.topic_count("x"), r.topic_count("y"), r.topic_count("z")),
             (1, 0, 1)

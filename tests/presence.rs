@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::check::{assert_json_error, id_of, metrics_body, next_ev, sample_sum};
-use support::presence::{self, connections, now_ms, open_stream, SLACK_MS, STREAM};
+use support::presence::{self, connections, now_ms, SLACK_MS, STREAM};
 use support::{request, Herald, Response, SseClient, SseEvent, WAIT};
 
 /// One presence event as the stream delivered it.
@@ -291,23 +291,9 @@ async fn a_reload_within_the_linger_is_no_transition() {
     );
 }
 
-/// Open every stream of `queries`, at most `parallel` connects at a time.
+/// Open every stream of `queries` on `h`, at most `parallel` connects at a time.
 async fn open_many(h: &Herald, queries: Vec<String>, parallel: usize) -> Vec<SseClient> {
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
-    let mut tasks = Vec::with_capacity(queries.len());
-    for q in queries {
-        let sem = sem.clone();
-        let addr = h.addr;
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore");
-            open_stream(addr, q).await
-        }));
-    }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("opening a stream"));
-    }
-    out
+    presence::open_many(queries.into_iter().map(|q| (h.addr, q)), parallel).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::backend::{Backend, TestCluster};
 use support::check::{wait_ready, Id};
-use support::presence::{self, connections, now_ms, open_stream, SLACK_MS, STREAM};
+use support::presence::{self, connections, now_ms, SLACK_MS, STREAM};
 use support::redis::{pod_flags, wait_cluster, Timing};
 use support::{Herald, SseClient, SseEvent, WAIT};
 use tokio::sync::mpsc;
@@ -691,21 +691,8 @@ async fn open_many(
     streams: Vec<(usize, String)>,
     parallel: usize,
 ) -> Vec<SseClient> {
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
-    let mut tasks = Vec::with_capacity(streams.len());
-    for (pod, q) in streams {
-        let sem = sem.clone();
-        let addr = pods[pod].addr;
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore");
-            open_stream(addr, q).await
-        }));
-    }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("opening a stream"));
-    }
-    out
+    let streams = streams.into_iter().map(|(pod, q)| (pods[pod].addr, q));
+    presence::open_many(streams, parallel).await
 }
 
 /// Every pod's `POST /api/presence` for `users` (in queries of at most 1,000)

@@ -110,3 +110,26 @@ pub async fn open_stream(addr: std::net::SocketAddr, query: String) -> SseClient
     assert_eq!(ev.event, "CONNECTED", "{query}");
     c
 }
+
+/// Open every `(address, query)` stream, at most `parallel` connects at a time.
+pub async fn open_many(
+    streams: impl IntoIterator<Item = (std::net::SocketAddr, String)>,
+    parallel: usize,
+) -> Vec<SseClient> {
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|(addr, q)| {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore");
+                open_stream(addr, q).await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("opening a stream"));
+    }
+    out
+}
