@@ -461,3 +461,91 @@ fn every_script_compiles_in_redis() {
         }
     }
 }
+
+/// Redis's time in scripts (`cmdstat_evalsha` and `cmdstat_eval`), µs.
+fn script_usec(r: &mut Resp) -> u64 {
+    let reply = r.cmd(&["INFO", "commandstats"]).expect("INFO");
+    let text = reply.text().expect("INFO text");
+    text.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec=")))
+        .map(|v| v.parse::<u64>().expect("usec"))
+        .sum()
+}
+
+/// Found by the scale rehearsal (perf/SCALE.md, "Rehearsal at 100,000
+/// streams"): after a drain, each registration batch of resumes (up to 512
+/// streams) looked at every log row it had read once per resume; against a
+/// log of a few thousand rows one call held the Redis master for more than a
+/// second, past `cluster-node-timeout`, the cluster marked it failing, other
+/// pods' registrations timed out and 60,000 streams got RESYNC. The register
+/// script now indexes the rows once: a burst of resumes costs the rows read
+/// plus what each replays. Checked by Redis's own account of its script time,
+/// with a wide margin between the two behaviours (512 resumes × 5,000 rows is
+/// seconds of Lua; indexing them is milliseconds).
+#[tokio::test]
+async fn a_burst_of_resumes_costs_the_rows_read_not_resumes_times_rows() {
+    need_redis!();
+    const ROWS: usize = 5_000;
+    const RESUMES: usize = 512;
+    let cl = Cluster::own("resume-burst").with_timing(QUIET);
+    let a = cl.pod(&[]);
+    let from = a
+        .publish(json!({"data": "mark", "target": {"topics": ["rb-t"]}}))
+        .await;
+    // Rows no resuming stream wants (another topic, another user), in batches.
+    for k in 0..ROWS / 1_000 {
+        let batch: Vec<_> = (0..1_000)
+            .map(|i| {
+                let target = if i % 2 == 0 {
+                    json!({"topics": ["rb-noise"]})
+                } else {
+                    json!({"users": ["rb-nobody"]})
+                };
+                json!({"data": format!("n{k}-{i}"), "target": target})
+            })
+            .collect();
+        let r = a
+            .post(
+                "/api/broadcast",
+                &serde_json::Value::from(batch).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 202, "batch: {}", r.body);
+    }
+    let wanted = a
+        .publish(json!({"data": "wanted", "target": {"topics": ["rb-t"]}}))
+        .await;
+    let mut r = cl.client();
+    let usec0 = script_usec(&mut r);
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(RESUMES));
+    let tasks: Vec<_> = (0..RESUMES)
+        .map(|i| {
+            let (addr, from, sem) = (a.addr, from.clone(), sem.clone());
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore");
+                let path = format!("/api/user/sse/connect?userId=rb-u{i}&topics=rb-t");
+                let mut c = SseClient::connect(addr, &path, &[("Last-Event-ID", &from)]).await;
+                assert_eq!(c.status, 200, "{path}: {}", c.body);
+                let ev = next_ev(&mut c, "CONNECTED").await;
+                assert_eq!(ev.event, "CONNECTED");
+                next_ev(&mut c, "the replayed event").await.id
+            })
+        })
+        .collect();
+    for t in tasks {
+        let id = t.await.expect("a resuming stream");
+        assert_eq!(
+            id.as_deref(),
+            Some(wanted.as_str()),
+            "a resume replays exactly the one row it wants"
+        );
+    }
+    let spent = script_usec(&mut r) - usec0;
+    eprintln!("{RESUMES} resumes over {ROWS} rows: {spent} µs of Redis script time");
+    assert!(
+        spent < 1_000_000,
+        "{RESUMES} resumes over {ROWS} log rows took {spent} µs of Redis script time: \
+         the register script must not look at every row once per resume"
+    );
+}

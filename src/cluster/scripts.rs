@@ -300,24 +300,45 @@ local function sid_gt(a, b)
   return am > bm or (am == bm and as > bs)
 end
 local rows = nil
+-- The rows resumes may need, indexed once by what they are for (every `all`
+-- row; per user; per topic), so that each resume looks only at its own rows
+-- after its point: a batch of resumes costs the rows read plus what it
+-- replays, not resumes × rows.
+local alls, by = {}, {}
 if resumes then
   local from = nil
   for j = 1, #members do
     if modes[j] == 'r' and (from == nil or sid_gt(from, sids[j])) then from = sids[j] end
   end
   rows = rc('XRANGE', KEYS[1], '(' .. from, '+', 'COUNT', ARGV[6])
+  for r, row in ipairs(rows) do
+    local f, k, t = row[2], nil, nil
+    for x = 1, #f, 2 do
+      if f[x] == 'k' then k = f[x + 1] elseif f[x] == 't' then t = f[x + 1] end
+    end
+    if k == 'a' then
+      alls[#alls + 1] = r
+    elseif t and (k == 'u' or k == 't') then
+      for x in string.gmatch(t, '[^,]+') do
+        local l = by[k .. ':' .. x]
+        if not l then
+          l = {}
+          by[k .. ':' .. x] = l
+        end
+        if l[#l] ~= r then l[#l + 1] = r end
+      end
+    end
+  end
 end
-local function wants(f, u, tset)
-  local k, t
-  for x = 1, #f, 2 do
-    if f[x] == 'k' then k = f[x + 1] elseif f[x] == 't' then t = f[x + 1] end
+-- Appends to `picked` the rows of list `l` (row numbers, ascending) after `sid`.
+local function take(picked, l, sid)
+  if not l then return end
+  local lo, hi = 1, #l + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if sid_gt(rows[l[mid]][1], sid) then hi = mid else lo = mid + 1 end
   end
-  if k == 'a' then return true end
-  if not t then return false end
-  for x in string.gmatch(t, '[^,]+') do
-    if (k == 'u' and x == u) or (k == 't' and tset[x]) then return true end
-  end
-  return false
+  for x = lo, #l do picked[#picked + 1] = l[x] end
 end
 local out = {}
 for j, m in ipairs(members) do
@@ -333,12 +354,16 @@ for j, m in ipairs(members) do
     if registry then rc('DEL', pk) end
     out[j] = {}
     if modes[j] == 'r' then
-      local tset = {}
-      for x in string.gmatch(tops[j], '[^,]+') do tset[x] = true end
-      for _, row in ipairs(rows) do
-        if sid_gt(row[1], sids[j]) and wants(row[2], u, tset) then
-          out[j][#out[j] + 1] = row
-        end
+      local picked = {}
+      take(picked, alls, sids[j])
+      take(picked, by['u:' .. u], sids[j])
+      for x in string.gmatch(tops[j], '[^,]+') do take(picked, by['t:' .. x], sids[j]) end
+      -- In log order, each row once (a row may name several of its topics).
+      table.sort(picked)
+      local prev = nil
+      for _, r in ipairs(picked) do
+        if r ~= prev then out[j][#out[j] + 1] = rows[r] end
+        prev = r
       end
     end
   end
