@@ -31,7 +31,6 @@
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -42,7 +41,6 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::payload;
 use crate::sse::{self, Event, Framing, SseParser};
@@ -98,21 +96,8 @@ impl SubSpec {
 
     /// Starts a non-blocking connect for connection `index`.
     fn connect(&self, index: u64) -> io::Result<TcpStream> {
-        let sock = Socket::new(
-            Domain::IPV4,
-            Type::STREAM.nonblocking(),
-            Some(Protocol::TCP),
-        )?;
-        sock.set_nodelay(true)?;
         let src = self.sources[(index % self.sources.len() as u64) as usize];
-        sys::set_bind_no_port(sock.as_raw_fd());
-        sock.bind(&SocketAddr::new(src.into(), 0).into())?;
-        match sock.connect(&self.addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(TcpStream::from_std(sock.into()))
+        sys::connect_from(src, self.addr)
     }
 }
 
@@ -690,25 +675,13 @@ impl Conn {
         }
         // Response head, possibly in pieces.
         let mut held = std::mem::take(&mut self.head);
-        let buf: &[u8] = if held.is_empty() {
-            data
-        } else {
-            held.extend_from_slice(data);
-            &held
-        };
-        match sse::parse_head(buf) {
-            Err(_) => Err("bad response head".into()),
+        match sse::feed_head(&mut held, data, MAX_HEAD) {
+            Err(e) => Err(e.to_string()),
             Ok(None) => {
-                if buf.len() > MAX_HEAD {
-                    return Err("response head too large".into());
-                }
-                if held.is_empty() {
-                    held.extend_from_slice(data);
-                }
                 self.head = held;
                 Ok(())
             }
-            Ok(Some(h)) => {
+            Ok(Some((h, body))) => {
                 if !(200..300).contains(&h.status) {
                     return Err(format!("status {}", h.status));
                 }
@@ -719,7 +692,6 @@ impl Conn {
                 self.state = State::Streaming;
                 self.head_ok = true;
                 step.head = true;
-                let body = &buf[h.len..];
                 self.on_body(body, now, phase, stats, step)
             }
         }

@@ -367,6 +367,57 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadHead> {
     }))
 }
 
+/// Why a response head was refused by [`feed_head`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    Bad,
+    TooLarge,
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeadError::Bad => "bad response head",
+            HeadError::TooLarge => "response head too large",
+        })
+    }
+}
+
+/// Feeds one read to a response head that may arrive in pieces: `held` keeps an
+/// unfinished head between reads (at most `max` bytes). `Ok(None)`: more is
+/// needed; `Ok(Some((head, body)))`: the head and the body bytes that came with it
+/// (`held` is left as it was, for the caller to drop or reuse).
+pub fn feed_head<'a>(
+    held: &'a mut Vec<u8>,
+    data: &'a [u8],
+    max: usize,
+) -> Result<Option<(Head, &'a [u8])>, HeadError> {
+    if held.is_empty() {
+        // The common case: the whole head in one read, nothing copied.
+        return match parse_head(data).map_err(|_| HeadError::Bad)? {
+            Some(h) => {
+                let body = &data[h.len..];
+                Ok(Some((h, body)))
+            }
+            None if data.len() > max => Err(HeadError::TooLarge),
+            None => {
+                held.extend_from_slice(data);
+                Ok(None)
+            }
+        };
+    }
+    held.extend_from_slice(data);
+    let buf: &'a Vec<u8> = held;
+    match parse_head(buf).map_err(|_| HeadError::Bad)? {
+        Some(h) => {
+            let body = &buf[h.len..];
+            Ok(Some((h, body)))
+        }
+        None if buf.len() > max => Err(HeadError::TooLarge),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

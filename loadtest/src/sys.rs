@@ -170,6 +170,30 @@ pub fn set_bind_no_port(fd: std::os::fd::RawFd) {
     }
 }
 
+/// Starts a non-blocking TCP connect from `src` (port chosen at connect, see
+/// [`set_bind_no_port`]) to `addr`, with `TCP_NODELAY`.
+pub fn connect_from(
+    src: std::net::Ipv4Addr,
+    addr: std::net::SocketAddr,
+) -> io::Result<mio::net::TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::AsRawFd;
+    let sock = Socket::new(
+        Domain::IPV4,
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_nodelay(true)?;
+    set_bind_no_port(sock.as_raw_fd());
+    sock.bind(&std::net::SocketAddr::new(src.into(), 0).into())?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(sock.into()))
+}
+
 /// Number of CPUs this process may run on (`sched_getaffinity`).
 pub fn affinity_cpus() -> usize {
     // SAFETY: an all-zero cpu_set_t is valid; the size passed matches it.
