@@ -26,6 +26,7 @@ mod conn;
 mod http2;
 mod payload;
 mod publisher;
+mod rehearse;
 mod report;
 mod scenarios;
 mod sse;
@@ -71,6 +72,120 @@ enum Command {
     Churn(ChurnArgs),
     /// Like fanout, subscribers on one pod and publishes to another; optional Redis figures.
     Cluster(ClusterArgs),
+    /// The rehearsal's browsers: this part's streams over --pods, reconnecting
+    /// like EventSource, with exact loss/duplicate accounting and JSON snapshots.
+    Rehearse(RehearseArgs),
+    /// The rehearsal's backend: user events, topic events and broadcasts at
+    /// fixed rates, each with an idempotency key, retried until taken.
+    RehearsePub(RehearsePubArgs),
+}
+
+/// The layout every rehearsal process derives from the same flags.
+#[derive(Args, Clone, Debug)]
+pub struct LayoutArgs {
+    /// Pod base URLs, comma-separated (http://127.0.0.1:PORT).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub pods: Vec<String>,
+    /// Streams in the whole rehearsal (over every subscriber process).
+    #[arg(long)]
+    pub streams: u64,
+    /// Topics (Zipf sizes: topic 0 the largest).
+    #[arg(long, default_value_t = 100)]
+    pub topics: u64,
+    /// Seed of the layout (users with 1–3 streams, each stream's topic).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Append a JSON snapshot to this file every --snapshot-interval.
+    #[arg(long)]
+    pub snapshot: PathBuf,
+    #[arg(long, default_value = "1s", value_parser = dur)]
+    pub snapshot_interval: Duration,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RehearseArgs {
+    #[command(flatten)]
+    pub layout: LayoutArgs,
+    /// This process takes the users u with u % parts == part.
+    #[arg(long, default_value_t = 0)]
+    pub part: u64,
+    #[arg(long, default_value_t = 1)]
+    pub parts: u64,
+    /// Event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Source addresses 127.0.0.1..127.0.0.K.
+    #[arg(long, default_value_t = 4)]
+    pub source_addrs: u64,
+    /// Longest time before the publisher's final must be there.
+    #[arg(long, default_value = "600s", value_parser = dur)]
+    pub duration: Duration,
+    /// The publisher's final file (rehearse-pub --final): once it exists the
+    /// run drains and computes loss.
+    #[arg(long)]
+    pub pub_final: Option<PathBuf>,
+    /// After the publisher's final, how long to wait for every stream's last event.
+    #[arg(long, default_value = "30s", value_parser = dur)]
+    pub drain_timeout: Duration,
+    /// First connects in flight at once (reconnects are not limited).
+    #[arg(long, default_value_t = 500)]
+    pub connect_concurrency: usize,
+    /// Connect to response head.
+    #[arg(long, default_value = "15s", value_parser = dur)]
+    pub connect_timeout: Duration,
+    /// Failed attempts in a row before a stream gives up.
+    #[arg(long, default_value_t = 50)]
+    pub max_attempts: u32,
+    /// Longest backoff after a refusal.
+    #[arg(long, default_value = "30s", value_parser = dur)]
+    pub backoff_max: Duration,
+    /// How long the simulated load balancer keeps a pod out of rotation after it
+    /// refused a TCP connect, answered 503, or ended its streams (a drain): what a
+    /// balancer's readiness probe does (0: never).
+    #[arg(long, default_value = "5s", value_parser = dur)]
+    pub lb_out: Duration,
+    /// Reconnect delay before a stream has seen a `retry:` hint.
+    #[arg(long, default_value = "3s", value_parser = dur)]
+    pub default_retry: Duration,
+    /// An open stream that received nothing for this long counts as silent
+    /// in the snapshots (set it above the servers' heartbeat interval).
+    #[arg(long, default_value = "20s", value_parser = dur)]
+    pub silent_after: Duration,
+    /// Final report (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RehearsePubArgs {
+    #[command(flatten)]
+    pub layout: LayoutArgs,
+    /// User events per second (target r<seq % users>).
+    #[arg(long, default_value_t = 100.0)]
+    pub user_rate: f64,
+    /// Topic events per second (target t<seq % topics>).
+    #[arg(long, default_value_t = 10.0)]
+    pub topic_rate: f64,
+    /// Broadcasts per second.
+    #[arg(long, default_value_t = 1.0)]
+    pub bcast_rate: f64,
+    /// Publishing time.
+    #[arg(long, default_value = "60s", value_parser = dur)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Where to write the final counts the subscribers need.
+    #[arg(long = "final")]
+    pub final_path: PathBuf,
+    /// Timeout of one publish request.
+    #[arg(long, default_value = "5s", value_parser = dur)]
+    pub pub_timeout: Duration,
+    /// After --duration, how long an event not yet taken is still retried.
+    #[arg(long, default_value = "60s", value_parser = dur)]
+    pub retry_for: Duration,
+    /// Prefix of the idempotency keys.
+    #[arg(long, default_value = "rh")]
+    pub run_id: String,
 }
 
 /// Subscriber options shared by every scenario.
@@ -258,8 +373,59 @@ fn runtime_bound(cmd: &Command) -> Duration {
             &a.sub,
             a.duration + a.sub.connect_timeout + Duration::from_secs(30),
         ),
+        Command::Rehearse(a) => {
+            return a.duration + a.drain_timeout + Duration::from_secs(60);
+        }
+        Command::RehearsePub(a) => {
+            return a.duration + a.retry_for + a.pub_timeout * 8 + Duration::from_secs(60);
+        }
     };
     sub.max_runtime.unwrap_or(connect(sub) + extra)
+}
+
+/// Runs the rehearsal roles (they write their own files).
+fn rehearsal(cmd: &Command) -> Option<Result<(), String>> {
+    match cmd {
+        Command::Rehearse(a) => Some(rehearse::subscribe(rehearse::SubCfg {
+            pods: a.layout.pods.clone(),
+            streams: a.layout.streams,
+            topics: a.layout.topics,
+            seed: a.layout.seed,
+            part: a.part,
+            parts: a.parts,
+            threads: a.threads,
+            source_addrs: a.source_addrs,
+            duration: a.duration,
+            snapshot: a.layout.snapshot.clone(),
+            snapshot_interval: a.layout.snapshot_interval,
+            pub_final: a.pub_final.clone(),
+            drain_timeout: a.drain_timeout,
+            connect_concurrency: a.connect_concurrency.max(1),
+            connect_timeout: a.connect_timeout,
+            max_attempts: a.max_attempts,
+            backoff_max: a.backoff_max,
+            lb_out: a.lb_out,
+            default_retry: a.default_retry,
+            silent_after: a.silent_after,
+            json: a.json.clone(),
+        })),
+        Command::RehearsePub(a) => Some(rehearse::publish(rehearse::PubCfg {
+            pods: a.layout.pods.clone(),
+            streams: a.layout.streams,
+            topics: a.layout.topics,
+            seed: a.layout.seed,
+            rates: [a.user_rate, a.topic_rate, a.bcast_rate],
+            duration: a.duration,
+            payload_bytes: a.payload_bytes,
+            snapshot: a.layout.snapshot.clone(),
+            snapshot_interval: a.layout.snapshot_interval,
+            final_path: a.final_path.clone(),
+            pub_timeout: a.pub_timeout,
+            retry_for: a.retry_for,
+            run_id: a.run_id.clone(),
+        })),
+        _ => None,
+    }
 }
 
 fn main() -> ExitCode {
@@ -273,6 +439,15 @@ fn main() -> ExitCode {
             std::process::exit(3);
         })
         .expect("watchdog thread");
+    if let Some(r) = rehearsal(&cli.cmd) {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let (res, json) = match &cli.cmd {
         Command::Idle(a) => (scenarios::idle(a), &a.sub.json),
         Command::Fanout(a) => (
@@ -288,6 +463,7 @@ fn main() -> ExitCode {
             &a.sub.json,
         ),
         Command::Churn(a) => (scenarios::churn(a), &a.sub.json),
+        Command::Rehearse(_) | Command::RehearsePub(_) => unreachable!("handled above"),
     };
     let reports = match res {
         Ok(r) => r,

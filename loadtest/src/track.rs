@@ -198,6 +198,49 @@ impl Track {
         mark
     }
 
+    /// Whether class index `k` was received: `None` when that can no longer
+    /// be told (below the forgotten part of the hole list).
+    pub fn has(&self, k: u64) -> Option<bool> {
+        let w = self.win.as_ref()?;
+        if k < self.start || k >= self.top {
+            Some(false)
+        } else if k + WINDOW >= self.top {
+            Some(w.get(k))
+        } else if k < w.floor {
+            None
+        } else {
+            let i = w.holes.partition_point(|&(_, hi)| hi <= k);
+            Some(!matches!(w.holes.get(i), Some(&(lo, _)) if lo <= k))
+        }
+    }
+
+    /// Calls `f` with each class index in `[start, stop)` that never arrived,
+    /// in increasing order, while `f` returns true; indices below the
+    /// forgotten part of the hole list (see [`MAX_HOLES`]) are skipped.
+    pub fn missing(&self, stop: u64, mut f: impl FnMut(u64) -> bool) {
+        let Some(w) = self.win.as_ref() else {
+            return;
+        };
+        let win_lo = self.top.saturating_sub(WINDOW).max(self.start);
+        for &(lo, hi) in &w.holes {
+            for k in lo.max(self.start)..hi.min(stop).min(win_lo) {
+                if !f(k) {
+                    return;
+                }
+            }
+        }
+        for k in win_lo..self.top.min(stop) {
+            if !w.get(k) && !f(k) {
+                return;
+            }
+        }
+        for k in self.top.max(self.start)..stop {
+            if !f(k) {
+                return;
+            }
+        }
+    }
+
     /// Gap ranges currently remembered below the window (for tests).
     #[cfg(test)]
     fn holes(&self) -> Vec<(u64, u64)> {
@@ -310,6 +353,63 @@ mod tests {
 
     fn lost(t: &Track, expected: u64) -> u64 {
         expected - t.distinct
+    }
+
+    #[test]
+    fn has_and_missing_match_a_set() {
+        // Random arrivals with gaps, late ones and duplicates, against a set.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut exact = 0;
+        for round in 0..20 {
+            let stop = 500 + round * 150;
+            let mut t = Track::begin(0);
+            let mut seen = std::collections::BTreeSet::new();
+            for k in 0..stop {
+                let k: u64 = k;
+                let r = next() % 100;
+                if r < 1 {
+                    continue; // lost
+                }
+                let k = if r < 4 {
+                    k.saturating_sub(next() % 3000)
+                } else {
+                    k
+                };
+                t.record(k);
+                seen.insert(k);
+            }
+            let mut miss = Vec::new();
+            t.missing(stop, |k| {
+                miss.push(k);
+                true
+            });
+            let want: Vec<u64> = (0..stop).filter(|k| !seen.contains(k)).collect();
+            if t.win.as_ref().unwrap().floor == 0 {
+                assert_eq!(miss, want, "round {round}");
+                assert_eq!(stop - t.distinct, want.len() as u64);
+                exact += 1;
+            }
+            for k in 0..stop + 5 {
+                if let Some(h) = t.has(k) {
+                    assert_eq!(h, seen.contains(&k), "k {k}");
+                }
+            }
+        }
+        assert!(exact >= 10, "{exact}");
+        // Early stop.
+        let t = Track::begin(3);
+        let mut n = 0;
+        t.missing(100, |_| {
+            n += 1;
+            n < 5
+        });
+        assert_eq!(n, 5);
     }
 
     #[test]
