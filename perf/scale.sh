@@ -290,70 +290,20 @@ json.dump({"pods": "$PODS", "events": $EVENTS, "rate": $RATE, "pub_concurrency":
 EOF
 
 # ---------------------------------------------------------------- processes
-POD_PIDS=() POD_ADDRS=() HOLDER_PIDS=() RNODE_PIDS=() RNODE_PORTS=() RDIRS=()
+POD_PIDS=() POD_ADDRS=() HOLDER_PIDS=()
 REDIS_URL=
-PIN_REDIS=()
 [[ -z $REDIS_CPU ]] || PIN_REDIS=(taskset -c "$REDIS_CPU")
 
-# stop_bounded PID...: SIGTERM (a `timeout` wrapper passes it on to its child),
-# SIGKILL to what is left (children included) after STOP_TIMEOUT.
-stop_bounded() {
-    local pid pids=() deadline alive
-    for pid in "$@"; do
-        pids+=("$pid")
-        # shellcheck disable=SC2207
-        pids+=($(pgrep -P "$pid" || true))
-    done
-    ((${#pids[@]})) || return 0
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        alive=
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ -n $alive ]] || break
-        sleep 0.05
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
-
 stop_point() {
-    local d
     stop_all # the load client, if one runs (servers.sh)
     stop_bounded "${HOLDER_PIDS[@]}"
     stop_bounded "${POD_PIDS[@]}"
-    # Private, unpersisted Redis nodes: nothing to flush.
-    for d in "${RNODE_PIDS[@]}"; do kill -KILL "$d" 2>/dev/null || true; done
-    for d in "${RNODE_PIDS[@]}"; do wait "$d" 2>/dev/null || true; done
-    for d in "${RDIRS[@]}"; do rm -rf "$d"; done
-    POD_PIDS=() POD_ADDRS=() HOLDER_PIDS=() RNODE_PIDS=() RNODE_PORTS=() RDIRS=()
+    stop_redis_nodes
+    POD_PIDS=() POD_ADDRS=() HOLDER_PIDS=()
     REDIS_URL=
 }
 trap stop_point EXIT
 trap 'exit 130' INT TERM
-
-# free_ports N: N distinct TCP ports on 127.0.0.1 that are free right now.
-free_ports() {
-    python3 -c '
-import socket, sys
-ss = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); ss.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
-}
-
-# redis_node PORT LOG [ARGS...]: one private redis-server on 127.0.0.1:PORT.
-redis_node() {
-    local port=$1 log=$2 dir
-    shift 2
-    dir=$(mktemp -d /tmp/herald-scale-redis.XXXXXX)
-    RDIRS+=("$dir")
-    "${PIN_REDIS[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$dir" "$@" >"$log" 2>&1 &
-    RNODE_PIDS+=($!)
-    RNODE_PORTS+=("$port")
-    wait_for_port "$port" "$!"
-}
 
 start_redis_single() {
     local port
@@ -362,30 +312,9 @@ start_redis_single() {
     REDIS_URL="redis://127.0.0.1:$port"
 }
 
-# A 3-master Redis Cluster (no replicas); cluster bus ports chosen free too.
+# A 3-master Redis Cluster (no replicas).
 start_redis_cluster() {
-    local log=$1 ports k deadline ok
-    read -r -a ports <<<"$(free_ports 6)"
-    for k in 0 1 2; do
-        redis_node "${ports[$k]}" "$log.redis$((k + 1)).log" --cluster-enabled yes \
-            --cluster-port "${ports[$((k + 3))]}" --cluster-config-file nodes.conf \
-            --cluster-node-timeout 5000
-    done
-    timeout 60 redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" \
-        "127.0.0.1:${ports[2]}" --cluster-replicas 0 --cluster-yes >"$log.cluster-create.log" 2>&1 ||
-        { note "redis-cli --cluster create failed (see $log.cluster-create.log)"; return 1; }
-    deadline=$((SECONDS + 30))
-    while ((SECONDS < deadline)); do
-        ok=0
-        for k in 0 1 2; do
-            timeout 5 redis-cli -h 127.0.0.1 -p "${ports[$k]}" cluster info 2>/dev/null |
-                grep -q '^cluster_state:ok' && ok=$((ok + 1))
-        done
-        ((ok == 3)) && break
-        sleep 0.2
-    done
-    ((ok == 3)) || { note "Redis Cluster not ok after 30 s"; return 1; }
-    REDIS_URL="redis-cluster://127.0.0.1:${ports[0]}?node=127.0.0.1:${ports[1]}&node=127.0.0.1:${ports[2]}"
+    redis_cluster "$1" 3 0 5000 || { note "Redis Cluster failed to start"; return 1; }
 }
 
 # start_pods N BIN PARTS LOG: N pods on $REDIS_URL (PARTS: a --partitions value or empty).

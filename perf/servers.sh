@@ -85,6 +85,102 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# free_ports N: N distinct TCP ports on 127.0.0.1 that are free right now.
+free_ports() {
+    python3 -c '
+import socket, sys
+ss = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ss.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
+}
+
+# stop_bounded PID...: SIGTERM to each and its children (a `timeout` wrapper passes
+# it on), SIGKILL to what is left after STOP_TIMEOUT; reaps them.
+stop_bounded() {
+    local pid pids=() deadline alive
+    for pid in "$@"; do
+        pids+=("$pid")
+        # shellcheck disable=SC2207
+        pids+=($(pgrep -P "$pid" || true))
+    done
+    ((${#pids[@]})) || return 0
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        alive=
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ -n $alive ]] || break
+        sleep 0.05
+    done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# Private, unpersisted Redis nodes started by redis_node: their PIDs, ports and
+# temp dirs (stop_redis_nodes ends them). PIN_REDIS: a command prefix (taskset).
+RNODE_PIDS=() RNODE_PORTS=() RDIRS=() PIN_REDIS=()
+
+# redis_node PORT LOG [ARGS...]: one private redis-server on 127.0.0.1:PORT.
+redis_node() {
+    local port=$1 log=$2 dir
+    shift 2
+    dir=$(mktemp -d /tmp/herald-perf-redis.XXXXXX)
+    RDIRS+=("$dir")
+    ${PIN_REDIS[@]+"${PIN_REDIS[@]}"} redis-server --port "$port" --bind 127.0.0.1 --save '' \
+        --appendonly no --dir "$dir" "$@" >"$log" 2>&1 &
+    RNODE_PIDS+=($!)
+    RNODE_PORTS+=("$port")
+    wait_for_port "$port" "$!"
+}
+
+# stop_redis_nodes: SIGKILL every node (nothing to flush), remove their dirs.
+stop_redis_nodes() {
+    local p d
+    for p in "${RNODE_PIDS[@]}"; do [[ $p == 0 ]] || kill -KILL "$p" 2>/dev/null || true; done
+    for p in "${RNODE_PIDS[@]}"; do [[ $p == 0 ]] || wait "$p" 2>/dev/null || true; done
+    for d in "${RDIRS[@]}"; do rm -rf "$d"; done
+    RNODE_PIDS=() RNODE_PORTS=() RDIRS=()
+}
+
+# redis_cluster LOG MASTERS REPLICAS NODE_TIMEOUT_MS [ARGS...]: a Redis Cluster of
+# MASTERS masters with REPLICAS replicas each (cluster bus ports free too); waits
+# (60 s at most) until every node says cluster_state:ok and every replica's link is
+# up; sets REDIS_URL (redis-cluster://, every node). Returns 1 on failure.
+redis_cluster() {
+    local log=$1 masters=$2 replicas=$3 timeout_ms=$4 n ports k deadline ok up sep addrs=()
+    shift 4
+    n=$((masters * (1 + replicas)))
+    read -r -a ports <<<"$(free_ports $((2 * n)))"
+    for ((k = 0; k < n; k++)); do
+        redis_node "${ports[$k]}" "$log.redis$((k + 1)).log" --cluster-enabled yes \
+            --cluster-port "${ports[$((k + n))]}" --cluster-config-file nodes.conf \
+            --cluster-node-timeout "$timeout_ms" "$@"
+        addrs+=("127.0.0.1:${ports[$k]}")
+    done
+    timeout 60 redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" \
+        --cluster-yes >"$log.cluster-create.log" 2>&1 ||
+        { echo "redis-cli --cluster create failed (see $log.cluster-create.log)" >&2; return 1; }
+    deadline=$((SECONDS + 60))
+    while ((SECONDS < deadline)); do
+        ok=0 up=0
+        for ((k = 0; k < n; k++)); do
+            timeout 5 redis-cli -h 127.0.0.1 -p "${ports[$k]}" cluster info 2>/dev/null |
+                grep -q '^cluster_state:ok' && ok=$((ok + 1))
+            ((replicas == 0)) || ! timeout 5 redis-cli -h 127.0.0.1 -p "${ports[$k]}" info replication \
+                2>/dev/null | grep -q '^master_link_status:up' || up=$((up + 1))
+        done
+        ((ok == n && up == masters * replicas)) && break
+        sleep 0.2
+    done
+    ((ok == n && up == masters * replicas)) ||
+        { echo "Redis Cluster not ok after 60 s ($ok of $n ok, $up replicas linked)" >&2; return 1; }
+    REDIS_URL="redis-cluster://${addrs[0]}" sep='?'
+    for ((k = 1; k < n; k++)); do
+        REDIS_URL+="${sep}node=${addrs[$k]}" sep='&'
+    done
+}
+
 # started OUT: the server just started in the background prints
 # "... listening on http://ADDR" on OUT; sets SERVER_PID, SERVER_STOP and
 # SERVER_ADDR once it does (fails if it exits first).
