@@ -10,6 +10,22 @@ use herald::config::LogFormat;
 use herald::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc: memory a burst of connects or reconnects allocated and freed goes back
+// to the system instead of staying as fragmented free space in glibc's per-thread
+// arenas (perf/SCALE.md, "Rehearsal at 100,000 streams").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: a background thread returns freed pages
+/// a second after they were freed, also when herald sits idle after a burst (the
+/// default decays only as the process allocates, over 10 s).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: a pointer to the first byte of a 'static NUL-terminated string.
+    unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
+);
+
 fn main() {
     let config = Config::from_process();
     if config.health_check {
