@@ -495,7 +495,7 @@ async fn a_burst_of_resumes_costs_the_rows_read_not_resumes_times_rows() {
         .await;
     // Rows no resuming stream wants (another topic, another user), in batches.
     for k in 0..ROWS / 1_000 {
-        let batch: Vec<_> = (0..1_000)
+        let batch = (0..1_000)
             .map(|i| {
                 let target = if i % 2 == 0 {
                     json!({"topics": ["rb-noise"]})
@@ -505,13 +505,7 @@ async fn a_burst_of_resumes_costs_the_rows_read_not_resumes_times_rows() {
                 json!({"data": format!("n{k}-{i}"), "target": target})
             })
             .collect();
-        let r = a
-            .post(
-                "/api/broadcast",
-                &serde_json::Value::from(batch).to_string(),
-            )
-            .await;
-        assert_eq!(r.status, 202, "batch: {}", r.body);
+        a.publish_batch(batch).await;
     }
     let wanted = a
         .publish(json!({"data": "wanted", "target": {"topics": ["rb-t"]}}))

@@ -115,6 +115,19 @@ impl Herald {
         r.json()["id"].as_str().expect("id is a string").to_string()
     }
 
+    /// Publish a batch (a JSON array of publish objects) and return its ids.
+    pub async fn publish_batch(&self, events: Vec<serde_json::Value>) -> Vec<String> {
+        let body = serde_json::Value::from(events).to_string();
+        let r = self.post("/api/broadcast", &body).await;
+        assert_eq!(r.status, 202, "batch answered {}: {}", r.status, r.body);
+        r.json()["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_str().expect("an id").to_string())
+            .collect()
+    }
+
     /// Open an SSE stream for `query` (e.g. `userId=u1&topics=a`).
     pub async fn subscribe(&self, query: &str) -> SseClient {
         let c = SseClient::connect(self.addr, &format!("/api/user/sse/connect?{query}"), &[]).await;
