@@ -57,6 +57,8 @@
 #   CLEANUP [HB / 3] s (--cleanup-interval): a dead pod is cleaned within STALE + CLEANUP
 #   RETRY [2s] RETRY_JITTER [3s] (herald's --retry, --retry-jitter)  GRACE [10s]
 #   LINGER [5s] (--presence-linger: a user back within it makes no offline/online pair)
+#   HISTORY [10000] (--history-events: a smaller one is full before the faults, so
+#     that memory after them shows churn, not the history filling)
 #   USER_RATE [100]  TOPIC_RATE [10]  BCAST_RATE [1]  PAYLOAD [64] bytes
 #   IDLE [2 x HB] s with every stream open and nothing published (0: none)
 #   STEADY [10 x HB] s  RECOVER [25] s per fault window  CONVERGE [RECOVER - 2] s
@@ -96,6 +98,7 @@ STALE=${STALE:-$((HB + HB / 2 > HB + 2 * NODE_TIMEOUT / 1000 + 1 ? HB + HB / 2 :
 CLEANUP=${CLEANUP:-$((HB / 3 > 0 ? HB / 3 : 1))}
 RETRY=${RETRY:-2s}
 LINGER=${LINGER:-5s}
+HISTORY=${HISTORY:-10000}
 RETRY_JITTER=${RETRY_JITTER:-3s}
 GRACE=${GRACE:-10s}
 USER_RATE=${USER_RATE:-100}
@@ -163,7 +166,7 @@ cat >"$OUT/config.json" <<EOF
 {"streams": $STREAMS, "pods": $PODS, "partitions": $PARTITIONS, "topics": $TOPICS, "seed": $SEED,
  "clients": $CLIENTS, "per_client": $PER_CLIENT, "hb": $HB, "stale_after_s": $STALE,
  "cleanup_s": $CLEANUP, "retry": "$RETRY",
- "retry_jitter": "$RETRY_JITTER", "linger": "$LINGER", "grace": "$GRACE", "user_rate": $USER_RATE,
+ "retry_jitter": "$RETRY_JITTER", "linger": "$LINGER", "history": $HISTORY, "grace": "$GRACE", "user_rate": $USER_RATE,
  "topic_rate": $TOPIC_RATE, "bcast_rate": $BCAST_RATE, "payload": $PAYLOAD, "idle_s": $IDLE, "steady_s": $STEADY,
  "recover_s": $RECOVER, "faults": "$FAULTS", "node_timeout_ms": $NODE_TIMEOUT,
  "slow_bursts": $SLOW_BURSTS, "slow_s": $SLOW_S, "publish_s": $PUB_SECONDS}
@@ -241,7 +244,7 @@ start_pod() {
     "$HERALD" --listen "127.0.0.1:${POD_PORTS[$i]}" --shards 1 --log warn --redis "$REDIS_URL" \
         --partitions "$PARTITIONS" --pod-id "pod$k-$(now_ms)" --heartbeat-interval "${HB}s" \
         --stale-after "${STALE}s" --cleanup-interval "${CLEANUP}s" --retry "$RETRY" --retry-jitter "$RETRY_JITTER" \
-        --presence-linger "$LINGER" --grace-period "$GRACE" >"$log.out" 2>"$log.err" &
+        --presence-linger "$LINGER" --history-events "$HISTORY" --grace-period "$GRACE" >"$log.out" 2>"$log.err" &
     pid=$!
     POD_PIDS[i]=$pid
     line=$(wait_for_line "$log.out" 'listening on http://' "$pid") || die "pod $k did not start (see $log.err)"
