@@ -33,11 +33,10 @@ herald_and_loadtest "$ROOT" "$TARGET" || die "no herald or loadtest build (see a
 POD= CLIENT=
 trap 'stop_bounded ${CLIENT:+"$CLIENT"} ${POD:+"$POD"}; stop_redis_nodes' EXIT
 trap 'exit 130' INT TERM
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # measure MODE N: prints "RSS before, RSS after" (KB) of one pod holding N streams.
 measure() {
-    local mode=$1 n=$2 log=$OUT/logs/$1-$2 args=() line addr rss0 open=0 deadline
+    local mode=$1 n=$2 log=$OUT/logs/$1-$2 args=() line addr rss0 open
     if [[ $mode == cluster ]]; then
         local port
         port=$(free_port)
@@ -55,12 +54,7 @@ measure() {
         --topics 100 --seed 1 --part 0 --parts 1 --snapshot "$log.jsonl" --duration 100s \
         >"$log.client" 2>&1 &
     CLIENT=$!
-    deadline=$((SECONDS + 60))
-    while ((open < n && SECONDS < deadline)); do
-        sleep 1
-        open=$(tail -n 1 "$log.jsonl" 2>/dev/null |
-            python3 -c 'import json, sys; print(json.load(sys.stdin)["counters"]["open"])' 2>/dev/null || echo 0)
-    done
+    open=$(wait_open "$log.jsonl" "$n" 60)
     ((open >= n)) || die "$mode: only $open of $n streams opened"
     sleep "$SETTLE"
     echo "$rss0 $(rss_kb "$POD")"

@@ -307,9 +307,8 @@ PY
 # One embedded herald (no Redis) with STREAMS/PODS streams of the same layout: its
 # RSS growth per stream is what the cluster's pods are held to (memory per stream
 # in cluster mode <= embedded + 10%). raw/embedded.json.
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 embedded_baseline() {
-    local n=$((STREAMS / PODS)) log=$OUT/logs/embedded pid cpid line addr rss0 rss1 open=0 deadline
+    local n=$((STREAMS / PODS)) log=$OUT/logs/embedded pid cpid line addr rss0 rss1 open
     "$HERALD" --listen 127.0.0.1:0 --shards 1 --log warn --grace-period 1s \
         --heartbeat-interval "${HB}s" >"$log.out" 2>"$log.err" &
     pid=$!
@@ -323,13 +322,7 @@ embedded_baseline() {
         --connect-concurrency "$CONNECT_CONCURRENCY" --snapshot "$OUT/embedded.jsonl" \
         --duration "$((RAMP_TIMEOUT + 20))s" >"$log.client" 2>&1 &
     cpid=$!
-    deadline=$((SECONDS + RAMP_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        open=$(tail -n 1 "$OUT/embedded.jsonl" 2>/dev/null |
-            python3 -c 'import json, sys; print(json.load(sys.stdin)["counters"]["open"])' 2>/dev/null || echo 0)
-        ((open >= n)) && break
-        sleep 1
-    done
+    open=$(wait_open "$OUT/embedded.jsonl" "$n" "$RAMP_TIMEOUT")
     sleep 2 # the last connects' buffers settle
     rss1=$(rss_kb "$pid")
     stop_bounded "$cpid"

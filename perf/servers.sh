@@ -117,6 +117,22 @@ stop_bounded() {
     for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
 }
 
+# rss_kb PID: the process's resident memory in KB (0 when it is gone).
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# wait_open FILE N SECONDS: waits (at most SECONDS) until the last snapshot a
+# `loadtest rehearse` wrote to FILE counts N open streams; prints the last count.
+wait_open() {
+    local file=$1 n=$2 deadline=$((SECONDS + $3)) open=0
+    while ((SECONDS < deadline)); do
+        open=$(tail -n 1 "$file" 2>/dev/null |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["counters"]["open"])' 2>/dev/null || echo 0)
+        ((open >= n)) && break
+        sleep 1
+    done
+    echo "$open"
+}
+
 # Private, unpersisted Redis nodes started by redis_node: their PIDs, ports and
 # temp dirs (stop_redis_nodes ends them). PIN_REDIS: a command prefix (taskset).
 RNODE_PIDS=() RNODE_PORTS=() RDIRS=() PIN_REDIS=()

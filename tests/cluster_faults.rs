@@ -605,11 +605,14 @@ async fn wait_draining_or_gone(h: &Herald) {
     loop {
         let mut answer = Vec::new();
         if let Ok(mut s) = tokio::net::TcpStream::connect(h.addr).await {
-            let req = format!(
-                "GET /health/ready HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-                h.addr
+            let req = support::encode_request(
+                h.addr,
+                "GET",
+                "/health/ready",
+                &[("connection", "close")],
+                None,
             );
-            if s.write_all(req.as_bytes()).await.is_ok() {
+            if s.write_all(&req).await.is_ok() {
                 let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
             }
         }
