@@ -444,7 +444,8 @@ impl Broker {
                 if !req.local_history_complete {
                     Initial::Resync
                 } else {
-                    match s.history.resume(last, now, wants) {
+                    let presence = req.topics.iter().any(|t| &**t == crate::presence::TOPIC);
+                    match s.history.resume(last, now, presence, wants) {
                         Resume::Replay(events) => Initial::Replay(events),
                         Resume::Resync => Initial::Resync,
                     }

@@ -105,7 +105,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_CLEANUP_INTERVAL", default_value = "30s", value_parser = duration)]
     pub cleanup_interval: Duration,
 
-    /// Events kept for resuming with Last-Event-ID.
+    /// Events kept for resuming with Last-Event-ID (presence transitions
+    /// apart: as many of them again).
     #[arg(long, env = "HERALD_HISTORY_EVENTS", default_value_t = 10_000)]
     pub history_events: usize,
 

@@ -256,3 +256,63 @@ async fn pending_and_a_killed_pod_with_partitions() {
         started.elapsed()
     );
 }
+
+/// (Found with the presence history split.) A stream whose partition's log had
+/// no event yet when it connected resumes exactly once its partition's first
+/// events came: a log that lost nothing since it was created is not "trimmed
+/// past the resume point" (it was told `RESYNC`, the first retained event
+/// being later than the stream's id). A stream from before the log was created
+/// is still told `RESYNC`.
+#[tokio::test]
+async fn a_resume_after_a_partitions_first_events_is_exact() {
+    need!("redis-server", "redis-cli");
+    let p = pods("parts-fresh");
+    let a = pod(&p);
+    let b = pod(&p);
+    let mut sub = a
+        .subscribe_connected("userId=pf-user&connectionId=c1&topics=pf-t")
+        .await;
+    // One topic event gives the stream an id: its partition part is the
+    // partition log's position at registration (no event there yet).
+    b.publish(json!({"data": "t1", "target": {"topics": ["pf-t"]}}))
+        .await;
+    let t1 = next_ev(&mut sub, "t1").await;
+    assert_eq!(t1.data, "t1");
+    let last = t1.id.clone().expect("an id");
+    drop(sub);
+    a.wait_connections(0).await;
+    // The partition's first events, while the stream is away.
+    for i in 0..3 {
+        b.publish(json!({"data": format!("u{i}"), "target": {"users": ["pf-user"]}}))
+            .await;
+    }
+    let mut back = SseClient::connect(
+        b.addr,
+        "/api/user/sse/connect?userId=pf-user&connectionId=c1&topics=pf-t",
+        &[("Last-Event-ID", last.as_str())],
+    )
+    .await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert_eq!(next_ev(&mut back, "CONNECTED").await.event, "CONNECTED");
+    let got: Vec<String> = take(&mut back, 3, "the partition's first events")
+        .await
+        .into_iter()
+        .map(|e| {
+            assert_ne!(e.event, "RESYNC", "a resume after {last}: {e:?}");
+            e.data
+        })
+        .collect();
+    assert_eq!(got, ["u0", "u1", "u2"], "the replay after {last}");
+    // An id from before this cluster's logs existed: RESYNC.
+    let (b0, p0) = parts(&last);
+    let old = format!("{}.{}", b0 / 2, p0 / 2);
+    let mut odd = SseClient::connect(
+        b.addr,
+        "/api/user/sse/connect?userId=pf-user&connectionId=c2",
+        &[("Last-Event-ID", old.as_str())],
+    )
+    .await;
+    assert_eq!(odd.status, 200);
+    assert_eq!(next_ev(&mut odd, "CONNECTED").await.event, "CONNECTED");
+    assert_eq!(next_ev(&mut odd, "RESYNC").await.event, "RESYNC");
+}

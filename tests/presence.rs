@@ -461,6 +461,75 @@ async fn a_presence_stream_resumes_with_exactly_the_missed_events() {
     expect_pres(&mut back, "online", "rs-marker-2", "live").await;
 }
 
+/// (Found by the scale rehearsal.) Presence transitions have a history of
+/// their own: a storm of them, many times `--history-events`, does not push
+/// the events other streams resume from out of the history. A topic stream
+/// that left before the storm resumes after it with exactly what it missed,
+/// no `RESYNC`; a presence stream from before the storm is told `RESYNC`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_transitions_leaves_the_other_events_history_whole() {
+    const USERS: usize = 100;
+    let h = Herald::start(&["--presence-linger", "1s", "--history-events", "20"]);
+    let mut watcher = open_presence(&h).await;
+    let marker = h.subscribe_connected("userId=hs-first").await;
+    let before = expect_pres(&mut watcher, "online", "hs-first", "before the storm").await;
+    drop(marker);
+
+    let mut reader = h
+        .subscribe_connected("userId=hs-reader&topics=hs-news")
+        .await;
+    expect_pres(&mut watcher, "online", "hs-reader", "the reader comes").await;
+    h.publish(json!({"data": "one", "target": {"topics": ["hs-news"]}}))
+        .await;
+    let one = next_ev(&mut reader, "the reader's first event").await;
+    assert_eq!(one.data, "one", "{one:?}");
+    let last = id_of(&one).to_string();
+    drop(reader);
+
+    // The storm: USERS users come online (five times the history).
+    let queries = (0..USERS).map(|i| format!("userId=hs-u{i}")).collect();
+    let _open = open_many(&h, queries, 32).await;
+    let mut seen = BTreeSet::new();
+    for i in 0..USERS {
+        let p = next_pres(&mut watcher, &format!("storm online #{i}")).await;
+        assert_eq!(p.event, "online", "{p:?}");
+        seen.insert(p.user);
+    }
+    assert_eq!(seen.len(), USERS, "one online per user");
+
+    h.publish(json!({"data": "two", "target": {"topics": ["hs-news"]}}))
+        .await;
+    h.publish(json!({"data": "three", "target": {"users": ["hs-reader"]}}))
+        .await;
+    let mut back = SseClient::connect(
+        h.addr,
+        "/api/user/sse/connect?userId=hs-reader&topics=hs-news",
+        &[("Last-Event-ID", &last)],
+    )
+    .await;
+    assert_eq!(back.status, 200, "resume answered {}", back.status);
+    let connected = next_ev(&mut back, "CONNECTED on resume").await;
+    assert_eq!(connected.event, "CONNECTED", "{connected:?}");
+    let mut got = Vec::new();
+    for what in ["the missed topic event", "the missed user event"] {
+        let ev = next_ev(&mut back, what).await;
+        assert_ne!(
+            ev.event, "RESYNC",
+            "a resume after {last} was told RESYNC: the transitions pushed the \
+             topic's events out of the history"
+        );
+        got.push(ev.data);
+    }
+    assert_eq!(got, ["two", "three"], "the replay after {last}");
+
+    let mut old = open_presence_at(&h, STREAM, &[("Last-Event-ID", &before.id.to_string())]).await;
+    let ev = next_ev(&mut old, "the presence resume's first event").await;
+    assert_eq!(
+        ev.event, "RESYNC",
+        "a presence stream from before {USERS} transitions with --history-events 20: {ev:?}"
+    );
+}
+
 /// Assert `r` is `status` with a JSON `{"error": code, "message": "…"}`.
 fn assert_error(r: &Response, status: u16, code: &str, what: &str) {
     assert_json_error(r, status, what);

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::backend::{Backend, TestCluster};
-use support::check::{wait_ready, Id};
+use support::check::{next_ev, wait_ready, Id};
 use support::presence::{self, connections, now_ms, SLACK_MS, STREAM};
 use support::redis::{pod_flags, wait_cluster, Timing};
 use support::{Herald, SseClient, SseEvent, WAIT};
@@ -88,6 +88,7 @@ presence_cluster_tests! {
         counts_and_connections_are_the_same_on_every_pod,
         a_presence_stream_resumes_on_another_pod_after_its_pod_stopped,
         a_stream_that_ends_during_a_heartbeat_is_not_put_back,
+        a_storm_of_transitions_leaves_the_other_events_history_whole,
     }
 }
 
@@ -1218,4 +1219,103 @@ async fn a_stream_that_ends_during_a_heartbeat_is_not_put_back(backend: Backend)
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// 8. (Found by the scale rehearsal.) Presence transitions have a history of
+///    their own: a storm of them, many times `--history-events`, does not push
+///    the events other streams resume from out of the history. A topic stream
+///    that left before the storm resumes after it, on another pod, with exactly
+///    the topic and user events it missed, no `RESYNC` (before, the
+///    transitions filled the shared log and the resume was told `RESYNC`);
+///    a presence stream from before the storm is told `RESYNC` (its own
+///    history is what the storm filled).
+async fn a_storm_of_transitions_leaves_the_other_events_history_whole(backend: Backend) {
+    // Well past what `MAXLEN ~ 30` keeps: Redis trims whole nodes of 100.
+    const USERS: usize = 400;
+    let tc = backend.cluster("pc-hist").with_timing(TIMING);
+    let pods = start_pods(&tc, &["--history-events", "30"]).await;
+    let two = backend.two_part_ids();
+    let mut watcher = Feed::open(&pods[1], &[], two).await;
+    let marker = connect(&pods[2], "userId=hs-first").await;
+    let before = watcher
+        .expect("online", "hs-first", "before the storm")
+        .await;
+    drop(marker);
+
+    // A topic stream receives one event, then leaves.
+    let mut reader = connect(&pods[0], "userId=hs-reader&topics=hs-news").await;
+    watcher
+        .expect("online", "hs-reader", "the reader comes")
+        .await;
+    pods[3]
+        .publish(json!({"data": "one", "target": {"topics": ["hs-news"]}}))
+        .await;
+    let one = next_ev(&mut reader, "the reader's first event").await;
+    assert_eq!(one.data, "one", "{one:?}");
+    let last_id = one.id.clone().expect("a topic event has an id");
+    drop(reader);
+
+    // The storm: USERS users come online, every transition seen live.
+    let streams: Vec<(usize, String)> = (0..USERS)
+        .map(|i| (i % PODS, format!("userId=hs-u{i}")))
+        .collect();
+    let _open = open_many(&pods, streams, 64).await;
+    let storm = watcher.take_set(USERS, "online", "the storm").await;
+    assert_eq!(storm.len(), USERS, "one online per user");
+
+    // What the reader misses after the storm: a topic event and a user event.
+    pods[2]
+        .publish(json!({"data": "two", "target": {"topics": ["hs-news"]}}))
+        .await;
+    pods[3]
+        .publish(json!({"data": "three", "target": {"users": ["hs-reader"]}}))
+        .await;
+
+    // Resumed on another pod: exactly those two, in order, then live.
+    let mut back = SseClient::connect(
+        pods[1].addr,
+        "/api/user/sse/connect?userId=hs-reader&topics=hs-news",
+        &[("Last-Event-ID", &last_id)],
+    )
+    .await;
+    assert_eq!(back.status, 200, "resume answered {}", back.status);
+    let connected = next_ev(&mut back, "CONNECTED on resume").await;
+    assert_eq!(connected.event, "CONNECTED", "{connected:?}");
+    let mut got = Vec::new();
+    for what in ["the missed topic event", "the missed user event"] {
+        let ev = next_ev(&mut back, what).await;
+        assert_ne!(
+            ev.event, "RESYNC",
+            "a resume after {last_id} was told RESYNC: the transitions pushed the \
+             topic's events out of the history"
+        );
+        got.push(ev.data);
+    }
+    if two {
+        // Two sources (the topic's and the user's partition): each in its
+        // order, not one order between them.
+        got.sort();
+        assert_eq!(got, ["three", "two"], "the replay after {last_id}");
+    } else {
+        assert_eq!(got, ["two", "three"], "the replay after {last_id}");
+    }
+    pods[0]
+        .publish(json!({"data": "four", "target": {"topics": ["hs-news"]}}))
+        .await;
+    let live = next_ev(&mut back, "live after the replay").await;
+    assert_eq!(
+        live.data, "four",
+        "nothing between the replay and live: {live:?}"
+    );
+
+    // A presence stream from before the storm: its history is gone.
+    let mut old = SseClient::connect(pods[2].addr, STREAM, &[("Last-Event-ID", &before.id)]).await;
+    assert_eq!(old.status, 200, "presence resume answered {}", old.status);
+    let connected = next_ev(&mut old, "CONNECTED on the presence resume").await;
+    assert_eq!(connected.event, "CONNECTED", "{connected:?}");
+    let ev = next_ev(&mut old, "the presence resume's first event").await;
+    assert_eq!(
+        ev.event, "RESYNC",
+        "a presence stream from before {USERS} transitions with --history-events 30: {ev:?}"
+    );
 }

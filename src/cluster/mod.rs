@@ -25,6 +25,12 @@
 //!   answered from, and the source of ids: the SSE id is `ms << 20 | seq` of the
 //!   stream id ([`log::sse_id`]). Trimmed to `history_events` (`MAXLEN ~`) and
 //!   `history_seconds` (`MINID ~`).
+//! * `{p}:plog` — presence transitions (the presence topic's events), kept
+//!   apart from the log so that a storm of them does not push other events out
+//!   of the history, trimmed the same way; their ids are of the log's sequence
+//!   (`XSETID` moves the log's last id past each).
+//! * `{p}:lgone` — when the log holds no event, up to where its events may be
+//!   gone (it was created, or trimmed to its age, there).
 //! * `{p}:all` — the broadcast stream: `all` events under their log ids;
 //!   `{p}:alast` its last id.
 //! * `{p}:inbox:<pod>` — one pod's inbox: events for its users and topics (with

@@ -41,15 +41,23 @@ struct Registered {
     floor: u64,
     /// The source log's first retained id (0: empty).
     first: u64,
+    /// For a presence stream's resume: the presence log's first retained id
+    /// and its last generated one (0: none).
+    presence_first: u64,
+    presence_last: u64,
     entries: Vec<Value>,
 }
 
 impl Registered {
     /// Whether a resume after `after` cannot be exact here: from the future, or
     /// from before the retained log (ids between it and the first retained one
-    /// may be gone, or the log is empty).
-    fn resync(&self, after: u64) -> bool {
-        after > self.floor || (after < self.floor && (self.first == 0 || after < self.first - 1))
+    /// may be gone, or the log is empty). `presence`: the stream receives
+    /// presence transitions, so the presence log's retained part counts too.
+    fn resync(&self, after: u64, presence: bool) -> bool {
+        let gone = |first: u64, last: u64| after < last && (first == 0 || after < first - 1);
+        after > self.floor
+            || gone(self.first, self.floor)
+            || (presence && gone(self.presence_first, self.presence_last))
     }
 
     fn events(&self) -> Vec<Arc<crate::event::Event>> {
@@ -89,6 +97,7 @@ impl Cluster {
             resume,
         } = reg;
         let joins = self.topics.subscribe(topics.iter().map(|t| &**t));
+        let presence = topics.iter().any(|t| &**t == crate::presence::TOPIC);
         if !self.is_up() {
             return None;
         }
@@ -140,7 +149,7 @@ impl Cluster {
             let r = answers.first()?;
             let start = match resume {
                 None => pending(r),
-                Some(ResumeFrom::Id(after)) if !r.resync(after) => Start::Replay {
+                Some(ResumeFrom::Id(after)) if !r.resync(after, presence) => Start::Replay {
                     partition: r.events(),
                     broadcast: Vec::new(),
                 },
@@ -156,13 +165,17 @@ impl Cluster {
         let p = answers.iter().find(|r| r.source != 0)?;
         let (start, from) = match resume {
             None => (pending(p), b.floor),
-            Some(ResumeFrom::Pair(rb, rp)) if !b.resync(rb) && !p.resync(rp) => (
-                Start::Replay {
-                    partition: p.events(),
-                    broadcast: b.events(),
-                },
-                rb,
-            ),
+            Some(ResumeFrom::Pair(rb, rp))
+                if !b.resync(rb, presence) && !p.resync(rp, presence) =>
+            {
+                (
+                    Start::Replay {
+                        partition: p.events(),
+                        broadcast: b.events(),
+                    },
+                    rb,
+                )
+            }
             Some(_) => (Start::Resync, b.floor),
         };
         Some(Joined {
@@ -502,6 +515,7 @@ async fn register_on(
     };
     let floor = id(v.first());
     let first = id(v.get(3)).unwrap_or(0);
+    let (presence_first, presence_last) = (id(v.get(6)).unwrap_or(0), id(v.get(7)).unwrap_or(0));
     outbox.extend(super::presence::Outbox::online(
         src.index,
         v.get(4),
@@ -521,6 +535,8 @@ async fn register_on(
                 source: src.index,
                 floor,
                 first,
+                presence_first,
+                presence_last,
                 entries,
             }),
             _ => answers[i] = None,

@@ -119,12 +119,79 @@ local function drop_pod(pod)
   rc('DEL', pt, inbox(pod))
   rc('ZREM', pods, pod)
 end
+-- Up to where the log's events may be gone when it holds none (`lgone`): the
+-- log's last generated id moves with presence transitions too (`plog`), so an
+-- empty log alone does not say that events were lost.
+local lgone = T .. ':lgone'
 -- No log (never written, or Redis lost its data): create it empty, so that its
 -- last generated id says where later events start (every event read before is
 -- older). Returns that id.
 local function create_log()
   local id = rc('XADD', KEYS[1], '*', 'x', '')
   rc('XDEL', KEYS[1], id)
+  rc('SET', lgone, id)
+  return id
+end
+-- Trim the log to an age (`MINID`, `~` or exact), noting how far it went.
+local function age_trim(minid, approx)
+  local n
+  if approx then n = rc('XTRIM', KEYS[1], 'MINID', '~', minid)
+  else n = rc('XTRIM', KEYS[1], 'MINID', minid) end
+  if n > 0 then rc('SET', lgone, minid) end
+end
+-- A stream's last generated id and its first retained entry's ('0-0': none);
+-- then whether it lost none of its entries but by `XDEL` (Redis 7 says;
+-- `false` when it cannot be told).
+local function ends(k)
+  local last, first, added, len, maxdel = '0-0', '0-0', nil, nil, '0-0'
+  local info = rc('XINFO', 'STREAM', k)
+  for x = 1, #info, 2 do
+    local f, v = info[x], info[x + 1]
+    if f == 'last-generated-id' then last = v
+    elseif f == 'first-entry' and type(v) == 'table' then first = v[1]
+    elseif f == 'entries-added' then added = v
+    elseif f == 'length' then len = v
+    elseif f == 'max-deleted-entry-id' then maxdel = v
+    end
+  end
+  -- The only `XDEL` of a log is `create_log`'s, once.
+  local whole = added ~= nil and len ~= nil
+    and added - len == ((maxdel ~= '0-0') and 1 or 0)
+  return last, first, whole
+end
+local function sid_gt(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+-- Presence transitions have a log of their own beside the log (`plog`, trimmed
+-- the same way): a storm of them (every user of a restarted pod coming back)
+-- must not push the events other streams resume from out of the history.
+-- Their ids are the log's sequence: each is after every id of both logs, and
+-- the log's last generated id is moved past it, so that ids stay one order.
+local plog, PTOPIC = T .. ':plog', '#presence'
+local plast = nil
+local function presence_append(hmax, ...)
+  if not plast then
+    if rc('EXISTS', KEYS[1]) == 0 then plast = create_log() else plast = ends(KEYS[1]) end
+    if rc('EXISTS', plog) == 1 then
+      local p = ends(plog)
+      if sid_gt(p, plast) then plast = p end
+    end
+  end
+  local t = rc('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms, seq = string.match(plast, '^(%d+)-(%d+)$')
+  local id
+  if now > tonumber(ms) then
+    id = string.format('%d-0', now)
+  else
+    id = ms .. '-' .. (tonumber(seq) + 1)
+  end
+  rc('XADD', plog, 'MAXLEN', '~', hmax, id, ...)
+  rc('XSETID', KEYS[1], id)
+  plast = id
   return id
 end
 local function last_all()
@@ -198,7 +265,10 @@ end
 /// A user's first connection that is not back within the linger is a
 /// presence transition: written to the outbox for this pod to publish.
 /// Returns `{last log id, calls, {pending or replay entries per connection},
-/// first retained log id, presence outbox id or '', {users online}}`.
+/// first retained log id (an empty log: up to where its events may be gone),
+/// presence outbox id or '', {users online}, first
+/// retained and last generated id of the presence log (when a presence stream
+/// resumed, '' otherwise)}`.
 const REGISTER: &str = r#"
 local now, pod, what = ARGV[3], ARGV[4], ARGV[7]
 local registry = what ~= 'bcast'
@@ -267,18 +337,32 @@ for j = 1, #members do
 end
 -- The log's true last id and first retained entry (after the exact age trim a
 -- resume needs), from one XINFO.
-if resumes and ARGV[5] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', ARGV[5]) end
+if resumes and ARGV[5] ~= '0' then age_trim(ARGV[5], false) end
 local last_id, first_id = '0-0', '0-0'
 if rc('EXISTS', KEYS[1]) == 0 then
   last_id = create_log()
 else
-  local info = rc('XINFO', 'STREAM', KEYS[1])
-  for k = 1, #info, 2 do
-    if info[k] == 'last-generated-id' then last_id = info[k + 1]
-    elseif info[k] == 'first-entry' and type(info[k + 1]) == 'table' then
-      first_id = info[k + 1][1]
-    end
+  local whole
+  last_id, first_id, whole = ends(KEYS[1])
+  -- Up to where events may be gone: the first retained one once some were
+  -- trimmed; else where the log was created or emptied, when that is known.
+  if first_id == '0-0' or whole then
+    first_id = rc('GET', lgone) or first_id
   end
+end
+-- A presence stream's resume reads the presence log too (from the oldest such
+-- resume point), and is exact only where it retains what came after.
+local wfrom, pfirst, plastg = nil, '', ''
+for j = 1, #members do
+  if modes[j] == 'r' and internal(members[j]) and (wfrom == nil or sid_gt(wfrom, sids[j])) then
+    wfrom = sids[j]
+  end
+end
+if wfrom and rc('EXISTS', plog) == 1 then
+  if ARGV[5] ~= '0' then rc('XTRIM', plog, 'MINID', ARGV[5]) end
+  plastg, pfirst = ends(plog)
+else
+  wfrom = nil
 end
 -- Resumes are remembered for a while: a dead pod's unread events for a user who
 -- resumed since were replayed by that resume (see `salvage`).
@@ -293,25 +377,16 @@ if registry and resumes then
   end
   chunked('ZADD', T .. ':resumed', z, 2)
 end
-local function sid_gt(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
-local rows = nil
+local rows = {}
 -- The rows resumes may need, indexed once by what they are for (every `all`
 -- row; per user; per topic), so that each resume looks only at its own rows
 -- after its point: a batch of resumes costs the rows read plus what it
 -- replays, not resumes × rows.
 local alls, by = {}, {}
-if resumes then
-  local from = nil
-  for j = 1, #members do
-    if modes[j] == 'r' and (from == nil or sid_gt(from, sids[j])) then from = sids[j] end
-  end
-  rows = rc('XRANGE', KEYS[1], '(' .. from, '+', 'COUNT', ARGV[6])
-  for r, row in ipairs(rows) do
+local function index(list)
+  for _, row in ipairs(list) do
+    rows[#rows + 1] = row
+    local r = #rows
     local f, k, t = row[2], nil, nil
     for x = 1, #f, 2 do
       if f[x] == 'k' then k = f[x + 1] elseif f[x] == 't' then t = f[x + 1] end
@@ -329,6 +404,16 @@ if resumes then
       end
     end
   end
+end
+if resumes then
+  local from = nil
+  for j = 1, #members do
+    if modes[j] == 'r' and (from == nil or sid_gt(from, sids[j])) then from = sids[j] end
+  end
+  index(rc('XRANGE', KEYS[1], '(' .. from, '+', 'COUNT', ARGV[6]))
+  -- After the log's rows: a list's ids still ascend (the presence log's are
+  -- later than any presence row the log held before it had one).
+  if wfrom then index(rc('XRANGE', plog, '(' .. wfrom, '+', 'COUNT', ARGV[6])) end
 end
 -- Appends to `picked` the rows of list `l` (row numbers, ascending) after `sid`.
 local function take(picked, l, sid)
@@ -358,8 +443,13 @@ for j, m in ipairs(members) do
       take(picked, alls, sids[j])
       take(picked, by['u:' .. u], sids[j])
       for x in string.gmatch(tops[j], '[^,]+') do take(picked, by['t:' .. x], sids[j]) end
-      -- In log order, each row once (a row may name several of its topics).
-      table.sort(picked)
+      -- In log order, each row once (a row may name several of its topics);
+      -- a presence stream's come from two logs: by id.
+      if internal(m) then
+        table.sort(picked, function(a, b) return sid_gt(rows[b][1], rows[a][1]) end)
+      else
+        table.sort(picked)
+      end
       local prev = nil
       for _, r in ipairs(picked) do
         if r ~= prev then out[j][#out[j] + 1] = rows[r] end
@@ -369,7 +459,7 @@ for j, m in ipairs(members) do
   end
 end
 to_inbox(pod, 'o', 'sync', 'p', last_all(), 'l', last_id)
-return {last_id, calls, out, first_id, pid, online}
+return {last_id, calls, out, first_id, pid, online, pfirst, plastg}
 "#;
 
 /// Publish jobs (a publish request's events for this tag: one event, or a
@@ -413,8 +503,14 @@ local topic_pods = {}
 -- deliver it: they drop an event whose token they have passed, the one repeat
 -- no record here can catch (a job sent again after Redis lost its data).
 local function publish_one(e, d, kind, names, ttl, ns, q)
-  local id = rc('XADD', KEYS[1], 'MAXLEN', '~', hmax, '*',
-    'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+  local id
+  if kind == 't' and names == PTOPIC then
+    id = presence_append(hmax, 'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+  else
+    id = rc('XADD', KEYS[1], 'MAXLEN', '~', hmax, '*',
+      'e', e, 'd', d, 'k', kind, 't', names, 'ns', ns)
+    if plast then plast = id end
+  end
   if kind == 'a' then
     bcasts[#bcasts + 1] = {id, e, d, names, ns, q}
     pa = id
@@ -618,7 +714,10 @@ return {calls, #fixed, fixed, pid, online}
 const CLEANUP: &str = r#"
 local now, cutoff = tonumber(ARGV[3]), ARGV[4]
 local maxp, hmax = tonumber(ARGV[10]), ARGV[11]
-if ARGV[8] ~= '0' then rc('XTRIM', KEYS[1], 'MINID', '~', ARGV[8]) end
+if ARGV[8] ~= '0' then
+  age_trim(ARGV[8], true)
+  rc('XTRIM', plog, 'MINID', '~', ARGV[8])
+end
 -- Stale connections first: a dead pod's users are no longer its when its
 -- inbox is salvaged.
 local stale = rc('ZRANGEBYSCORE', hb, '-inf', cutoff, 'LIMIT', 0, ARGV[5])
