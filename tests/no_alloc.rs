@@ -268,14 +268,15 @@ fn heartbeat_tick_to_10k_allocates_nothing() {
         // As the shard's heartbeat loop does: one freshly framed buffer per tick.
         // `frame::unnumbered` sizes its buffer exactly (len == capacity), so the
         // frozen `Bytes` is a "promotable" Vec; its first clone, inside
-        // `deliver_all_unnumbered`, allocates the 24-byte shared header. One
-        // allocation per tick (not per connection), but not zero.
+        // `deliver_heartbeat`, allocates the 24-byte shared header. One
+        // allocation per tick (not per connection), but not zero. The tick
+        // frees the rings the warm-up grew (a free is not counted).
         let hb = frame::heartbeat(1_700_000_000_000 + tick * 25_000);
-        let (d, n, sizes) = allocations(|| t.deliver_all_unnumbered(&hb));
+        let (d, n, sizes) = allocations(|| t.deliver_heartbeat(&hb));
         assert_eq!(d.queued, CONNS as u64);
         assert_eq!(
             n, 0,
-            "deliver_all_unnumbered to 10k connections allocated {n} times \
+            "deliver_heartbeat to 10k connections allocated {n} times \
              (first sizes {sizes:?})"
         );
         drain(&mut t, &keys);

@@ -143,6 +143,18 @@ impl OutQueue {
         done
     }
 
+    /// Give the ring's memory back when nothing waits in it. Called once per
+    /// heartbeat interval: a burst or a replay grew the ring (up to 64 frames,
+    /// 2.5 KB, are kept by [`OutQueue::consume`] so that a busy stream does not
+    /// allocate per burst); kept for good, that was memory every stream that
+    /// ever had a replay held after the storm. A stream busy again allocates
+    /// it again at most once per interval.
+    pub fn release_spare(&mut self) {
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+    }
+
     /// Take the front frame whole (for writers that hand frames on one by one).
     pub fn pop_front(&mut self) -> Option<QueuedFrame> {
         let f = self.head.take()?;
@@ -178,6 +190,21 @@ mod tests {
         max_frames: 2,
         max_bytes: 10,
     };
+
+    #[test]
+    fn the_rings_memory_goes_back_once_it_is_empty() {
+        let mut q = OutQueue::default();
+        for _ in 0..30 {
+            q.push_initial(f("replay"));
+        }
+        assert!(q.rest.capacity() >= 29);
+        q.release_spare();
+        assert!(q.rest.capacity() >= 29, "kept while frames wait in it");
+        while q.pop_front().is_some() {}
+        assert!(q.rest.capacity() > 0, "consume keeps a small ring");
+        q.release_spare();
+        assert_eq!(q.rest.capacity(), 0, "an empty ring gives its memory back");
+    }
 
     #[test]
     fn bounded_in_frames() {

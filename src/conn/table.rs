@@ -303,7 +303,6 @@ impl ConnTable {
         }
     }
 
-    /// Queue one shared unnumbered frame (a heartbeat) on every open connection.
     /// Queue a frame (no id) on the connection at `key` if it is still `serial`.
     pub fn push_unnumbered(&mut self, key: usize, serial: u64, frame: &Bytes) -> Delivery {
         let limits = self.limits;
@@ -316,11 +315,26 @@ impl ConnTable {
         d
     }
 
+    /// The heartbeat: one shared unnumbered frame on every open connection,
+    /// each stream's queue first giving back the memory a burst left it (once
+    /// per interval, see [`crate::conn::queue::OutQueue::release_spare`]).
+    pub fn deliver_heartbeat(&mut self, frame: &Bytes) -> Delivery {
+        self.unnumbered_to_all(frame, true)
+    }
+
+    /// Queue one shared unnumbered frame on every open connection.
     pub fn deliver_all_unnumbered(&mut self, frame: &Bytes) -> Delivery {
+        self.unnumbered_to_all(frame, false)
+    }
+
+    fn unnumbered_to_all(&mut self, frame: &Bytes, release_spare: bool) -> Delivery {
         let limits = self.limits;
         let mut d = Delivery::default();
         for (k, conn) in self.slab.iter_mut() {
             if conn.state == ConnState::Open {
+                if release_spare {
+                    conn.queue.release_spare();
+                }
                 push_frame(conn, k as u32, &mut self.dirty, frame, limits, &mut d);
             }
         }

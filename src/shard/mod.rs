@@ -382,7 +382,7 @@ async fn heartbeat_loop(shard: Rc<Shard>) {
             .stats
             .heartbeat_ms
             .store(now_ms, std::sync::atomic::Ordering::Relaxed);
-        let d = shard.table.borrow_mut().deliver_all_unnumbered(&hb);
+        let d = shard.table.borrow_mut().deliver_heartbeat(&hb);
         if d.slow_closed > 0 {
             m::dropped("slow_consumer", d.dropped_frames);
         }
