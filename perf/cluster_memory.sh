@@ -8,7 +8,17 @@
 # between two sizes is the cost of one more stream; the intercept, what the mode
 # costs per process (in a cluster: the Redis connections, their buffers, scripts).
 #
-#   perf/cluster_memory.sh                    # SIZES="4000 16000" SETTLE=10
+# Then, for CHURN streams (0: skip), flat after a storm? In each mode one pod
+# takes CHURN streams while events are published (user 100/s, topic 5/s,
+# broadcast 0.2/s; `--history-events 1000` and `--idempotency-window 5s`, both
+# full before the first reading, so that what fills with time is not counted); RSS
+# is read SETTLE s after they are open, then every user is disconnected (each
+# stream ends; its client resumes with Last-Event-ID and gets a replay: the
+# storm a restarted pod's streams make) and RSS is read again SETTLE s after
+# every stream is back (`--heartbeat-interval 5s`: heartbeats pass meanwhile).
+# Same pod, same streams: what is left is what the storm left.
+#
+#   perf/cluster_memory.sh                    # SIZES="4000 16000" SETTLE=10 CHURN=12500
 #   HERALD=/path/herald perf/cluster_memory.sh
 #
 # Loopback only; every process is stopped by the EXIT trap; each load client is
@@ -22,6 +32,7 @@ source "$PERF_DIR/servers.sh"
 
 SIZES=${SIZES:-4000 16000}
 SETTLE=${SETTLE:-10}
+CHURN=${CHURN:-12500}
 OUT=${OUT:-$ROOT/perf/out/cluster-memory-$(date +%Y%m%d-%H%M%S)}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -30,37 +41,101 @@ command -v redis-server >/dev/null || die "redis-server is missing (apt-get inst
 mkdir -p "$OUT/logs"
 herald_and_loadtest "$ROOT" "$TARGET" || die "no herald or loadtest build (see above)"
 
-POD= CLIENT=
-trap 'stop_bounded ${CLIENT:+"$CLIENT"} ${POD:+"$POD"}; stop_redis_nodes' EXIT
+POD= CLIENT= PUB=
+trap 'stop_bounded ${PUB:+"$PUB"} ${CLIENT:+"$CLIENT"} ${POD:+"$POD"}; stop_redis_nodes' EXIT
 trap 'exit 130' INT TERM
 
-# measure MODE N: prints "RSS before, RSS after" (KB) of one pod holding N streams.
-measure() {
-    local mode=$1 n=$2 log=$OUT/logs/$1-$2 args=() line addr rss0 open
+# start_pod MODE LOG NAME [ARGS...]: one pod (a private redis-server for a cluster
+# pod); sets POD and ADDR.
+start_pod() {
+    local mode=$1 log=$2 name=$3 args=() line
+    shift 3
     if [[ $mode == cluster ]]; then
         local port
         port=$(free_port)
         redis_node "$port" "$log.redis"
-        args=(--redis "redis://127.0.0.1:$port" --pod-id "mem-$n" --partitions 8)
+        args=(--redis "redis://127.0.0.1:$port" --pod-id "mem-$name" --partitions 8)
     fi
-    "$HERALD" --listen 127.0.0.1:0 --shards 1 --log warn --grace-period 1s "${args[@]}" \
+    "$HERALD" --listen 127.0.0.1:0 --shards 1 --log warn --grace-period 1s "${args[@]}" "$@" \
         >"$log.out" 2>"$log.err" &
     POD=$!
     line=$(wait_for_line "$log.out" 'listening on http://' "$POD") || die "$mode pod did not start"
-    addr=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
+    ADDR=$(sed -E 's|.*http://([^ ]+).*|\1|' <<<"$line")
     sleep 1
-    rss0=$(rss_kb "$POD")
-    timeout --kill-after=5 120 "$LOADTEST" rehearse --pods "http://$addr" --streams "$n" \
-        --topics 100 --seed 1 --part 0 --parts 1 --snapshot "$log.jsonl" --duration 100s \
+}
+
+# open_streams LOG N SECONDS: a rehearse client of N streams on ADDR for SECONDS;
+# returns once all are open.
+open_streams() {
+    local log=$1 n=$2 secs=$3 open
+    timeout --kill-after=5 $((secs + 20)) "$LOADTEST" rehearse --pods "http://$ADDR" --streams "$n" \
+        --topics 100 --seed 1 --part 0 --parts 1 --snapshot "$log.jsonl" --duration "${secs}s" \
         >"$log.client" 2>&1 &
     CLIENT=$!
     open=$(wait_open "$log.jsonl" "$n" 60)
-    ((open >= n)) || die "$mode: only $open of $n streams opened"
+    ((open >= n)) || die "$log: only $open of $n streams opened"
+}
+
+stop_all() {
+    stop_bounded ${PUB:+"$PUB"} ${CLIENT:+"$CLIENT"} ${POD:+"$POD"}
+    CLIENT= POD= PUB=
+    stop_redis_nodes
+}
+
+# measure MODE N: prints "RSS before, RSS after" (KB) of one pod holding N streams.
+measure() {
+    local mode=$1 n=$2 log=$OUT/logs/$1-$2 rss0
+    # Run in a subshell (`< <(measure …)`), which the EXIT trap above does not
+    # cover: its own stops what it started, also when it dies.
+    trap stop_all EXIT
+    start_pod "$mode" "$log" "$n"
+    rss0=$(rss_kb "$POD")
+    open_streams "$log" "$n" 100
     sleep "$SETTLE"
     echo "$rss0 $(rss_kb "$POD")"
-    stop_bounded "$CLIENT" "$POD"
-    CLIENT= POD=
-    stop_redis_nodes
+    stop_all
+}
+
+# churn MODE N: prints "RSS before the streams, with N open, after the storm" (KB).
+churn() {
+    local mode=$1 n=$2 log=$OUT/logs/churn-$1-$2 rss0 rss1 back open
+    trap stop_all EXIT
+    start_pod "$mode" "$log" "churn-$n" --history-events 1000 --heartbeat-interval 5s \
+        --idempotency-window 5s
+    rss0=$(rss_kb "$POD")
+    timeout --kill-after=5 200 "$LOADTEST" rehearse-pub --pods "http://$ADDR" --streams "$n" \
+        --topics 100 --seed 1 --user-rate 100 --topic-rate 5 --bcast-rate 0.2 --duration 180s \
+        --retry-for 5s --snapshot "$log.pub.jsonl" --final "$log.pub-final.json" \
+        >"$log.pub" 2>&1 &
+    PUB=$!
+    open_streams "$log" "$n" 170
+    sleep "$SETTLE"
+    rss1=$(rss_kb "$POD")
+    # Every stream disconnected: each user's (r0.. r<n>: more than there are
+    # users) listed, then each of its connections ended; one keep-alive connection.
+    python3 - "$ADDR" "$n" >"$log.disconnect" 2>&1 <<'PY'
+import http.client, json, sys
+host, port = sys.argv[1].rsplit(":", 1)
+c = http.client.HTTPConnection(host, int(port), timeout=10)
+def call(method, path):
+    c.request(method, path)
+    r = c.getresponse()
+    return r.read()
+ended = 0
+for u in range(int(sys.argv[2])):
+    conns = json.loads(call("GET", f"/api/user/sse/connections?userId=r{u}"))["connections"]
+    for conn in conns:
+        body = call("POST", f"/api/user/sse/disconnect?userId=r{u}&connectionId={conn['connectionId']}")
+        ended += b'"disconnected":true' in body
+print(f"streams disconnected: {ended}")
+PY
+    back=$(wait_counter "$log.jsonl" reopened "$n" 90)
+    ((back >= n)) || die "churn $mode: only $back of $n streams came back"
+    open=$(wait_open "$log.jsonl" "$n" 30)
+    ((open >= n)) || die "churn $mode: only $open of $n streams open after the storm"
+    sleep "$SETTLE"
+    echo "$rss0 $rss1 $(rss_kb "$POD")"
+    stop_all
 }
 
 {
@@ -88,5 +163,20 @@ if ((hi > lo)); then
             "$(((GROW[embedded-$hi] - GROW[embedded-$lo]) * 1024 / (hi - lo))) B," \
             "cluster $(((GROW[cluster-$hi] - GROW[cluster-$lo]) * 1024 / (hi - lo))) B."
     } >>"$OUT/summary.md"
+fi
+if ((CHURN > 0)); then
+    {
+        echo
+        echo "Flat after a storm ($CHURN streams, every user disconnected and resumed, events" \
+            "published throughout; RSS $SETTLE s after every stream was back):"
+        echo
+        echo "| mode | per stream, open (B) | per stream, after the storm (B) | left by the storm (B per stream) |"
+        echo "|---|---:|---:|---:|"
+    } >>"$OUT/summary.md"
+    for mode in embedded cluster; do
+        read -r a b c < <(churn "$mode" "$CHURN")
+        echo "| $mode | $(((b - a) * 1024 / CHURN)) | $(((c - a) * 1024 / CHURN)) | $(((c - b) * 1024 / CHURN)) |" \
+            >>"$OUT/summary.md"
+    done
 fi
 cat "$OUT/summary.md"

@@ -123,14 +123,20 @@ rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0;
 # wait_open FILE N SECONDS: waits (at most SECONDS) until the last snapshot a
 # `loadtest rehearse` wrote to FILE counts N open streams; prints the last count.
 wait_open() {
-    local file=$1 n=$2 deadline=$((SECONDS + $3)) open=0
+    wait_counter "$1" open "$2" "$3"
+}
+
+# wait_counter FILE NAME N SECONDS: the same for any of the snapshot's counters
+# (`reopened`: streams opened again after they ended).
+wait_counter() {
+    local file=$1 name=$2 n=$3 deadline=$((SECONDS + $4)) v=0
     while ((SECONDS < deadline)); do
-        open=$(tail -n 1 "$file" 2>/dev/null |
-            python3 -c 'import json, sys; print(json.load(sys.stdin)["counters"]["open"])' 2>/dev/null || echo 0)
-        ((open >= n)) && break
+        v=$(tail -n 1 "$file" 2>/dev/null |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["counters"][sys.argv[1]])' "$name" 2>/dev/null || echo 0)
+        ((v >= n)) && break
         sleep 1
     done
-    echo "$open"
+    echo "$v"
 }
 
 # Private, unpersisted Redis nodes started by redis_node: their PIDs, ports and
