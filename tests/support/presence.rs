@@ -133,3 +133,29 @@ pub async fn open_many(
     }
     out
 }
+
+/// Resume the stream at `path` on `addr` after `last`: 200, CONNECTED, then the
+/// data of the next `n` events, none of them `RESYNC` (`why`: what a `RESYNC`
+/// would mean). Returns the stream too, for what comes live after.
+pub async fn resume_exactly(
+    addr: std::net::SocketAddr,
+    path: &str,
+    last: &str,
+    n: usize,
+    why: &str,
+) -> (SseClient, Vec<String>) {
+    let mut back = SseClient::connect(addr, path, &[("Last-Event-ID", last)]).await;
+    assert_eq!(back.status, 200, "resume answered {}", back.status);
+    let connected = super::check::next_ev(&mut back, "CONNECTED on resume").await;
+    assert_eq!(connected.event, "CONNECTED", "{connected:?}");
+    let mut got = Vec::with_capacity(n);
+    for i in 0..n {
+        let ev = super::check::next_ev(&mut back, &format!("missed event #{i}")).await;
+        assert_ne!(
+            ev.event, "RESYNC",
+            "a resume after {last} was told RESYNC: {why}"
+        );
+        got.push(ev.data);
+    }
+    (back, got)
+}
