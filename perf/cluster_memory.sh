@@ -4,7 +4,9 @@
 # size in SIZES, one embedded herald and one cluster pod (`--partitions 8`, on a
 # private redis-server) each take that many streams of the rehearsal's layout
 # (`loadtest rehearse`: users with 1-3 streams, 100 topics of Zipf sizes); RSS is
-# read before the streams and SETTLE seconds after they are all open. The slope
+# read before the streams and, SETTLE seconds after they are all open, as the
+# lowest of a 6 s sampling (`--heartbeat-interval 5s`: a cluster pod's registry
+# heartbeat names every stream in one batch, held for a moment). The slope
 # between two sizes is the cost of one more stream; the intercept, what the mode
 # costs per process (in a cluster: the Redis connections, their buffers, scripts).
 #
@@ -15,8 +17,9 @@
 # is read SETTLE s after they are open, then every user is disconnected (each
 # stream ends; its client resumes with Last-Event-ID and gets a replay: the
 # storm a restarted pod's streams make) and RSS is read again SETTLE s after
-# every stream is back (`--heartbeat-interval 5s`: heartbeats pass meanwhile).
-# Same pod, same streams: what is left is what the storm left.
+# every stream is back (`--heartbeat-interval 5s`: heartbeats pass meanwhile);
+# then a second storm the same way. Same pod, same streams: what is left is what
+# a storm left, and the second says whether storms add up.
 #
 #   perf/cluster_memory.sh                    # SIZES="4000 16000" SETTLE=10 CHURN=12500
 #   HERALD=/path/herald perf/cluster_memory.sh
@@ -88,32 +91,20 @@ measure() {
     # Run in a subshell (`< <(measure …)`), which the EXIT trap above does not
     # cover: its own stops what it started, also when it dies.
     trap stop_all EXIT
-    start_pod "$mode" "$log" "$n"
+    start_pod "$mode" "$log" "$n" --heartbeat-interval 5s
     rss0=$(rss_kb "$POD")
     open_streams "$log" "$n" 100
     sleep "$SETTLE"
-    echo "$rss0 $(rss_kb "$POD")"
+    echo "$rss0 $(rss_floor "$POD" 6)"
     stop_all
 }
 
-# churn MODE N: prints "RSS before the streams, with N open, after the storm" (KB).
-churn() {
-    local mode=$1 n=$2 log=$OUT/logs/churn-$1-$2 rss0 rss1 back open
-    trap stop_all EXIT
-    start_pod "$mode" "$log" "churn-$n" --history-events 1000 --heartbeat-interval 5s \
-        --idempotency-window 5s
-    rss0=$(rss_kb "$POD")
-    timeout --kill-after=5 200 "$LOADTEST" rehearse-pub --pods "http://$ADDR" --streams "$n" \
-        --topics 100 --seed 1 --user-rate 100 --topic-rate 5 --bcast-rate 0.2 --duration 180s \
-        --retry-for 5s --snapshot "$log.pub.jsonl" --final "$log.pub-final.json" \
-        >"$log.pub" 2>&1 &
-    PUB=$!
-    open_streams "$log" "$n" 170
-    sleep "$SETTLE"
-    rss1=$(rss_kb "$POD")
-    # Every stream disconnected: each user's (r0.. r<n>: more than there are
-    # users) listed, then each of its connections ended; one keep-alive connection.
-    python3 - "$ADDR" "$n" >"$log.disconnect" 2>&1 <<'PY'
+# storm LOG N ROUND: every stream of the pod at ADDR disconnected (each user's,
+# r0.. r<N>: more than there are users, listed, then each of its connections
+# ended; one keep-alive connection); returns once all N are back and open.
+storm() {
+    local log=$1 n=$2 round=$3 back open
+    python3 - "$ADDR" "$n" >"$log.disconnect-$round" 2>&1 <<'PY'
 import http.client, json, sys
 host, port = sys.argv[1].rsplit(":", 1)
 c = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -129,19 +120,42 @@ for u in range(int(sys.argv[2])):
         ended += b'"disconnected":true' in body
 print(f"streams disconnected: {ended}")
 PY
-    back=$(wait_counter "$log.jsonl" reopened "$n" 90)
-    ((back >= n)) || die "churn $mode: only $back of $n streams came back"
+    back=$(wait_counter "$log.jsonl" reopened $((n * round)) 90)
+    ((back >= n * round)) || die "storm $round on $log: only $back of $((n * round)) reopened"
     open=$(wait_open "$log.jsonl" "$n" 30)
-    ((open >= n)) || die "churn $mode: only $open of $n streams open after the storm"
+    ((open >= n)) || die "storm $round on $log: only $open of $n streams open after it"
+}
+
+# churn MODE N: prints "RSS before the streams, with N open, after a storm, after a
+# second storm" (KB).
+churn() {
+    local mode=$1 n=$2 log=$OUT/logs/churn-$1-$2 rss0 rss1 rss2
+    trap stop_all EXIT
+    start_pod "$mode" "$log" "churn-$n" --history-events 1000 --heartbeat-interval 5s \
+        --idempotency-window 5s
+    rss0=$(rss_kb "$POD")
+    timeout --kill-after=5 250 "$LOADTEST" rehearse-pub --pods "http://$ADDR" --streams "$n" \
+        --topics 100 --seed 1 --user-rate 100 --topic-rate 5 --bcast-rate 0.2 --duration 230s \
+        --retry-for 5s --snapshot "$log.pub.jsonl" --final "$log.pub-final.json" \
+        >"$log.pub" 2>&1 &
+    PUB=$!
+    open_streams "$log" "$n" 220
     sleep "$SETTLE"
-    echo "$rss0 $rss1 $(rss_kb "$POD")"
+    rss1=$(rss_floor "$POD" 6)
+    storm "$log" "$n" 1
+    sleep "$SETTLE"
+    rss2=$(rss_floor "$POD" 6)
+    storm "$log" "$n" 2
+    sleep "$SETTLE"
+    echo "$rss0 $rss1 $rss2 $(rss_floor "$POD" 6)"
     stop_all
 }
 
 {
     echo "# Memory per stream, cluster (--partitions 8) against embedded"
     echo
-    echo "herald: $("$HERALD" --version 2>/dev/null || echo "$HERALD"); RSS $SETTLE s after every stream opened."
+    echo "herald: $("$HERALD" --version 2>/dev/null || echo "$HERALD"); RSS $SETTLE s after every" \
+        "stream opened (the lowest of 6 s of samples)."
     echo
     echo "| streams | embedded growth (KB) | cluster growth (KB) | cluster − embedded (KB) | per stream: embedded / cluster (B) |"
     echo "|---:|---:|---:|---:|---|"
@@ -168,15 +182,15 @@ if ((CHURN > 0)); then
     {
         echo
         echo "Flat after a storm ($CHURN streams, every user disconnected and resumed, events" \
-            "published throughout; RSS $SETTLE s after every stream was back):"
+            "published throughout; RSS $SETTLE s after every stream was back, the lowest of 6 s):"
         echo
-        echo "| mode | per stream, open (B) | per stream, after the storm (B) | left by the storm (B per stream) |"
-        echo "|---|---:|---:|---:|"
+        echo "| mode | per stream, open (B) | after a storm (B) | after a second (B) | left by the first / the second (B per stream) |"
+        echo "|---|---:|---:|---:|---|"
     } >>"$OUT/summary.md"
     for mode in embedded cluster; do
-        read -r a b c < <(churn "$mode" "$CHURN")
-        echo "| $mode | $(((b - a) * 1024 / CHURN)) | $(((c - a) * 1024 / CHURN)) | $(((c - b) * 1024 / CHURN)) |" \
-            >>"$OUT/summary.md"
+        read -r a b c d < <(churn "$mode" "$CHURN")
+        echo "| $mode | $(((b - a) * 1024 / CHURN)) | $(((c - a) * 1024 / CHURN)) | $(((d - a) * 1024 / CHURN)) |" \
+            "$(((c - b) * 1024 / CHURN)) / $(((d - c) * 1024 / CHURN)) |" >>"$OUT/summary.md"
     done
 fi
 cat "$OUT/summary.md"

@@ -120,6 +120,20 @@ stop_bounded() {
 # rss_kb PID: the process's resident memory in KB (0 when it is gone).
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# rss_floor PID SECONDS: the lowest RSS (KB) of PID sampled every 0.25 s for
+# SECONDS: what it holds between its periodic work (a cluster pod's registry
+# heartbeat builds, for a moment, a batch naming every stream it holds).
+rss_floor() {
+    local pid=$1 end=$((SECONDS + $2)) low v
+    low=$(rss_kb "$pid")
+    while ((SECONDS < end)); do
+        sleep 0.25
+        v=$(rss_kb "$pid")
+        ((v > 0 && v < low)) && low=$v
+    done
+    echo "$low"
+}
+
 # wait_open FILE N SECONDS: waits (at most SECONDS) until the last snapshot a
 # `loadtest rehearse` wrote to FILE counts N open streams; prints the last count.
 wait_open() {
