@@ -21,8 +21,11 @@
 //! Per connect: at most one command more than before (`ZREM` of the linger, on
 //! a user's first connection only), per end one (`ZADD` to the linger, on a
 //! user's last only); one outbox entry per register batch that has
-//! transitions. Heartbeats: nothing. The sweep runs every `--presence-linger`/4
-//! on pods with a presence stream open, and with every cleanup on every pod
+//! transitions; each transition published, one `XSETID` more than a topic event
+//! (its id is the log's; see `{p}:plog` in [`super`]), and per publish call a
+//! `TIME` and the two logs' `XINFO`. Heartbeats: nothing. The sweep runs every
+//! `--presence-linger`/4 on pods with a presence stream open, and with every
+//! cleanup on every pod
 //! (which also counts the users online, for `herald_presence_online_users`).
 
 use std::sync::Arc;
