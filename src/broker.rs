@@ -444,7 +444,7 @@ impl Broker {
                 if !req.local_history_complete {
                     Initial::Resync
                 } else {
-                    let presence = req.topics.iter().any(|t| &**t == crate::presence::TOPIC);
+                    let presence = crate::presence::watches(req.topics);
                     match s.history.resume(last, now, presence, wants) {
                         Resume::Replay(events) => Initial::Replay(events),
                         Resume::Resync => Initial::Resync,

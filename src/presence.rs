@@ -31,6 +31,12 @@ pub const WATCHER: &str = "#presence";
 /// Most users or topics one presence query may name.
 pub const MAX_QUERY: usize = 1000;
 
+/// Whether a stream subscribed to `topics` receives presence transitions (a
+/// presence stream): its resume depends on their history too.
+pub fn watches(topics: &[Box<str>]) -> bool {
+    topics.iter().any(|t| &**t == TOPIC)
+}
+
 /// Whether `user` is internal (a presence stream), not a client's user.
 pub fn is_internal(user: &str) -> bool {
     user.starts_with('#')

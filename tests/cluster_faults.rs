@@ -106,17 +106,11 @@ async fn expect_heartbeat(
     into: &mut Vec<SseEvent>,
     what: &str,
 ) {
-    let until = tokio::time::Instant::now() + within;
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        let ev = c.next_event(left).await.unwrap_or_else(|| {
-            panic!("{what}: no HEARTBEAT within {within:?} while Redis is down")
-        });
-        if ev.event == "HEARTBEAT" {
-            return;
-        }
-        into.push(ev);
-    }
+    let before = c
+        .until_heartbeat(within)
+        .await
+        .unwrap_or_else(|| panic!("{what}: no HEARTBEAT within {within:?} while Redis is down"));
+    into.extend(before);
 }
 
 /// How long the Redis outage of the test below lasts.

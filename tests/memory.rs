@@ -238,17 +238,9 @@ async fn a_burst_leaves_no_memory_behind_per_stream() {
 
 /// The next heartbeat of `c`, bounded by [`WAIT`] (events before it skipped).
 async fn wait_heartbeat(c: &mut SseClient) {
-    let until = Instant::now() + WAIT;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let ev = c
-            .next_event(left)
-            .await
-            .unwrap_or_else(|| panic!("no heartbeat within {WAIT:?}"));
-        if ev.event == "HEARTBEAT" {
-            return;
-        }
-    }
+    c.until_heartbeat(WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no heartbeat within {WAIT:?}"));
 }
 
 /// RSS once two samples a second apart agree within 64 KiB (bounded: 10 s).

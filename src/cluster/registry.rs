@@ -97,7 +97,7 @@ impl Cluster {
             resume,
         } = reg;
         let joins = self.topics.subscribe(topics.iter().map(|t| &**t));
-        let presence = topics.iter().any(|t| &**t == crate::presence::TOPIC);
+        let presence = crate::presence::watches(topics);
         if !self.is_up() {
             return None;
         }

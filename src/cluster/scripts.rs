@@ -1002,3 +1002,17 @@ impl Default for Scripts {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The scripts tell presence transitions by the topic's name, written in
+    /// Lua: it must be the one herald publishes them to.
+    #[test]
+    fn the_scripts_name_the_presence_topic_herald_publishes_to() {
+        let named = format!(
+            "local plog, PTOPIC = T .. ':plog', '{}'",
+            crate::presence::TOPIC
+        );
+        assert!(super::PRELUDE.contains(&named), "PRELUDE lacks {named:?}");
+    }
+}

@@ -276,6 +276,21 @@ impl SseClient {
         }
     }
 
+    /// Read until a HEARTBEAT arrives within `timeout`; the events before it, or
+    /// `None` when none came.
+    pub async fn until_heartbeat(&mut self, timeout: Duration) -> Option<Vec<SseEvent>> {
+        let until = tokio::time::Instant::now() + timeout;
+        let mut before = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let ev = self.next_event(left).await?;
+            if ev.event == "HEARTBEAT" {
+                return Some(before);
+            }
+            before.push(ev);
+        }
+    }
+
     /// Wait until the server ends the stream; true if it did within `timeout`.
     /// Events that arrive meanwhile are kept and returned by later calls.
     pub async fn wait_closed(&mut self, timeout: Duration) -> bool {
